@@ -1,0 +1,55 @@
+# metricsmith — the two commands: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DBT_SEND_ANONYMOUS_USAGE_STATS := false
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: demo test test-deep install lint format bench down status clean help
+
+help:
+	@echo "make demo   - install, start the embedded servers, generate a sample year, run the pipeline, print a summary"
+	@echo "make test   - install and run the test suite (against METRICSMITH_* servers, or the embedded default)"
+	@echo "make lint   - ruff + mypy"
+	@echo "make bench  - run the benchmarks in bench/ (prints ratios)"
+	@echo "make down   - stop the embedded servers"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/metricsmith demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-deep: $(STAMP)
+	METRICSMITH_DEEP=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests flows bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests flows bench
+	$(BIN)/ruff format src tests flows bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+down: $(STAMP)
+	$(BIN)/metricsmith down
+
+status: $(STAMP)
+	$(BIN)/metricsmith status
+
+clean:
+	rm -rf target logs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,176 @@
+"""Foundation commands: up, down, status, env, db upgrade/status, load, generate."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from datetime import date
+
+from metricsmith import db, embedded, migrate
+from metricsmith.config import load_settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("up", help="start the embedded servers (if used) and apply migrations")
+    p.set_defaults(handler=cmd_up)
+
+    p = sub.add_parser("down", help="stop the embedded PostgreSQL and Redis")
+    p.set_defaults(handler=cmd_down)
+
+    p = sub.add_parser("status", help="which servers are in use and whether they answer")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("env", help="print shell exports for dbt and psql: eval \"$(metricsmith env)\"")
+    p.set_defaults(handler=cmd_env)
+
+    p = sub.add_parser("db", help="schema migrations")
+    dbsub = p.add_subparsers(dest="db_command", metavar="ACTION")
+    dbsub.required = True
+    dbsub.add_parser("upgrade", help="apply pending migrations (idempotent)").set_defaults(handler=cmd_db_upgrade)
+    dbsub.add_parser("status", help="list migrations and whether applied").set_defaults(handler=cmd_db_status)
+
+    p = sub.add_parser("load", help="load events from JSON Lines or CSV files (or - for stdin)")
+    p.add_argument("files", nargs="*", default=["-"], help="files to load; '-' or none reads stdin")
+    p.add_argument("--format", choices=["auto", "jsonl", "csv"], default="auto",
+                   help="input format (default: by file extension; stdin defaults to jsonl)")
+    p.add_argument("--allow-quarantine", action="store_true",
+                   help="exit 0 even when some rows were quarantined")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_load)
+
+    p = sub.add_parser("generate", help="write realistic, deterministic events into raw.events")
+    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--events-per-day", type=int, default=10_000, help="average events per day")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--start", type=date.fromisoformat, default=None,
+                   help="first day (YYYY-MM-DD); default: --days before today")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_generate)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    applied = migrate.upgrade(settings)
+    print(f"postgres: {_redact(db.database_url(settings))}  ({'embedded' if settings.embedded_postgres else 'external'})")
+    print(f"redis:    {db.redis_url(settings)}  ({'embedded' if settings.embedded_redis else 'external'})")
+    print(f"migrations applied now: {len(applied)}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    pg = embedded.stop_postgres(settings)
+    rd = embedded.stop_redis(settings)
+    print(f"embedded postgres: {'stopped' if pg else 'was not running'}")
+    print(f"embedded redis:    {'stopped' if rd else 'was not running'}")
+    if not settings.embedded_postgres or not settings.embedded_redis:
+        print("external servers named by METRICSMITH_*_URL are never stopped by metricsmith")
+    return 0
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import psycopg
+    import redis
+
+    settings = load_settings()
+    ok = True
+    print(f"home:     {settings.home}")
+    print(f"timezone: {settings.timezone}")
+    # postgres
+    if settings.embedded_postgres:
+        state = embedded.read_state(settings.home, "postgres")
+        url = state.url if state else None
+        kind = "embedded"
+    else:
+        url, kind = settings.database_url, "external"
+    if url is None:
+        print("postgres: embedded, not created yet (any command that needs it starts it)")
+    else:
+        try:
+            with psycopg.connect(url, connect_timeout=3) as conn:
+                version = conn.execute("show server_version").fetchone()
+                print(f"postgres: {kind} {_redact(url)}  answers (PostgreSQL {version[0] if version else '?'})")
+        except psycopg.Error as exc:
+            ok = False
+            print(f"postgres: {kind} {_redact(url)}  DOES NOT ANSWER: {str(exc).strip().splitlines()[0]}")
+    # redis
+    if settings.embedded_redis:
+        rstate = embedded.read_state(settings.home, "redis")
+        rurl = rstate.url if rstate else None
+        kind = "embedded"
+    else:
+        rurl, kind = settings.redis_url, "external"
+    if rurl is None:
+        print("redis:    embedded, not created yet (any command that needs it starts it)")
+    else:
+        try:
+            client = redis.Redis.from_url(rurl, socket_timeout=3, socket_connect_timeout=3)
+            info = client.info("server")
+            print(f"redis:    {kind} {_redact(rurl)}  answers (Redis {info.get('redis_version')})")
+        except redis.RedisError as exc:
+            ok = False
+            print(f"redis:    {kind} {_redact(rurl)}  DOES NOT ANSWER: {exc}")
+    return 0 if ok else 1
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    env = db.dbt_env(settings)
+    env["METRICSMITH_DATABASE_URL"] = db.database_url(settings)
+    env["METRICSMITH_REDIS_URL"] = db.redis_url(settings)
+    params = db.postgres_params(settings)
+    env.update({"PGHOST": params.host, "PGPORT": str(params.port), "PGUSER": params.user,
+                "PGDATABASE": params.dbname})
+    if params.password:
+        env["PGPASSWORD"] = params.password
+    for key, value in env.items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    applied = migrate.upgrade(verbose=True)
+    print(f"{len(applied)} migration(s) applied; database is up to date")
+    return 0
+
+
+def cmd_db_status(args: argparse.Namespace) -> int:
+    for migration, applied in migrate.status():
+        print(f"{migration.version:04d}_{migration.name:<40} {'applied' if applied else 'PENDING'}")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from metricsmith import ingest
+
+    migrate.upgrade()
+    summary = ingest.load_files(args.files, fmt=args.format, progress=not args.no_progress and sys.stderr.isatty())
+    print(summary.render())
+    if summary.quarantined and not args.allow_quarantine:
+        print(f"metricsmith: {summary.quarantined} row(s) quarantined (see raw.events_quarantine); "
+              "pass --allow-quarantine to accept", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from metricsmith import generator
+
+    migrate.upgrade()
+    result = generator.generate_to_db(
+        days=args.days, events_per_day=args.events_per_day, seed=args.seed, start=args.start,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(result.render())
+    return 0
