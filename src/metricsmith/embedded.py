@@ -121,7 +121,7 @@ def _run_as_pg_user(args: list[str], *, timeout: float = 120) -> subprocess.Comp
     kwargs: dict[str, object] = {}
     if os.geteuid() == 0:
         kwargs["user"] = PG_SYSTEM_USER
-    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+    return subprocess.run(  # type: ignore[call-overload]
         args, check=False, capture_output=True, text=True, timeout=timeout, **kwargs
     )
 

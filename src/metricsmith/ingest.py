@@ -29,6 +29,7 @@ import psycopg
 
 from metricsmith.config import Settings
 from metricsmith.db import connect
+from metricsmith.progress import progress_bar
 
 #: Columns of raw.events, in COPY order.
 EVENT_COLUMNS = (
@@ -477,16 +478,8 @@ def load_files(
         try:
             items = _csv_inputs(stream) if formats[name] == "csv" else _jsonl_inputs(stream)
             source = "stdin" if name == "-" else str(Path(name).name)
-            if progress:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-                with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("rows"), TimeRemainingColumn(), transient=True) as bar:
-                    task = bar.add_task(f"loading {source}", total=None)
-                    result = _write_inputs(items, source, settings=settings, batch_size=batch_size,
-                                           on_batch=lambda n: bar.advance(task, n))
-            else:
-                result = _write_inputs(items, source, settings=settings, batch_size=batch_size)
+            with progress_bar(f"loading {source}", None, enabled=progress) as advance:
+                result = _write_inputs(items, source, settings=settings, batch_size=batch_size, on_batch=advance)
         finally:
             if stream is not sys.stdin:
                 stream.close()
