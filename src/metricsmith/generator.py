@@ -180,8 +180,8 @@ class EventGenerator:
         """The batch in PostgreSQL COPY text format (session time zone must be UTC)."""
         occurred = np.datetime_as_string(batch.occurred_at, unit="ms").tolist()
         received = np.datetime_as_string(batch.received_at, unit="ms").tolist()
-        users = ["u%d" % u if u >= 0 else "\\N" for u in batch.user_idx.tolist()]
-        orgs = ["org%d" % o if o >= 0 else "\\N" for o in batch.org_idx.tolist()]
+        users = [f"u{u}" if u >= 0 else "\\N" for u in batch.user_idx.tolist()]
+        orgs = [f"org{o}" if o >= 0 else "\\N" for o in batch.org_idx.tolist()]
         revenue = list(map(str, batch.revenue_cents.tolist()))
         rows = zip(batch.event_id, occurred, received, batch.event_type.tolist(), users, orgs, batch.session,
                    revenue, batch.properties, strict=True)
@@ -244,16 +244,19 @@ def generate_to_db(
             # one transaction per ~100 K events; the queued writer sends on a thread while
             # the next day is being generated, so client and server work overlap
             rows = 0
-            with conn.transaction(), conn.cursor() as cur:
-                with cur.copy(f"copy raw.events ({columns}) from stdin", writer=QueuedLibpqWriter(cur)) as copy:
-                    while rows < 100_000:
-                        batch = next(batches, None)
-                        if batch is None:
-                            exhausted = True
-                            break
-                        copy.write(EventGenerator.copy_text(batch))
-                        rows += len(batch)
-                        advance(len(batch))
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(f"copy raw.events ({columns}) from stdin", writer=QueuedLibpqWriter(cur)) as copy,
+            ):
+                while rows < 100_000:
+                    batch = next(batches, None)
+                    if batch is None:
+                        exhausted = True
+                        break
+                    copy.write(EventGenerator.copy_text(batch))
+                    rows += len(batch)
+                    advance(len(batch))
             written += rows
     return GenerateResult(days=days, events=written, seconds=time.perf_counter() - began, start=gen.start,
                           end=gen.start + timedelta(days=days - 1), users=gen.users_total)
