@@ -1,0 +1,96 @@
+"""Generator: deterministic, realistic, and what it writes equals what it yields."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from datetime import date, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from metricsmith.generator import EventGenerator, generate_events, generate_to_db
+
+START = date(2024, 1, 1)
+
+
+def digest(events: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(events, sort_keys=True).encode()).hexdigest()
+
+
+def test_same_seed_same_events_different_seed_different() -> None:
+    a = list(generate_events(days=10, events_per_day=300, seed=1, start=START))
+    b = list(generate_events(days=10, events_per_day=300, seed=1, start=START))
+    c = list(generate_events(days=10, events_per_day=300, seed=2, start=START))
+    assert digest(a) == digest(b)
+    assert digest(a) != digest(c)
+
+
+def test_a_day_does_not_depend_on_how_much_is_generated() -> None:
+    short = EventGenerator(days=5, events_per_day=300, seed=9, start=START)
+    assert short.day(2).event_id == EventGenerator(days=5, events_per_day=300, seed=9, start=START).day(2).event_id
+
+
+def test_shape_of_the_data() -> None:
+    events = list(generate_events(days=60, events_per_day=1_000, seed=3, start=START))
+    assert abs(len(events) - 60_000) < 600
+    types = Counter(e["event_type"] for e in events)
+    users = {e["user_id"] for e in events if e["user_id"]}
+    signups = [e for e in events if e["event_type"] == "signup"]
+    assert len(signups) == len(users), "every user signs up exactly once"
+    assert {"page_view", "purchase", "signup", "search"} <= set(types)
+    anon = sum(1 for e in events if e["user_id"] is None)
+    assert 0.03 < anon / len(events) < 0.09
+    purchases = [e for e in events if e["event_type"] == "purchase"]
+    assert purchases and all(e["revenue_cents"] > 0 for e in purchases)
+    assert all(e["revenue_cents"] == 0 for e in events if e["event_type"] != "purchase")
+    late = [e for e in events
+            if datetime.fromisoformat(e["received_at"]) - datetime.fromisoformat(e["occurred_at"]) > _hours(1)]
+    assert late, "some events arrive late"
+    assert len({e["organization_id"] for e in events}) > 20
+    assert len({e["event_id"] for e in events}) == len(events)
+    by_weekday = Counter(datetime.fromisoformat(e["occurred_at"]).weekday() for e in events)
+    assert by_weekday[6] < by_weekday[2], "weekends are quieter"
+    first_half = sum(1 for e in events if e["occurred_at"] < "2024-01-31")
+    assert first_half < len(events) / 2, "volume grows"
+
+
+def _hours(n: int) -> Any:
+    from datetime import timedelta
+
+    return timedelta(hours=n)
+
+
+def test_database_rows_equal_the_records(empty_events: psycopg.Connection[Any]) -> None:
+    result = generate_to_db(days=4, events_per_day=2_000, seed=5, start=START)
+    expected = list(generate_events(days=4, events_per_day=2_000, seed=5, start=START))
+    assert result.events == len(expected)
+    rows = empty_events.execute(
+        "select event_id::text, occurred_at, received_at, event_type, user_id, organization_id, session_id, "
+        "revenue_cents, properties from raw.events").fetchall()
+    got = {r[0]: r for r in rows}
+    assert len(got) == len(expected)
+    for e in expected[:: max(1, len(expected) // 500)]:
+        r = got[e["event_id"]]
+        assert r[1] == datetime.fromisoformat(e["occurred_at"])
+        assert r[2] == datetime.fromisoformat(e["received_at"])
+        assert r[3:8] == (e["event_type"], e["user_id"], e["organization_id"], e["session_id"], e["revenue_cents"])
+        assert r[8] == json.loads(e["properties"])
+    assert sum(r[7] for r in rows) == sum(e["revenue_cents"] for e in expected)
+
+
+def test_generating_the_same_range_twice_is_refused(empty_events: psycopg.Connection[Any]) -> None:
+    generate_to_db(days=1, events_per_day=100, seed=5, start=START)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        generate_to_db(days=1, events_per_day=100, seed=5, start=START)
+    assert empty_events.execute("select count(*) from raw.events").fetchone() == (
+        len(list(generate_events(days=1, events_per_day=100, seed=5, start=START))),)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="--days"):
+        EventGenerator(days=0, events_per_day=10, seed=1)
+    with pytest.raises(ValueError, match="--events-per-day"):
+        EventGenerator(days=1, events_per_day=0, seed=1)
