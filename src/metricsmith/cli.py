@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from metricsmith.config import ConfigError
+from metricsmith.errors import UserFacingError
 
 #: Modules that add sub-commands. Each has ``register(subparsers) -> None``.
 COMMAND_MODULES = [
@@ -39,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except ConfigError as exc:
         print(f"metricsmith: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except UserFacingError as exc:
+        print(f"metricsmith: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # embedded server / file problems
+        print(f"metricsmith: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("metricsmith: interrupted", file=sys.stderr)

@@ -9,9 +9,10 @@ from datetime import date
 
 from metricsmith import db, embedded, migrate
 from metricsmith.config import load_settings
+from metricsmith.errors import UserFacingError
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", help="start the embedded servers (if used) and apply migrations")
     p.set_defaults(handler=cmd_up)
 
@@ -155,7 +156,11 @@ def cmd_load(args: argparse.Namespace) -> int:
     from metricsmith import ingest
 
     migrate.upgrade()
-    summary = ingest.load_files(args.files, fmt=args.format, progress=not args.no_progress and sys.stderr.isatty())
+    try:
+        summary = ingest.load_files(args.files, fmt=args.format,
+                                    progress=not args.no_progress and sys.stderr.isatty())
+    except ingest.IngestError as exc:
+        raise UserFacingError(f"{exc} (nothing was loaded from it)") from None
     print(summary.render())
     if summary.quarantined and not args.allow_quarantine:
         print(f"metricsmith: {summary.quarantined} row(s) quarantined (see raw.events_quarantine); "
@@ -165,12 +170,22 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    import psycopg
+
     from metricsmith import generator
 
     migrate.upgrade()
-    result = generator.generate_to_db(
-        days=args.days, events_per_day=args.events_per_day, seed=args.seed, start=args.start,
-        progress=not args.no_progress and sys.stderr.isatty(),
-    )
+    try:
+        result = generator.generate_to_db(
+            days=args.days, events_per_day=args.events_per_day, seed=args.seed, start=args.start,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
+    except ValueError as exc:
+        raise UserFacingError(str(exc)) from None
+    except psycopg.errors.UniqueViolation:
+        raise UserFacingError(
+            f"events for --seed {args.seed} in this range are already in raw.events (generated ids are "
+            "deterministic); nothing more was written in the failing batch. Use another --seed or --start."
+        ) from None
     print(result.render())
     return 0

@@ -54,6 +54,6 @@ def run_demo() -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline on the configured servers and print a summary")
     p.set_defaults(handler=lambda args: run_demo())

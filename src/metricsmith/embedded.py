@@ -28,11 +28,12 @@ from metricsmith.config import (
     EMBEDDED_DATABASE,
     Settings,
 )
+from metricsmith.errors import UserFacingError
 
 PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
 
 
-class EmbeddedServerError(RuntimeError):
+class EmbeddedServerError(UserFacingError):
     """An embedded server could not be started or stopped; the message says where its log is."""
 
 

@@ -18,13 +18,14 @@ import psycopg
 
 from metricsmith.config import Settings
 from metricsmith.db import connect
+from metricsmith.errors import UserFacingError
 
 # 64-bit advisory lock key: fixed, derived from a name so other tools can recognise it.
 MIGRATION_LOCK_KEY = int.from_bytes(hashlib.sha256(b"metricsmith.migrations").digest()[:8], "big", signed=True)
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
-class MigrationError(RuntimeError):
+class MigrationError(UserFacingError):
     pass
 
 
@@ -85,7 +86,7 @@ def upgrade(settings: Settings | None = None, *, verbose: bool = False) -> list[
                         )
                     continue
                 with conn.transaction():
-                    conn.execute(migration.sql)  # type: ignore[arg-type]
+                    conn.execute(migration.sql)  # noqa: S608
                     conn.execute(
                         "insert into metricsmith.schema_migrations (version, name, checksum) values (%s, %s, %s)",
                         (migration.version, migration.name, migration.checksum),
