@@ -213,3 +213,28 @@ def test_fast_path_agrees_with_full_validation(empty_events: psycopg.Connection[
         assert got[expected.event_id] == (expected.occurred_at, expected.event_type, expected.user_id,
                                           expected.organization_id, expected.session_id, expected.revenue_cents,
                                           props)
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_BAD = [line for _, line in BAD_LINES]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n_good=st.integers(0, 40),
+    bad=st.lists(st.sampled_from(_BAD), max_size=12),
+    dup_picks=st.lists(st.integers(0, 1_000), max_size=15),
+    batch_size=st.integers(1, 25),
+)
+def test_every_row_is_accounted_for(empty_events: psycopg.Connection[Any], n_good: int, bad: list[str],
+                                    dup_picks: list[int], batch_size: int) -> None:
+    empty_events.execute("truncate raw.events, raw.events_quarantine")
+    good = [json.dumps(ev()) for _ in range(n_good)]
+    dups = [good[i % n_good] for i in dup_picks] if n_good else []
+    records = good + bad + dups
+    summary = load_events(records, batch_size=batch_size)
+    assert summary.total == len(records)
+    assert (summary.loaded, summary.duplicates, summary.quarantined) == (n_good, len(dups), len(bad))
+    assert _counts(empty_events) == (n_good, len(bad))
