@@ -1,0 +1,643 @@
+"""The two-tier cache: L1 in this process (bounded LRU with per-entry TTL) in front of L2 Redis.
+
+Reads: L1 -> L2 -> compute (PostgreSQL). Guarantees:
+
+* **Single computation per key**: concurrent misses in one process wait for one leader
+  (single-flight); across processes a short Redis lock (``SET NX PX``) lets one compute while
+  the others poll L2 for its result.
+* **Early refresh** (XFetch, Vattani et al.): a hit recomputes with probability rising as the
+  expiry nears, weighted by how long the value took to compute, so hot keys never expire under
+  load. Only one caller refreshes; the others keep getting the current value.
+* **No stale value after an invalidation**: invalidation bumps a generation counter in Redis
+  before deleting keys; a computation that started before it refuses to store its result
+  (compare-and-set in Lua). A pub/sub broadcast purges every process's L1, and ``invalidate``
+  waits until every live subscriber confirmed (ack counter) before it returns.
+* **Fail-open**: any Redis error opens a circuit for ``retry_after`` seconds: reads go straight
+  to PostgreSQL, L1 is bypassed and emptied (it can no longer hear invalidations), nothing raises
+  to the caller, and :meth:`TwoTierCache.health` reports ``degraded``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fnmatch
+import logging
+import math
+import random
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis
+from cachetools import TLRUCache
+
+from metricsmith import db
+from metricsmith.cache import serialization
+from metricsmith.cache.config import CacheConfig, load_cache_config
+from metricsmith.cache.stats import CacheStats, StatsSnapshot, snapshot_from_hash
+from metricsmith.config import Settings, load_settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_STORE_LUA = """
+local gen = redis.call('GET', KEYS[2]) or '0'
+if gen ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+for i = 3, #KEYS do
+  redis.call('SADD', KEYS[i], KEYS[1])
+  if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+end
+return 1
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class _Entry:
+    __slots__ = ("delta", "expires_at", "payload", "tags")
+
+    def __init__(self, payload: Any, delta: float, expires_at: float, tags: frozenset[str]) -> None:
+        self.payload = payload
+        self.delta = delta
+        self.expires_at = expires_at
+        self.tags = tags
+
+
+class _Flight:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+@dataclass
+class InvalidationResult:
+    """What one invalidation did."""
+
+    keys_deleted: int = 0
+    tags: list[str] = field(default_factory=list)
+    patterns: list[str] = field(default_factory=list)
+    processes_notified: int = 0
+    processes_confirmed: int = 0
+    ok: bool = True
+    error: str | None = None
+
+    def render(self) -> str:
+        if not self.ok:
+            return f"invalidation FAILED: {self.error}"
+        what = ", ".join([*self.patterns, *(sorted(self.tags)[:6])]) or "nothing"
+        more = f" (+{len(self.tags) - 6} tags)" if len(self.tags) > 6 else ""
+        return (f"invalidated {self.keys_deleted} key(s) for {what}{more}; "
+                f"L1 purged in {self.processes_confirmed}/{self.processes_notified} process(es)")
+
+
+def _utc_now() -> float:
+    return time.time()
+
+
+class TwoTierCache:
+    """L1 (this process) + L2 (Redis) cache; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        config: CacheConfig | None = None,
+        *,
+        redis_url: str | None = None,
+        start_listener: bool = True,
+    ) -> None:
+        self.settings = settings or load_settings()
+        self.config = config or load_cache_config()
+        self.root = f"{self.settings.redis_prefix}cache:"
+        self.channel = f"{self.root}invalidate"
+        self._gen_key = f"{self.root}gen"
+        self._stats_key = f"{self.root}stats"
+        self._redis_url = redis_url
+        self._client: redis.Redis | None = None
+        self._client_lock = threading.Lock()
+        self._l1: TLRUCache[str, _Entry] = TLRUCache(
+            maxsize=self.config.l1_maxsize, ttu=lambda _k, v, _now: v.expires_at, timer=_utc_now
+        )
+        self._l1_lock = threading.Lock()
+        self._l1_epoch = 0
+        self._inflight: dict[str, _Flight] = {}
+        self._inflight_lock = threading.Lock()
+        self._down_until = 0.0
+        self._last_error: str | None = None
+        self._subscribed = threading.Event()
+        self._stop = threading.Event()
+        self._listener: threading.Thread | None = None
+        self._start_listener = start_listener
+        self._store_script: Any = None
+        self._release_script: Any = None
+        self.stats = CacheStats()
+        atexit.register(_flush_at_exit, weakref.ref(self))
+
+    # ------------------------------------------------------------------ Redis plumbing
+    def _redis(self) -> redis.Redis:
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    url = self._redis_url or db.redis_url(self.settings)
+                    client = redis.Redis.from_url(
+                        url, socket_timeout=self.config.redis_timeout,
+                        socket_connect_timeout=self.config.redis_timeout, retry_on_timeout=False,
+                    )
+                    self._store_script = client.register_script(_STORE_LUA)
+                    self._release_script = client.register_script(_RELEASE_LUA)
+                    self._client = client
+        if self._start_listener and (self._listener is None or not self._listener.is_alive()):
+            self._start_listener_thread()
+        return self._client
+
+    def _redis_ok(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _mark_down(self, exc: BaseException) -> None:
+        first = self._redis_ok()
+        self._down_until = time.monotonic() + self.config.retry_after
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        self.stats.incr("redis_errors")
+        self.stats.incr("errors")
+        self._drop_l1()
+        if first:
+            log.warning("cache: Redis unreachable (%s); serving from PostgreSQL (degraded)", self._last_error)
+
+    def _drop_l1(self) -> None:
+        with self._l1_lock:
+            self._l1.clear()
+            self._l1_epoch += 1
+
+    @property
+    def degraded(self) -> bool:
+        return not self._redis_ok()
+
+    def _l1_usable(self) -> bool:
+        return self._subscribed.is_set() and self._redis_ok()
+
+    def full_key(self, key: str) -> str:
+        return f"{self.root}v:{key}"
+
+    def _tag_key(self, tag: str) -> str:
+        return f"{self.root}tag:{tag}"
+
+    # ------------------------------------------------------------------ reads
+    def get_or_compute(
+        self,
+        key: str,
+        compute: Callable[[], T],
+        *,
+        ttl: float,
+        tags: Iterable[str] = (),
+    ) -> T:
+        """The cached value of ``key``, computing (and storing) it with ``compute`` on a miss.
+
+        ``compute`` must return a value the serializer understands (lists, dicts, numbers,
+        strings, dates, decimals). Errors of ``compute`` reach the caller; Redis errors never do.
+        """
+        if not self.config.enabled:
+            return compute()
+        started = time.perf_counter()
+        stale: _Entry | None = None
+        if self._l1_usable():
+            with self._l1_lock:
+                entry = self._l1.get(key)
+            if entry is not None:
+                if not self._refresh_due(entry):
+                    self.stats.incr("l1_hits")
+                    self.stats.observe("l1", time.perf_counter() - started)
+                    return entry.payload
+                stale = entry
+            else:
+                self.stats.incr("l1_misses")
+        if not self._redis_ok():
+            return self._compute_direct(compute, started)
+        if stale is None:
+            epoch = self._l1_epoch
+            try:
+                raw = self._redis().get(self.full_key(key))
+            except redis.RedisError as exc:
+                self._mark_down(exc)
+                return self._compute_direct(compute, started)
+            if raw is not None:
+                entry = self._decode(key, raw, tags)
+                if entry is not None:
+                    if not self._refresh_due(entry):
+                        self._l1_put(key, entry, epoch)
+                        self.stats.incr("l2_hits")
+                        self.stats.observe("l2", time.perf_counter() - started)
+                        return entry.payload
+                    stale = entry
+            else:
+                self.stats.incr("l2_misses")
+        return self._single_flight(key, compute, ttl, frozenset(tags), stale, started)
+
+    def _decode(self, key: str, raw: Any, tags: Iterable[str]) -> _Entry | None:
+        try:
+            payload, delta, expires_at = serialization.decode_entry(raw)
+        except Exception as exc:  # noqa: BLE001 - a corrupt entry is a miss, not an outage
+            log.warning("cache: undecodable entry %s dropped (%s)", key, exc)
+            self.stats.incr("errors")
+            return None
+        return _Entry(payload, delta, expires_at, frozenset(tags))
+
+    def _refresh_due(self, entry: _Entry) -> bool:
+        beta = self.config.xfetch_beta
+        if beta <= 0 or entry.delta <= 0:
+            return False
+        draw = random.random() or 1e-12
+        return _utc_now() - entry.delta * beta * math.log(draw) >= entry.expires_at
+
+    def _l1_put(self, key: str, entry: _Entry, epoch: int) -> None:
+        if not self._l1_usable():
+            return
+        with self._l1_lock:
+            if epoch == self._l1_epoch:
+                self._l1[key] = entry
+
+    def _compute_direct(self, compute: Callable[[], T], started: float) -> T:
+        value = compute()
+        self.stats.incr("computations")
+        self.stats.observe("db", time.perf_counter() - started)
+        return value
+
+    def _single_flight(
+        self, key: str, compute: Callable[[], T], ttl: float, tags: frozenset[str],
+        stale: _Entry | None, started: float,
+    ) -> T:
+        with self._inflight_lock:
+            flight = self._inflight.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._inflight[key] = _Flight()
+        if not leader:
+            if stale is not None:  # someone is already refreshing early: keep serving the value
+                self.stats.incr("l1_hits" if self._l1_usable() else "l2_hits")
+                return stale.payload
+            self.stats.incr("stampedes_avoided")
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            self.stats.observe("db", time.perf_counter() - started)
+            return flight.result
+        try:
+            flight.result = self._compute_and_store(key, compute, ttl, tags, stale, started)
+            return flight.result
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(key, None)
+            flight.done.set()
+
+    def _compute_and_store(
+        self, key: str, compute: Callable[[], T], ttl: float, tags: frozenset[str],
+        stale: _Entry | None, started: float,
+    ) -> T:
+        full = self.full_key(key)
+        lock_key = f"{self.root}lock:{key}"
+        token = secrets.token_hex(8)
+        epoch = self._l1_epoch
+        try:
+            client = self._redis()
+            pipe = client.pipeline(transaction=False)
+            pipe.get(self._gen_key)
+            pipe.set(lock_key, token, nx=True, px=self.config.lock_ms)
+            gen_raw, locked = pipe.execute()
+        except redis.RedisError as exc:
+            self._mark_down(exc)
+            return self._compute_direct(compute, started)
+        gen = gen_raw.decode() if gen_raw else "0"
+        if not locked:
+            if stale is not None:  # another process refreshes early; the current value is still valid
+                self.stats.incr("l2_hits")
+                return stale.payload
+            waited = self._wait_for_other_process(key, full, lock_key, tags, epoch)
+            if waited is not None:
+                self.stats.incr("stampedes_avoided")
+                self.stats.observe("l2", time.perf_counter() - started)
+                return waited.payload
+            if not self._redis_ok():
+                return self._compute_direct(compute, started)
+        if stale is not None:
+            self.stats.incr("early_refreshes")
+        try:
+            t0 = time.perf_counter()
+            value = compute()
+            delta = time.perf_counter() - t0
+            self.stats.incr("computations")
+            self.stats.observe("db", time.perf_counter() - started)
+        except BaseException:
+            if locked:
+                self._release(lock_key, token)
+            raise
+        expires_at = _utc_now() + ttl
+        try:
+            data = serialization.encode_entry(value, delta, expires_at)
+        except serialization.SerializationError:
+            if locked:
+                self._release(lock_key, token)
+            raise
+        try:
+            tag_ttl_ms = int(max(ttl, self.config.ttl_closed) * 1000) + 60_000
+            stored = self._store_script(
+                keys=[full, self._gen_key, *(self._tag_key(t) for t in sorted(tags))],
+                args=[gen, data, max(1, int(ttl * 1000)), tag_ttl_ms],
+                client=self._client,
+            )
+            if locked:
+                self._release_script(keys=[lock_key], args=[token], client=self._client)
+        except redis.RedisError as exc:
+            self._mark_down(exc)
+            return value
+        if stored:
+            self._l1_put(key, _Entry(value, delta, expires_at, tags), epoch)
+        else:
+            self.stats.incr("stale_writes_refused")
+        return value
+
+    def _wait_for_other_process(
+        self, key: str, full: str, lock_key: str, tags: frozenset[str], epoch: int
+    ) -> _Entry | None:
+        deadline = time.monotonic() + self.config.lock_ms / 1000
+        pause = 0.002
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.05)
+            try:
+                pipe = self._redis().pipeline(transaction=False)
+                pipe.get(full)
+                pipe.exists(lock_key)
+                raw, held = pipe.execute()
+            except redis.RedisError as exc:
+                self._mark_down(exc)
+                return None
+            if raw is not None:
+                entry = self._decode(key, raw, tags)
+                if entry is not None:
+                    self._l1_put(key, entry, epoch)
+                return entry
+            if not held:
+                return None
+        return None
+
+    def _release(self, lock_key: str, token: str) -> None:
+        try:
+            self._release_script(keys=[lock_key], args=[token], client=self._client)
+        except redis.RedisError as exc:
+            self._mark_down(exc)
+
+    # ------------------------------------------------------------------ invalidation
+    def invalidate(
+        self,
+        *,
+        tags: Iterable[str] = (),
+        patterns: Iterable[str] = (),
+        keys: Iterable[str] = (),
+    ) -> InvalidationResult:
+        """Drop entries by tag (``week:2024-01-01``), key glob (``daily:*``) or exact key.
+
+        Reaches L2 and the L1 of every process listening; waits (``ack_timeout``) until each one
+        confirmed. On a Redis error the result says so (``ok=False``) instead of raising.
+        """
+        tags, patterns, keys = sorted(set(tags)), sorted(set(patterns)), sorted(set(keys))
+        result = InvalidationResult(tags=tags, patterns=patterns)
+        self.stats.incr("invalidations")
+        message_id = secrets.token_hex(8)
+        try:
+            client = self._redis()
+            doomed: set[bytes] = {self.full_key(k).encode() for k in keys}
+            if tags:
+                pipe = client.pipeline(transaction=False)
+                for tag in tags:
+                    pipe.smembers(self._tag_key(tag))
+                for members in pipe.execute():
+                    doomed.update(members)
+            for pattern in patterns:
+                doomed.update(client.scan_iter(match=self.full_key(pattern), count=1000))
+            pipe = client.pipeline(transaction=True)
+            pipe.incr(self._gen_key)
+            doomed_list = sorted(doomed)
+            for start in range(0, len(doomed_list), 500):
+                pipe.delete(*doomed_list[start : start + 500])
+            tag_keys = [self._tag_key(t) for t in tags]
+            for start in range(0, len(tag_keys), 500):
+                pipe.delete(*tag_keys[start : start + 500])
+            replies = pipe.execute()
+            result.keys_deleted = sum(int(r) for r in replies[1 : 1 + (len(doomed_list) + 499) // 500])
+            ack_key = f"{self.root}ack:{message_id}"
+            message = serialization.dumps({"id": message_id, "tags": tags, "patterns": patterns, "keys": keys})
+            self._apply_invalidation(tags, patterns, keys)
+            result.processes_notified = int(client.publish(self.channel, message))
+            deadline = time.monotonic() + self.config.ack_timeout
+            confirmed = 0
+            while True:
+                confirmed = int(client.get(ack_key) or 0)
+                if confirmed >= result.processes_notified or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.002)
+            result.processes_confirmed = confirmed
+        except redis.RedisError as exc:
+            self._mark_down(exc)
+            result.ok = False
+            result.error = f"Redis unreachable ({type(exc).__name__}: {exc}); cached values may be stale until their TTL"
+            return result
+        self.stats.incr("keys_invalidated", result.keys_deleted)
+        return result
+
+    def clear(self) -> InvalidationResult:
+        """Drop every cached value (all keys, every process's L1)."""
+        return self.invalidate(patterns=["*"])
+
+    def _apply_invalidation(self, tags: Iterable[str], patterns: Iterable[str], keys: Iterable[str]) -> None:
+        tag_set, pattern_list, key_set = set(tags), list(patterns), set(keys)
+        with self._l1_lock:
+            self._l1_epoch += 1
+            doomed = [
+                k for k, entry in list(self._l1.items())
+                if k in key_set or (entry.tags & tag_set) or any(fnmatch.fnmatchcase(k, p) for p in pattern_list)
+            ]
+            for k in doomed:
+                self._l1.pop(k, None)
+
+    # ------------------------------------------------------------------ listener thread
+    def _start_listener_thread(self) -> None:
+        with self._client_lock:
+            if self._listener is not None and self._listener.is_alive():
+                return
+            self._stop.clear()
+            self._listener = threading.Thread(target=_listen, args=(weakref.ref(self),), daemon=True,
+                                              name="metricsmith-cache-invalidation")
+            self._listener.start()
+
+    def _handle_message(self, data: bytes) -> None:
+        try:
+            message = serialization.loads(data)
+            self._apply_invalidation(message.get("tags", ()), message.get("patterns", ()), message.get("keys", ()))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("cache: bad invalidation message dropped (%s)", exc)
+            self._drop_l1()
+            return
+        try:
+            ack_key = f"{self.root}ack:{message['id']}"
+            pipe = self._redis().pipeline(transaction=False)
+            pipe.incr(ack_key)
+            pipe.expire(ack_key, 60)
+            pipe.execute()
+        except redis.RedisError as exc:
+            self._mark_down(exc)
+
+    def wait_until_listening(self, timeout: float = 5.0) -> bool:
+        """Block until this process hears invalidations (L1 is used only then)."""
+        try:
+            self._redis()
+        except redis.RedisError as exc:
+            self._mark_down(exc)
+            return False
+        return self._subscribed.wait(timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush_stats()
+        if self._listener is not None:
+            self._listener.join(timeout=3)
+        if self._client is not None:
+            self._client.close()
+
+    # ------------------------------------------------------------------ stats and health
+    def flush_stats(self) -> None:
+        pending = self.stats.take_pending()
+        if not pending or not self._redis_ok() or self._client is None:
+            if pending:
+                self.stats.restore_pending(pending)
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for name, value in pending.items():
+                pipe.hincrby(self._stats_key, name, value)
+            pipe.execute()
+        except redis.RedisError:
+            self.stats.restore_pending(pending)
+
+    def local_stats(self) -> StatsSnapshot:
+        snap = self.stats.snapshot(degraded=self.degraded)
+        snap.extra = {"l1_size": len(self._l1), "l1_maxsize": self.config.l1_maxsize}
+        return snap
+
+    def fleet_stats(self) -> StatsSnapshot:
+        """Statistics of every process (flushed into Redis); this process's own when Redis is down."""
+        self.flush_stats()
+        try:
+            raw = self._redis().hgetall(self._stats_key)
+        except redis.RedisError as exc:
+            self._mark_down(exc)
+            return self.local_stats()
+        snap = snapshot_from_hash(raw, degraded=self.degraded)
+        with contextlib.suppress(redis.RedisError):
+            snap.extra = {"l2_keys": sum(1 for _ in self._redis().scan_iter(match=self.full_key("*"), count=1000))}
+        return snap
+
+    def reset_stats(self) -> None:
+        self.stats.reset()
+        try:
+            self._redis().delete(self._stats_key)
+        except redis.RedisError as exc:
+            self._mark_down(exc)
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok" | "degraded", ...}``; probes Redis when the circuit allows."""
+        if self._redis_ok():
+            try:
+                self._redis().ping()
+            except redis.RedisError as exc:
+                self._mark_down(exc)
+        status = "degraded" if self.degraded else "ok"
+        return {
+            "status": status,
+            "redis": "unreachable" if self.degraded else "ok",
+            "l1_listening": self._subscribed.is_set(),
+            "last_error": self._last_error,
+            "detail": ("Redis unreachable: reads go straight to PostgreSQL" if self.degraded
+                       else "two tiers active"),
+        }
+
+
+def _listen(ref: weakref.ReferenceType[TwoTierCache]) -> None:
+    """Listener loop: subscribe, purge L1 on each message, flush stats; reconnect on errors."""
+    while True:
+        cache = ref()
+        if cache is None or cache._stop.is_set():
+            return
+        client = cache._client
+        retry = cache.config.retry_after
+        pubsub = None
+        try:
+            if client is None:
+                raise redis.ConnectionError("no client yet")
+            pubsub = client.pubsub(ignore_subscribe_messages=False)
+            pubsub.subscribe(cache.channel)
+            last_flush = time.monotonic()
+            flush_every = cache.config.stats_flush_every
+            del cache
+            while True:
+                message = pubsub.get_message(timeout=0.2)
+                cache = ref()
+                if cache is None or cache._stop.is_set():
+                    return
+                if message is not None:
+                    if message["type"] == "subscribe":
+                        cache._drop_l1()  # anything cached before we listened might have missed a purge
+                        cache._subscribed.set()
+                    elif message["type"] == "message":
+                        cache._handle_message(message["data"])
+                if time.monotonic() - last_flush >= flush_every:
+                    cache.flush_stats()
+                    last_flush = time.monotonic()
+                del cache
+        except (redis.RedisError, OSError, ValueError) as exc:
+            cache = ref()
+            if cache is None:
+                return
+            cache._subscribed.clear()
+            cache._mark_down(exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc)))
+            del cache
+            time.sleep(retry)
+        finally:
+            if pubsub is not None:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+
+
+def _flush_at_exit(ref: weakref.ReferenceType[TwoTierCache]) -> None:
+    cache = ref()
+    if cache is not None:
+        with contextlib.suppress(Exception):
+            cache.flush_stats()
+
+
+_DEFAULT: TwoTierCache | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def get_cache() -> TwoTierCache:
+    """The process-wide cache for the current settings (recreated when the Redis prefix/URL changes)."""
+    global _DEFAULT
+    settings = load_settings()
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None or _DEFAULT.settings != settings:
+            if _DEFAULT is not None:
+                _DEFAULT.close()
+            _DEFAULT = TwoTierCache(settings)
+        return _DEFAULT

@@ -1,0 +1,428 @@
+"""Read every kind of metric through the two-tier cache, as typed rows.
+
+>>> from datetime import date
+>>> from metricsmith.query import MetricsQueryService
+>>> svc = MetricsQueryService()
+>>> rows = svc.get_daily_metrics(date(2024, 1, 1), date(2024, 1, 31))   # list[DailyMetrics]
+>>> summary = svc.get_monthly_metrics_summary(2024)                      # months + YoY
+
+Reads go L1 (this process) -> L2 (Redis) -> PostgreSQL (the dbt marts in ``analytics``). The
+TTL follows the data's age (see :mod:`metricsmith.cache.periods`); rebuilt periods are
+invalidated by :func:`metricsmith.cache.invalidation.invalidate_periods` after each dbt run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import threading
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from metricsmith import db
+from metricsmith.cache import periods
+from metricsmith.cache.core import TwoTierCache, get_cache
+from metricsmith.cache.periods import Tier, ttl_for
+from metricsmith.config import Settings, load_settings
+from metricsmith.errors import UserFacingError
+
+MEASURES = (
+    "total_events", "active_users", "new_users", "active_organizations", "sessions",
+    "signups", "purchases", "revenue_cents",
+)
+#: Measures that add up across periods (distinct counts do not).
+ADDITIVE = ("total_events", "new_users", "signups", "purchases", "revenue_cents")
+GROWTH_MEASURES = ("total_events", "active_users", "new_users", "revenue_cents")
+
+
+class QueryError(UserFacingError):
+    """A query the service cannot answer as asked (bad range, unknown metric ...)."""
+
+
+class NotAvailable(QueryError):
+    """The data or capability behind a query does not exist (yet) in this database."""
+
+
+@dataclass(frozen=True)
+class DailyMetrics:
+    metric_date: date
+    total_events: int
+    active_users: int
+    new_users: int
+    active_organizations: int
+    sessions: int
+    signups: int
+    purchases: int
+    revenue_cents: int
+
+
+@dataclass(frozen=True)
+class WeeklyMetrics:
+    week_start: date
+    week_end: date
+    days_with_data: int
+    is_complete: bool
+    total_events: int
+    active_users: int
+    new_users: int
+    active_organizations: int
+    sessions: int
+    signups: int
+    purchases: int
+    revenue_cents: int
+    avg_daily_events: Decimal | None
+    avg_daily_active_users: Decimal | None
+    avg_daily_revenue_cents: Decimal | None
+    total_events_wow_pct: Decimal | None
+    active_users_wow_pct: Decimal | None
+    new_users_wow_pct: Decimal | None
+    revenue_cents_wow_pct: Decimal | None
+
+
+@dataclass(frozen=True)
+class WeekBreakdown:
+    week_start: date
+    days_in_month: int
+    total_events: int
+    active_users: int
+    revenue_cents: int
+
+
+@dataclass(frozen=True)
+class MonthlyMetrics:
+    month_start: date
+    month_end: date
+    days_with_data: int
+    is_complete: bool
+    total_events: int
+    active_users: int
+    new_users: int
+    active_organizations: int
+    sessions: int
+    signups: int
+    purchases: int
+    revenue_cents: int
+    avg_daily_events: Decimal | None
+    avg_daily_active_users: Decimal | None
+    avg_daily_revenue_cents: Decimal | None
+    total_events_mom_pct: Decimal | None
+    active_users_mom_pct: Decimal | None
+    new_users_mom_pct: Decimal | None
+    revenue_cents_mom_pct: Decimal | None
+    total_events_yoy_pct: Decimal | None
+    active_users_yoy_pct: Decimal | None
+    new_users_yoy_pct: Decimal | None
+    revenue_cents_yoy_pct: Decimal | None
+    weekly_breakdown: tuple[WeekBreakdown, ...] = ()
+
+
+@dataclass(frozen=True)
+class WeeklySummary:
+    """The weeks overlapping ``start .. end`` and their additive totals."""
+
+    start: date
+    end: date
+    weeks: list[WeeklyMetrics]
+    totals: dict[str, int]
+    complete_weeks: int
+
+
+@dataclass(frozen=True)
+class MonthlySummary:
+    """A year's months, its additive totals and year-over-year growth.
+
+    ``previous_year_totals`` sums the same calendar months of the previous year (so a year
+    in progress compares like with like); ``yoy_pct`` is 100 x (this - previous) / previous,
+    None when the previous value is 0 or missing (the marts' rule).
+    """
+
+    year: int
+    months: list[MonthlyMetrics]
+    totals: dict[str, int]
+    previous_year_totals: dict[str, int]
+    yoy_pct: dict[str, Decimal | None]
+
+
+@dataclass(frozen=True)
+class CustomMetricValue:
+    metric_slug: str
+    metric_version: int
+    grain: str
+    period_start: date
+    dimensions: dict[str, Any]
+    value: Decimal | None
+    previous_value: Decimal | None
+    growth_pct: Decimal | None
+    computed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RealtimeValue:
+    metric: str
+    labels: dict[str, str]
+    value: Any
+    as_of: datetime | None = None
+
+
+_DAILY_COLUMNS = [f.name for f in dataclasses.fields(DailyMetrics)]
+_WEEKLY_COLUMNS = [f.name for f in dataclasses.fields(WeeklyMetrics)]
+_MONTHLY_COLUMNS = [f.name for f in dataclasses.fields(MonthlyMetrics)]
+_CUSTOM_COLUMNS = [f.name for f in dataclasses.fields(CustomMetricValue)]
+
+R = TypeVar("R")
+
+
+def _num(value: Any) -> Any:
+    """Numerics as Decimal (floats from a model that returns double precision included)."""
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    return value
+
+
+def growth_pct(current: int | Decimal | None, previous: int | Decimal | None) -> Decimal | None:
+    """100 x (current - previous) / previous; None when previous is None or 0 (the marts' rule)."""
+    if current is None or previous is None or previous == 0:
+        return None
+    return (Decimal(current) - Decimal(previous)) * 100 / Decimal(previous)
+
+
+def _check_range(start: date, end: date) -> None:
+    if not isinstance(start, date) or not isinstance(end, date):
+        raise QueryError(f"start and end must be dates, got {type(start).__name__} and {type(end).__name__}")
+    if start > end:
+        raise QueryError(f"start {start} is after end {end}")
+    if (end - start).days > 366 * 20:
+        raise QueryError(f"range {start} .. {end} is longer than 20 years; narrow it")
+
+
+class MetricsQueryService:
+    """Typed, cached reads of the metrics marts, custom metric values and realtime values."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        cache: TwoTierCache | None = None,
+        schema: str = "analytics",
+        use_cache: bool = True,
+        today: date | None = None,
+    ) -> None:
+        self.settings = settings or load_settings()
+        self.schema = schema
+        self.cache = cache if cache is not None else (get_cache() if use_cache else None)
+        self._today = today
+        self._pool: ConnectionPool[Any] | None = None
+        self._pool_lock = threading.Lock()
+        # keys of a non-default schema carry it, so two marts never share entries
+        self._key_prefix = "" if schema == "analytics" else f"{schema}/"
+
+    # ------------------------------------------------------------------ plumbing
+    def today(self) -> date:
+        """Today in the reporting time zone (the open day)."""
+        return self._today or datetime.now(self.settings.tz).date()
+
+    def _connection_pool(self) -> ConnectionPool[Any]:
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    pool: ConnectionPool[Any] = ConnectionPool(
+                        db.database_url(self.settings), min_size=1, max_size=4, open=False,
+                        kwargs={"autocommit": True, "connect_timeout": 10},
+                    )
+                    pool.open(wait=True, timeout=30)
+                    self._pool = pool
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> MetricsQueryService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fetch(self, query: sql.Composable, params: tuple[Any, ...], table: str) -> list[tuple[Any, ...]]:
+        with self._connection_pool().connection() as conn:
+            try:
+                return conn.execute(query, params).fetchall()
+            except psycopg.errors.UndefinedTable:
+                raise NotAvailable(
+                    f"{self.schema}.{table} does not exist in this database: run the dbt models first "
+                    "(`metricsmith demo` or `dbt build`)"
+                ) from None
+            except psycopg.errors.UndefinedColumn as exc:
+                raise NotAvailable(f"{self.schema}.{table} does not have the contracted columns: {exc}") from None
+
+    def _cached(self, key: str, compute: Any, tier: Tier, tags: list[str]) -> Any:
+        if self.cache is None:
+            return compute()
+        return self.cache.get_or_compute(
+            self._key_prefix + key, compute, ttl=ttl_for(tier, self.cache.config), tags=tags
+        )
+
+    def _select(self, table: str, columns: list[str], where: str, order: str) -> sql.Composed:
+        return sql.SQL("select {cols} from {tbl} where {where} order by {order}").format(
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+            tbl=sql.Identifier(self.schema, table),
+            where=sql.SQL(where),  # fixed text in this module only
+            order=sql.Identifier(order),
+        )
+
+    # ------------------------------------------------------------------ marts
+    def tier_for_range(self, end: date) -> Tier:
+        return periods.tier_for_range(end, self.today())
+
+    def get_daily_metrics(self, start: date, end: date) -> list[DailyMetrics]:
+        """One row per spine day in ``start .. end`` (inclusive)."""
+        _check_range(start, end)
+
+        def compute() -> list[list[Any]]:
+            rows = self._fetch(self._select("daily_metrics", _DAILY_COLUMNS, "metric_date between %s and %s",
+                                            "metric_date"), (start, end), "daily_metrics")
+            return [list(r) for r in rows]
+
+        tags = [periods.day_tag(d) for d in periods.days_between(start, end)]
+        raw = self._cached(f"daily:{start}:{end}", compute, self.tier_for_range(end), tags)
+        return [DailyMetrics(*r) for r in raw]
+
+    def get_weekly_metrics(self, start: date, end: date) -> list[WeeklyMetrics]:
+        """ISO weeks (Monday start) overlapping ``start .. end``."""
+        _check_range(start, end)
+        first = periods.week_start(start)
+        last_end = periods.week_start(end) + timedelta(days=6)
+
+        def compute() -> list[list[Any]]:
+            rows = self._fetch(self._select("weekly_metrics", _WEEKLY_COLUMNS, "week_start between %s and %s",
+                                            "week_start"), (first, end), "weekly_metrics")
+            return [[_num(v) for v in r] for r in rows]
+
+        # growth of the first week depends on the week before it
+        tags = [periods.week_tag(w) for w in periods.weeks_between(first - timedelta(days=7), end)]
+        raw = self._cached(f"weekly:{first}:{periods.week_start(end)}", compute, self.tier_for_range(last_end), tags)
+        return [WeeklyMetrics(*r) for r in raw]
+
+    def get_weekly_metrics_summary(self, start: date, end: date) -> WeeklySummary:
+        weeks = self.get_weekly_metrics(start, end)
+        totals = {m: sum(getattr(w, m) for w in weeks) for m in ADDITIVE}
+        return WeeklySummary(start, end, weeks, totals, sum(1 for w in weeks if w.is_complete))
+
+    def get_monthly_metrics(self, start: date, end: date) -> list[MonthlyMetrics]:
+        """Calendar months overlapping ``start .. end``, with their weekly breakdown."""
+        _check_range(start, end)
+        first = periods.month_start(start)
+
+        def compute() -> list[list[Any]]:
+            rows = self._fetch(self._select("monthly_metrics", _MONTHLY_COLUMNS, "month_start between %s and %s",
+                                            "month_start"), (first, end), "monthly_metrics")
+            out = []
+            for r in rows:
+                values = [_num(v) for v in r[:-1]]
+                breakdown = [[date.fromisoformat(str(b["week_start"])), b["days_in_month"], b["total_events"],
+                              b["active_users"], b["revenue_cents"]] for b in (r[-1] or [])]
+                out.append([*values, breakdown])
+            return out
+
+        # month-over-month needs the month before, year-over-year the same month a year earlier
+        year_before = first.replace(year=first.year - 1)
+        tags = [periods.month_tag(m) for m in periods.months_between(year_before, end)]
+        last_end = periods.month_end(end)
+        raw = self._cached(f"monthly:{first}:{periods.month_start(end)}", compute, self.tier_for_range(last_end), tags)
+        return [dataclasses.replace(MonthlyMetrics(*r[:-1]), weekly_breakdown=tuple(WeekBreakdown(*b) for b in r[-1]))
+                for r in raw]
+
+    def get_monthly_metrics_summary(self, year: int) -> MonthlySummary:
+        """The months of ``year`` plus year-over-year growth of the year so far."""
+        if not isinstance(year, int) or not 1900 <= year <= 9999:
+            raise QueryError(f"year must be an integer between 1900 and 9999, got {year!r}")
+        months = self.get_monthly_metrics(date(year, 1, 1), date(year, 12, 31))
+        previous = {m.month_start.month: m for m in self.get_monthly_metrics(date(year - 1, 1, 1),
+                                                                              date(year - 1, 12, 31))}
+        totals = {m: sum(getattr(row, m) for row in months) for m in ADDITIVE}
+        same_months = [previous[row.month_start.month] for row in months if row.month_start.month in previous]
+        prev_totals = {m: sum(getattr(row, m) for row in same_months) for m in ADDITIVE}
+        yoy = {m: (growth_pct(totals[m], prev_totals[m]) if same_months else None) for m in ADDITIVE}
+        return MonthlySummary(year, months, totals, prev_totals, yoy)
+
+    # ------------------------------------------------------------------ custom metrics
+    def get_custom_metric_values(
+        self,
+        slug: str,
+        *,
+        user: str,
+        start: date | None = None,
+        end: date | None = None,
+    ) -> list[CustomMetricValue]:
+        """Values of one custom metric, if ``user`` may see it (visibility enforced by issue 5's API)."""
+        if start is not None and end is not None:
+            _check_range(start, end)
+        access = _custom_metrics_access()
+        access(slug, user)  # raises the custom metrics module's own access error
+        lo, hi = start or date(1, 1, 1), end or date(9999, 12, 31)
+
+        def compute() -> list[list[Any]]:
+            cols = list(_CUSTOM_COLUMNS)
+            query = self._select("custom_metric_values", cols,
+                                 "metric_slug = %s and period_start between %s and %s", "period_start")
+            rows = self._fetch(query, (slug, lo, hi), "custom_metric_values")
+            return [[_num(v) for v in r] for r in rows]
+
+        tier = Tier.OPEN if end is None else self.tier_for_range(end)
+        raw = self._cached(f"custom:{slug}:{lo}:{hi}", compute, tier, [periods.slug_tag(slug)])
+        return [CustomMetricValue(*r) for r in raw]
+
+    # ------------------------------------------------------------------ realtime
+    def get_realtime_value(self, metric: str, labels: dict[str, str] | None = None) -> RealtimeValue:
+        """A realtime metric's current value (cached for ``ttl_realtime``), read by issue 6's service."""
+        labels = dict(labels or {})
+        reader = _realtime_reader()
+
+        def compute() -> Any:
+            return reader(metric, labels)
+
+        key = f"realtime:{metric}:" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        value = self._cached(key, compute, Tier.REALTIME, [f"realtime:{metric}"])
+        return RealtimeValue(metric, labels, value)
+
+
+def _custom_metrics_access() -> Any:
+    """The custom metrics module's read-access check ``(slug, user) -> None | raises``."""
+    for module_name in ("metricsmith.custom_metrics", "metricsmith.custom_metrics.access",
+                        "metricsmith.custom_metrics.service"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        check = getattr(module, "check_read_access", None)
+        if callable(check):
+            return check
+    raise NotAvailable(
+        "custom metric values are not available here: the custom metrics capability (issue 5) with its "
+        "access control is not installed, and values are never served without an access check"
+    )
+
+
+def _realtime_reader() -> Any:
+    try:
+        module = importlib.import_module("metricsmith.realtime")
+    except ImportError:
+        raise NotAvailable("realtime metrics are not available: the realtime capability (issue 6) is not installed") from None
+    reader = getattr(module, "read_value", None)
+    if not callable(reader):
+        raise NotAvailable("realtime metrics are installed but offer no read_value(metric, labels) function")
+    return reader
+
+
+__all__ = [
+    "CustomMetricValue", "DailyMetrics", "MetricsQueryService", "MonthlyMetrics", "MonthlySummary",
+    "NotAvailable", "QueryError", "RealtimeValue", "WeekBreakdown", "WeeklyMetrics", "WeeklySummary",
+    "growth_pct",
+]

@@ -1,0 +1,130 @@
+"""Test helper for the cache/query tests: the three marts' tables (the issue-3 contract) in a
+private schema, filled with deterministic rows, plus the plain-Python expectations."""
+
+from __future__ import annotations
+
+import random
+import secrets
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+MEASURES = ("total_events", "active_users", "new_users", "active_organizations", "sessions",
+            "signups", "purchases", "revenue_cents")
+
+DDL = """
+create table {s}.daily_metrics (metric_date date primary key, total_events bigint, active_users bigint,
+  new_users bigint, active_organizations bigint, sessions bigint, signups bigint, purchases bigint,
+  revenue_cents bigint);
+create table {s}.weekly_metrics (week_start date primary key, week_end date, days_with_data int,
+  is_complete boolean, total_events bigint, active_users bigint, new_users bigint, active_organizations bigint,
+  sessions bigint, signups bigint, purchases bigint, revenue_cents bigint, avg_daily_events numeric,
+  avg_daily_active_users numeric, avg_daily_revenue_cents numeric, total_events_wow_pct numeric,
+  active_users_wow_pct numeric, new_users_wow_pct numeric, revenue_cents_wow_pct numeric);
+create table {s}.monthly_metrics (month_start date primary key, month_end date, days_with_data int,
+  is_complete boolean, total_events bigint, active_users bigint, new_users bigint, active_organizations bigint,
+  sessions bigint, signups bigint, purchases bigint, revenue_cents bigint, avg_daily_events numeric,
+  avg_daily_active_users numeric, avg_daily_revenue_cents numeric, total_events_mom_pct numeric,
+  active_users_mom_pct numeric, new_users_mom_pct numeric, revenue_cents_mom_pct numeric,
+  total_events_yoy_pct numeric, active_users_yoy_pct numeric, new_users_yoy_pct numeric,
+  revenue_cents_yoy_pct numeric, weekly_breakdown jsonb);
+"""
+
+
+def pct(cur: Any, prev: Any) -> Decimal | None:
+    if prev is None or prev == 0:
+        return None
+    return (Decimal(cur) - Decimal(prev)) * 100 / Decimal(prev)
+
+
+def month_add(d: date, n: int) -> date:
+    i = d.year * 12 + d.month - 1 + n
+    return date(i // 12, i % 12 + 1, 1)
+
+
+class Marts:
+    """Rows kept in Python (the expectation) and written to Postgres (what the service reads)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], first: date, last: date, seed: int = 3) -> None:
+        self.conn = conn
+        self.schema = f"cachetest_{secrets.token_hex(3)}"
+        conn.execute(f"create schema {self.schema}")
+        conn.execute(DDL.format(s=self.schema))
+        rng = random.Random(seed)
+        self.daily: dict[date, dict[str, Any]] = {}
+        day = first
+        while day <= last:
+            ev = rng.randint(0, 500)
+            self.daily[day] = {"metric_date": day, "total_events": ev, "active_users": ev // 3,
+                               "new_users": ev // 10, "active_organizations": ev // 50, "sessions": ev // 2,
+                               "signups": ev // 10, "purchases": ev // 20, "revenue_cents": ev * 137}
+            day += timedelta(days=1)
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        """Recompute weeks and months from the days (additive sums; good enough for a cache test)."""
+        days = sorted(self.daily)
+        weeks: dict[date, list[date]] = {}
+        months: dict[date, list[date]] = {}
+        for d in days:
+            weeks.setdefault(d - timedelta(days=d.weekday()), []).append(d)
+            months.setdefault(d.replace(day=1), []).append(d)
+        self.weekly = {}
+        for ws in sorted(weeks):
+            row = self._agg(weeks[ws])
+            prev = self.weekly.get(ws - timedelta(days=7))
+            row.update(week_start=ws, week_end=ws + timedelta(days=6), days_with_data=len(weeks[ws]),
+                       is_complete=len(weeks[ws]) == 7)
+            for m in ("total_events", "active_users", "new_users", "revenue_cents"):
+                row[f"{m}_wow_pct"] = pct(row[m], prev[m]) if prev else None
+            self.weekly[ws] = row
+        self.monthly = {}
+        for ms in sorted(months):
+            row = self._agg(months[ms])
+            ndays = (month_add(ms, 1) - ms).days
+            row.update(month_start=ms, month_end=month_add(ms, 1) - timedelta(days=1),
+                       days_with_data=len(months[ms]), is_complete=len(months[ms]) == ndays)
+            prev, yago = self.monthly.get(month_add(ms, -1)), self.monthly.get(month_add(ms, -12))
+            for m in ("total_events", "active_users", "new_users", "revenue_cents"):
+                row[f"{m}_mom_pct"] = pct(row[m], prev[m]) if prev else None
+                row[f"{m}_yoy_pct"] = pct(row[m], yago[m]) if yago else None
+            bd = {}
+            for d in months[ms]:
+                w = d - timedelta(days=d.weekday())
+                e = bd.setdefault(w, {"week_start": w.isoformat(), "days_in_month": 0, "total_events": 0,
+                                      "active_users": 0, "revenue_cents": 0})
+                e["days_in_month"] += 1
+                for m in ("total_events", "active_users", "revenue_cents"):
+                    e[m] += self.daily[d][m]
+            row["weekly_breakdown"] = [bd[w] for w in sorted(bd)]
+            self.monthly[ms] = row
+        self.write()
+
+    def _agg(self, days: list[date]) -> dict[str, Any]:
+        row: dict[str, Any] = {m: sum(self.daily[d][m] for d in days) for m in MEASURES}
+        n = Decimal(len(days))
+        row["avg_daily_events"] = Decimal(row["total_events"]) / n
+        row["avg_daily_active_users"] = Decimal(row["active_users"]) / n
+        row["avg_daily_revenue_cents"] = Decimal(row["revenue_cents"]) / n
+        return row
+
+    def write(self) -> None:
+        s = self.schema
+        with self.conn.transaction():
+            self.conn.execute(f"truncate {s}.daily_metrics, {s}.weekly_metrics, {s}.monthly_metrics")
+            for table, rows in (("daily_metrics", self.daily), ("weekly_metrics", self.weekly),
+                                ("monthly_metrics", self.monthly)):
+                cols = list(next(iter(rows.values())).keys())
+                with self.conn.cursor().copy(f"copy {s}.{table} ({', '.join(cols)}) from stdin") as cp:
+                    for row in rows.values():
+                        cp.write_row([Jsonb(v) if isinstance(v, list) else v for v in row.values()])
+
+    def set_day(self, day: date, **values: int) -> None:
+        self.daily[day].update(values)
+        self.rebuild()
+
+    def drop(self) -> None:
+        self.conn.execute(f"drop schema if exists {self.schema} cascade")

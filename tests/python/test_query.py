@@ -1,0 +1,161 @@
+"""MetricsQueryService: typed rows equal the marts, summaries equal a plain-Python computation,
+bad input gives clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from _cache_marts import Marts, pct
+
+from metricsmith.cache import TwoTierCache, load_cache_config
+from metricsmith.cache.invalidation import invalidate_periods, warm_cache
+from metricsmith.query import MetricsQueryService, NotAvailable, QueryError
+
+FIRST, LAST = date(2023, 1, 1), date(2024, 12, 31)
+TODAY = date(2024, 12, 31)
+
+
+@pytest.fixture(scope="module")
+def marts(test_database: str) -> Iterator[Marts]:
+    with psycopg.connect(test_database, autocommit=True) as conn:
+        m = Marts(conn, FIRST, LAST)
+        yield m
+        m.drop()
+
+
+@pytest.fixture()
+def cache() -> Iterator[TwoTierCache]:
+    c = TwoTierCache(config=load_cache_config())
+    assert c.wait_until_listening()
+    c.clear()
+    c.reset_stats()
+    yield c
+    c.close()
+
+
+@pytest.fixture()
+def svc(marts: Marts, cache: TwoTierCache) -> Iterator[MetricsQueryService]:
+    with MetricsQueryService(cache=cache, schema=marts.schema, today=TODAY) as s:
+        yield s
+
+
+def as_dict(row: Any) -> dict[str, Any]:
+    return dataclasses.asdict(row)
+
+
+def test_daily_rows_equal_the_mart_cold_and_warm(svc: MetricsQueryService, marts: Marts, cache: TwoTierCache) -> None:
+    start, end = date(2024, 2, 20), date(2024, 3, 5)  # crosses 29 February
+    expected = [marts.daily[start + timedelta(days=i)] for i in range((end - start).days + 1)]
+    cold = svc.get_daily_metrics(start, end)
+    warm = svc.get_daily_metrics(start, end)
+    assert [as_dict(r) for r in cold] == expected
+    assert warm == cold
+    assert isinstance(cold[0].metric_date, date) and isinstance(cold[0].revenue_cents, int)
+    s = cache.local_stats().counters
+    assert s["computations"] == 1 and s["l1_hits"] == 1
+
+
+def test_weekly_summary(svc: MetricsQueryService, marts: Marts) -> None:
+    start, end = date(2024, 1, 3), date(2024, 2, 14)
+    summary = svc.get_weekly_metrics_summary(start, end)
+    expected = [w for ws, w in marts.weekly.items() if ws <= end and ws + timedelta(days=6) >= start]
+    assert [as_dict(w) for w in summary.weeks] == expected
+    assert summary.totals["revenue_cents"] == sum(w["revenue_cents"] for w in expected)
+    assert summary.complete_weeks == len(expected)
+    # the warm read builds the same typed summary
+    assert svc.get_weekly_metrics_summary(start, end) == summary
+
+
+def test_monthly_summary_with_yoy(svc: MetricsQueryService, marts: Marts) -> None:
+    summary = svc.get_monthly_metrics_summary(2024)
+    assert len(summary.months) == 12
+    got = summary.months[1]
+    want = marts.monthly[date(2024, 2, 1)]
+    assert got.month_end == date(2024, 2, 29) and got.is_complete
+    assert [dataclasses.asdict(b) | {"week_start": b.week_start.isoformat()} for b in got.weekly_breakdown] \
+        == want["weekly_breakdown"]
+    assert got.revenue_cents_yoy_pct == want["revenue_cents_yoy_pct"]
+    this = sum(marts.daily[d]["revenue_cents"] for d in marts.daily if d.year == 2024)
+    prev = sum(marts.daily[d]["revenue_cents"] for d in marts.daily if d.year == 2023)
+    assert summary.totals["revenue_cents"] == this
+    assert summary.previous_year_totals["revenue_cents"] == prev
+    assert summary.yoy_pct["revenue_cents"] == pct(this, prev)
+    # the first year has no previous year: growth is None, not 0 or an error
+    first = svc.get_monthly_metrics_summary(2023)
+    assert first.yoy_pct["revenue_cents"] is None and first.months[0].total_events_yoy_pct is None
+    assert svc.get_monthly_metrics_summary(2030).months == []
+
+
+def test_invalidation_after_a_change(svc: MetricsQueryService, marts: Marts) -> None:
+    day = date(2024, 6, 12)
+    before = svc.get_weekly_metrics(day, day)[0].total_events
+    old = marts.daily[day]["total_events"]
+    marts.set_day(day, total_events=old + 1000)
+    assert svc.get_weekly_metrics(day, day)[0].total_events == before  # closed week: served from cache
+    result = invalidate_periods(days=[day], cache=svc.cache)
+    assert result.ok and result.keys_deleted >= 1
+    assert svc.get_weekly_metrics(day, day)[0].total_events == before + 1000
+    # the month and the following week's growth changed too and were dropped with it
+    next_week = day + timedelta(days=7)
+    assert svc.get_weekly_metrics(next_week, next_week)[0].total_events_wow_pct == \
+        marts.weekly[next_week - timedelta(days=next_week.weekday())]["total_events_wow_pct"]
+    marts.set_day(day, total_events=old)
+    invalidate_periods(days=[day], cache=svc.cache)
+
+
+def test_warm_cache_then_all_hits(svc: MetricsQueryService, cache: TwoTierCache) -> None:
+    result = warm_cache(svc, today=TODAY)
+    assert len(result.warmed) == 4, result.render()
+    assert any("custom metrics" in s for s in result.skipped) or len(result.warmed) > 4
+    before = cache.local_stats().counters["computations"]
+    svc.get_daily_metrics(TODAY - timedelta(days=29), TODAY)
+    svc.get_monthly_metrics_summary(TODAY.year)
+    assert cache.local_stats().counters["computations"] == before
+
+
+def test_without_cache_same_rows(marts: Marts, svc: MetricsQueryService) -> None:
+    with MetricsQueryService(schema=marts.schema, use_cache=False) as direct:
+        assert direct.get_monthly_metrics_summary(2024) == svc.get_monthly_metrics_summary(2024)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s: s.get_daily_metrics(date(2024, 2, 1), date(2024, 1, 1)), "is after end"),
+        (lambda s: s.get_daily_metrics("2024-01-01", date(2024, 1, 1)), "must be dates"),
+        (lambda s: s.get_weekly_metrics_summary(date(1900, 1, 1), date(2024, 1, 1)), "longer than 20 years"),
+        (lambda s: s.get_monthly_metrics_summary(24), "year must be"),
+        (lambda s: s.get_monthly_metrics_summary("2024"), "year must be"),
+    ],
+)
+def test_bad_input_is_a_clear_error(svc: MetricsQueryService, call: Any, message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        call(svc)
+    assert svc.get_daily_metrics(date(2024, 1, 1), date(2024, 1, 1))  # the service still works
+
+
+def test_missing_marts_and_capabilities_are_not_available(cache: TwoTierCache) -> None:
+    with MetricsQueryService(cache=cache, schema="no_such_schema") as s:
+        with pytest.raises(NotAvailable, match="does not exist"):
+            s.get_daily_metrics(date(2024, 1, 1), date(2024, 1, 2))
+        with pytest.raises(NotAvailable, match="custom"):
+            s.get_custom_metric_values("revenue-per-user", user="alice")
+        with pytest.raises(NotAvailable, match="realtime"):
+            s.get_realtime_value("events_total")
+
+
+def test_invalidate_periods_rejects_bad_dates() -> None:
+    with pytest.raises(ValueError, match="not a date"):
+        invalidate_periods(days=["2024-13-01"])
+
+
+def test_numeric_types(svc: MetricsQueryService) -> None:
+    week = svc.get_weekly_metrics(date(2024, 3, 4), date(2024, 3, 4))[0]
+    assert isinstance(week.avg_daily_revenue_cents, Decimal)
+    assert week.is_complete is True
