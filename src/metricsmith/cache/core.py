@@ -314,12 +314,23 @@ class TwoTierCache:
             client = self._redis()
             pipe = client.pipeline(transaction=False)
             pipe.get(self._gen_key)
+            pipe.get(full)
             pipe.set(lock_key, token, nx=True, px=self.config.lock_ms)
-            gen_raw, locked = pipe.execute()
+            gen_raw, current, locked = pipe.execute()
         except redis.RedisError as exc:
             self._mark_down(exc)
             return self._compute_direct(compute, started)
         gen = gen_raw.decode() if gen_raw else "0"
+        if current is not None and stale is None:
+            # another leader stored it between our L2 miss and now: no need to compute
+            entry = self._decode(key, current, tags)
+            if entry is not None:
+                if locked:
+                    self._release(lock_key, token)
+                self._l1_put(key, entry, epoch)
+                self.stats.incr("stampedes_avoided")
+                self.stats.observe("l2", time.perf_counter() - started)
+                return entry.payload
         if not locked:
             if stale is not None:  # another process refreshes early; the current value is still valid
                 self.stats.incr("l2_hits")
