@@ -18,6 +18,7 @@ from metricsmith.errors import UserFacingError
 COMMAND_MODULES = [
     "metricsmith.commands_core",
     "metricsmith.demo",
+    "metricsmith.commands_query",
 ]
 
 
