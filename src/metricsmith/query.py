@@ -262,11 +262,12 @@ class MetricsQueryService:
             except psycopg.errors.UndefinedColumn as exc:
                 raise NotAvailable(f"{self.schema}.{table} does not have the contracted columns: {exc}") from None
 
-    def _cached(self, key: str, compute: Any, tier: Tier, tags: list[str]) -> Any:
+    def _cached(self, key: str, compute: Any, tier: Tier, tags: list[str], load: Any) -> Any:
+        """``load(compute())`` through the cache; ``load`` builds immutable typed rows (kept in L1)."""
         if self.cache is None:
-            return compute()
+            return load(compute())
         return self.cache.get_or_compute(
-            self._key_prefix + key, compute, ttl=ttl_for(tier, self.cache.config), tags=tags
+            self._key_prefix + key, compute, ttl=ttl_for(tier, self.cache.config), tags=tags, load=load
         )
 
     def _select(self, table: str, columns: list[str], where: str, order: str) -> sql.Composed:
@@ -291,8 +292,9 @@ class MetricsQueryService:
             return [list(r) for r in rows]
 
         tags = [periods.day_tag(d) for d in periods.days_between(start, end)]
-        raw = self._cached(f"daily:{start}:{end}", compute, self.tier_for_range(end), tags)
-        return [DailyMetrics(*r) for r in raw]
+        rows = self._cached(f"daily:{start}:{end}", compute, self.tier_for_range(end), tags,
+                            lambda raw: tuple(DailyMetrics(*r) for r in raw))
+        return list(rows)
 
     def get_weekly_metrics(self, start: date, end: date) -> list[WeeklyMetrics]:
         """ISO weeks (Monday start) overlapping ``start .. end``."""
@@ -307,8 +309,9 @@ class MetricsQueryService:
 
         # growth of the first week depends on the week before it
         tags = [periods.week_tag(w) for w in periods.weeks_between(first - timedelta(days=7), end)]
-        raw = self._cached(f"weekly:{first}:{periods.week_start(end)}", compute, self.tier_for_range(last_end), tags)
-        return [WeeklyMetrics(*r) for r in raw]
+        rows = self._cached(f"weekly:{first}:{periods.week_start(end)}", compute, self.tier_for_range(last_end), tags,
+                            lambda raw: tuple(WeeklyMetrics(*r) for r in raw))
+        return list(rows)
 
     def get_weekly_metrics_summary(self, start: date, end: date) -> WeeklySummary:
         weeks = self.get_weekly_metrics(start, end)
@@ -335,9 +338,14 @@ class MetricsQueryService:
         year_before = first.replace(year=first.year - 1)
         tags = [periods.month_tag(m) for m in periods.months_between(year_before, end)]
         last_end = periods.month_end(end)
-        raw = self._cached(f"monthly:{first}:{periods.month_start(end)}", compute, self.tier_for_range(last_end), tags)
-        return [dataclasses.replace(MonthlyMetrics(*r[:-1]), weekly_breakdown=tuple(WeekBreakdown(*b) for b in r[-1]))
-                for r in raw]
+        def load(raw: list[list[Any]]) -> tuple[MonthlyMetrics, ...]:
+            return tuple(dataclasses.replace(MonthlyMetrics(*r[:-1]),
+                                             weekly_breakdown=tuple(WeekBreakdown(*b) for b in r[-1]))
+                         for r in raw)
+
+        rows = self._cached(f"monthly:{first}:{periods.month_start(end)}", compute, self.tier_for_range(last_end),
+                            tags, load)
+        return list(rows)
 
     def get_monthly_metrics_summary(self, year: int) -> MonthlySummary:
         """The months of ``year`` plus year-over-year growth of the year so far."""
@@ -376,8 +384,9 @@ class MetricsQueryService:
             return [[_num(v) for v in r] for r in rows]
 
         tier = Tier.OPEN if end is None else self.tier_for_range(end)
-        raw = self._cached(f"custom:{slug}:{lo}:{hi}", compute, tier, [periods.slug_tag(slug)])
-        return [CustomMetricValue(*r) for r in raw]
+        rows = self._cached(f"custom:{slug}:{lo}:{hi}", compute, tier, [periods.slug_tag(slug)],
+                            lambda raw: tuple(CustomMetricValue(*r) for r in raw))
+        return list(rows)
 
     # ------------------------------------------------------------------ realtime
     def get_realtime_value(self, metric: str, labels: dict[str, str] | None = None) -> RealtimeValue:
@@ -389,7 +398,7 @@ class MetricsQueryService:
             return reader(metric, labels)
 
         key = f"realtime:{metric}:" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        value = self._cached(key, compute, Tier.REALTIME, [f"realtime:{metric}"])
+        value = self._cached(key, compute, Tier.REALTIME, [f"realtime:{metric}"], lambda raw: raw)
         return RealtimeValue(metric, labels, value)
 
 

@@ -102,6 +102,10 @@ class InvalidationResult:
                 f"L1 purged in {self.processes_confirmed}/{self.processes_notified} process(es)")
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
 def _utc_now() -> float:
     return time.time()
 
@@ -196,18 +200,23 @@ class TwoTierCache:
     def get_or_compute(
         self,
         key: str,
-        compute: Callable[[], T],
+        compute: Callable[[], Any],
         *,
         ttl: float,
         tags: Iterable[str] = (),
+        load: Callable[[Any], T] | None = None,
     ) -> T:
         """The cached value of ``key``, computing (and storing) it with ``compute`` on a miss.
 
         ``compute`` must return a value the serializer understands (lists, dicts, numbers,
-        strings, dates, decimals). Errors of ``compute`` reach the caller; Redis errors never do.
+        strings, dates, decimals). ``load`` turns that stored form into what callers get (e.g.
+        typed rows); L1 keeps the loaded value, so an L1 hit costs no conversion - make it
+        immutable (tuples, frozen dataclasses). Errors of ``compute`` reach the caller; Redis
+        errors never do.
         """
+        loader: Callable[[Any], Any] = load or _identity
         if not self.config.enabled:
-            return compute()
+            return loader(compute())
         started = time.perf_counter()
         stale: _Entry | None = None
         if self._l1_usable():
@@ -222,16 +231,16 @@ class TwoTierCache:
             else:
                 self.stats.incr("l1_misses")
         if not self._redis_ok():
-            return self._compute_direct(compute, started)
+            return self._compute_direct(compute, started, loader)
         if stale is None:
             epoch = self._l1_epoch
             try:
                 raw = self._redis().get(self.full_key(key))
             except redis.RedisError as exc:
                 self._mark_down(exc)
-                return self._compute_direct(compute, started)
+                return self._compute_direct(compute, started, loader)
             if raw is not None:
-                entry = self._decode(key, raw, tags)
+                entry = self._decode(key, raw, tags, loader)
                 if entry is not None:
                     if not self._refresh_due(entry):
                         self._l1_put(key, entry, epoch)
@@ -241,11 +250,12 @@ class TwoTierCache:
                     stale = entry
             else:
                 self.stats.incr("l2_misses")
-        return self._single_flight(key, compute, ttl, frozenset(tags), stale, started)
+        return self._single_flight(key, compute, ttl, frozenset(tags), stale, started, loader)
 
-    def _decode(self, key: str, raw: Any, tags: Iterable[str]) -> _Entry | None:
+    def _decode(self, key: str, raw: Any, tags: Iterable[str], loader: Callable[[Any], Any]) -> _Entry | None:
         try:
             payload, delta, expires_at = serialization.decode_entry(raw)
+            payload = loader(payload)
         except Exception as exc:  # noqa: BLE001 - a corrupt entry is a miss, not an outage
             log.warning("cache: undecodable entry %s dropped (%s)", key, exc)
             self.stats.incr("errors")
@@ -266,16 +276,16 @@ class TwoTierCache:
             if epoch == self._l1_epoch:
                 self._l1[key] = entry
 
-    def _compute_direct(self, compute: Callable[[], T], started: float) -> T:
-        value = compute()
+    def _compute_direct(self, compute: Callable[[], Any], started: float, loader: Callable[[Any], Any]) -> Any:
+        value = loader(compute())
         self.stats.incr("computations")
         self.stats.observe("db", time.perf_counter() - started)
         return value
 
     def _single_flight(
-        self, key: str, compute: Callable[[], T], ttl: float, tags: frozenset[str],
-        stale: _Entry | None, started: float,
-    ) -> T:
+        self, key: str, compute: Callable[[], Any], ttl: float, tags: frozenset[str],
+        stale: _Entry | None, started: float, loader: Callable[[Any], Any],
+    ) -> Any:
         with self._inflight_lock:
             flight = self._inflight.get(key)
             leader = flight is None
@@ -292,7 +302,7 @@ class TwoTierCache:
             self.stats.observe("db", time.perf_counter() - started)
             return flight.result
         try:
-            flight.result = self._compute_and_store(key, compute, ttl, tags, stale, started)
+            flight.result = self._compute_and_store(key, compute, ttl, tags, stale, started, loader)
             return flight.result
         except BaseException as exc:
             flight.error = exc
@@ -303,9 +313,9 @@ class TwoTierCache:
             flight.done.set()
 
     def _compute_and_store(
-        self, key: str, compute: Callable[[], T], ttl: float, tags: frozenset[str],
-        stale: _Entry | None, started: float,
-    ) -> T:
+        self, key: str, compute: Callable[[], Any], ttl: float, tags: frozenset[str],
+        stale: _Entry | None, started: float, loader: Callable[[Any], Any],
+    ) -> Any:
         full = self.full_key(key)
         lock_key = f"{self.root}lock:{key}"
         token = secrets.token_hex(8)
@@ -319,11 +329,11 @@ class TwoTierCache:
             gen_raw, current, locked = pipe.execute()
         except redis.RedisError as exc:
             self._mark_down(exc)
-            return self._compute_direct(compute, started)
+            return self._compute_direct(compute, started, loader)
         gen = gen_raw.decode() if gen_raw else "0"
         if current is not None and stale is None:
             # another leader stored it between our L2 miss and now: no need to compute
-            entry = self._decode(key, current, tags)
+            entry = self._decode(key, current, tags, loader)
             if entry is not None:
                 if locked:
                     self._release(lock_key, token)
@@ -335,13 +345,13 @@ class TwoTierCache:
             if stale is not None:  # another process refreshes early; the current value is still valid
                 self.stats.incr("l2_hits")
                 return stale.payload
-            waited = self._wait_for_other_process(key, full, lock_key, tags, epoch)
+            waited = self._wait_for_other_process(key, full, lock_key, tags, epoch, loader)
             if waited is not None:
                 self.stats.incr("stampedes_avoided")
                 self.stats.observe("l2", time.perf_counter() - started)
                 return waited.payload
             if not self._redis_ok():
-                return self._compute_direct(compute, started)
+                return self._compute_direct(compute, started, loader)
         if stale is not None:
             self.stats.incr("early_refreshes")
         try:
@@ -372,15 +382,17 @@ class TwoTierCache:
                 self._release_script(keys=[lock_key], args=[token], client=self._client)
         except redis.RedisError as exc:
             self._mark_down(exc)
-            return value
+            return loader(value)
+        loaded = loader(value)
         if stored:
-            self._l1_put(key, _Entry(value, delta, expires_at, tags), epoch)
+            self._l1_put(key, _Entry(loaded, delta, expires_at, tags), epoch)
         else:
             self.stats.incr("stale_writes_refused")
-        return value
+        return loaded
 
     def _wait_for_other_process(
-        self, key: str, full: str, lock_key: str, tags: frozenset[str], epoch: int
+        self, key: str, full: str, lock_key: str, tags: frozenset[str], epoch: int,
+        loader: Callable[[Any], Any],
     ) -> _Entry | None:
         deadline = time.monotonic() + self.config.lock_ms / 1000
         pause = 0.002
@@ -396,7 +408,7 @@ class TwoTierCache:
                 self._mark_down(exc)
                 return None
             if raw is not None:
-                entry = self._decode(key, raw, tags)
+                entry = self._decode(key, raw, tags, loader)
                 if entry is not None:
                     self._l1_put(key, entry, epoch)
                 return entry
