@@ -1,0 +1,166 @@
+{#-
+    Change tracking for the rollups (see docs/rollups.md, "How incremental runs stay exact").
+
+    int_rollup_batch   one row per run: the received_at window [low_watermark, high_watermark]
+    int_changed_days   the local days whose metrics may have changed in this run
+    int_rollup_ledger  append-only history of finished runs; its latest high_watermark is the
+                       next run's low_watermark (never dropped by --full-refresh)
+-#}
+
+{#- a relation of this project's schema, or none when it does not exist (no ref: avoids DAG cycles) -#}
+{% macro rollup_relation(identifier) -%}
+    {%- if not execute -%}{{ return(none) }}{%- endif -%}
+    {{ return(adapter.get_relation(database=target.database, schema=model.schema, identifier=identifier)) }}
+{%- endmacro %}
+
+
+{#- safety lag subtracted from the high watermark, as an interval literal expression -#}
+{% macro rollups_safety_lag_seconds() -%}
+    {%- set lag = var('rollups_safety_lag_seconds', 600) -%}
+    {%- if lag is string and not lag.isdigit() -%}
+        {{ exceptions.raise_compiler_error("rollups_safety_lag_seconds must be a whole number of seconds, got: " ~ lag) }}
+    {%- endif -%}
+    {{- lag | int -}}
+{%- endmacro %}
+
+
+{#- the start of the oldest other open transaction in this database, or now() -#}
+{% macro open_transaction_horizon() -%}
+    {{ return(adapter.dispatch('open_transaction_horizon', 'metricsmith')()) }}
+{%- endmacro %}
+
+{% macro default__open_transaction_horizon() -%}
+    {{ dbt.current_timestamp() }}
+{%- endmacro %}
+
+{% macro postgres__open_transaction_horizon() -%}
+    coalesce(
+        (select min(xact_start) from pg_stat_activity
+         where datname = current_database() and pid <> pg_backend_pid() and xact_start is not null),
+        now()
+    )
+{%- endmacro %}
+
+
+{#- fetch one row of int_rollup_batch as a dict (execution time only) -#}
+{% macro rollup_batch() -%}
+    {%- if not execute -%}{{ return({}) }}{%- endif -%}
+    {%- set result = run_query("select cast(low_watermark as text) as low_watermark, cast(high_watermark as text) as high_watermark, is_full_rebuild, cast(backfill_start as text) as backfill_start, cast(backfill_end as text) as backfill_end from " ~ ref('int_rollup_batch')) -%}
+    {%- if result.rows | length != 1 -%}
+        {{ exceptions.raise_compiler_error("int_rollup_batch must hold exactly one row; run the rollups with their upstream models (metricsmith rollups run)") }}
+    {%- endif -%}
+    {%- set row = result.rows[0] -%}
+    {{ return({'low_watermark': row[0], 'high_watermark': row[1], 'is_full_rebuild': row[2], 'backfill_start': row[3], 'backfill_end': row[4]}) }}
+{%- endmacro %}
+
+
+{#- backfill range from vars, validated: returns [start, end] strings or [none, none] -#}
+{% macro backfill_range() -%}
+    {%- set start = var('backfill_start', none) -%}
+    {%- set end = var('backfill_end', none) -%}
+    {%- if (start is none) != (end is none) -%}
+        {{ exceptions.raise_compiler_error("backfill needs both vars backfill_start and backfill_end (YYYY-MM-DD)") }}
+    {%- endif -%}
+    {%- if start is none -%}{{ return([none, none]) }}{%- endif -%}
+    {%- set re = modules.re -%}
+    {%- for v in [start, end] -%}
+        {%- if not re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2}', v | string) -%}
+            {{ exceptions.raise_compiler_error("backfill dates must be YYYY-MM-DD, got: " ~ v) }}
+        {%- endif -%}
+    {%- endfor -%}
+    {%- if (start | string) > (end | string) -%}
+        {{ exceptions.raise_compiler_error("backfill_start " ~ start ~ " is after backfill_end " ~ end) }}
+    {%- endif -%}
+    {{ return([start | string, end | string]) }}
+{%- endmacro %}
+
+
+{#-
+    Contiguous date islands to recompute, as a list of dicts
+    {range_start, range_end, out_start, out_end} (strings, YYYY-MM-DD): output days
+    [out_start, out_end] are whole months (clipped to the spine); the input range extends
+    them to whole ISO weeks so "first activity in the week / month" is exact.
+-#}
+{% macro rollup_islands() -%}
+    {%- if not execute -%}{{ return([]) }}{%- endif -%}
+    {%- set sql -%}
+        select
+            cast(range_start as text), cast(range_end as text), cast(out_start as text), cast(out_end as text),
+            cast({{ metricsmith.local_day_start('range_start') }} as text),
+            cast({{ metricsmith.local_day_start(metricsmith.add_days('range_end', 1)) }} as text)
+        from ({{ metricsmith.rollup_islands_sql() }}) islands
+        order by 1
+    {%- endset -%}
+    {%- set rows = run_query(sql).rows -%}
+    {%- set out = [] -%}
+    {%- for r in rows -%}
+        {%- do out.append({'range_start': r[0], 'range_end': r[1], 'out_start': r[2], 'out_end': r[3],
+                           'from_ts': r[4], 'to_ts': r[5]}) -%}
+    {%- endfor -%}
+    {{ return(out) }}
+{%- endmacro %}
+
+{% macro rollup_islands_sql() -%}
+    with changed as (
+        select metric_date from {{ ref('int_changed_days') }}
+    ),
+    spine as (
+        select min(spine_start) as spine_start, max(spine_end) as spine_end from {{ ref('int_changed_days') }}
+    ),
+    -- a changed day changes its month, and the months its ISO week touches
+    touched_dates as (
+        select metric_date as d from changed
+        union all
+        select {{ metricsmith.week_start('metric_date') }} from changed
+        union all
+        select {{ metricsmith.add_days(metricsmith.week_start('metric_date'), 6) }} from changed
+    ),
+    months as (
+        select distinct {{ metricsmith.month_start('d') }} as month_start from touched_dates
+    ),
+    numbered as (
+        select
+            month_start,
+            (extract(year from month_start) * 12 + extract(month from month_start))
+                - row_number() over (order by month_start) as island_key
+        from months
+    ),
+    islands as (
+        select min(month_start) as first_month, max(month_start) as last_month
+        from numbered
+        group by island_key
+    ),
+    clipped as (
+        select
+            case when i.first_month > s.spine_start then i.first_month else s.spine_start end as out_start,
+            case when {{ metricsmith.month_end('i.last_month') }} < s.spine_end
+                 then {{ metricsmith.month_end('i.last_month') }} else s.spine_end end as out_end
+        from islands as i
+        cross join spine as s
+    )
+    select
+        {{ metricsmith.week_start('out_start') }} as range_start,
+        {{ metricsmith.add_days(metricsmith.week_start('out_end'), 6) }} as range_end,
+        out_start,
+        out_end
+    from clipped
+    where out_start <= out_end
+{%- endmacro %}
+
+
+{#- per-transaction tuning for the heavy rollup statements (pre_hook) -#}
+{% macro rollup_session_tuning() -%}
+    {{ return(adapter.dispatch('rollup_session_tuning', 'metricsmith')()) }}
+{%- endmacro %}
+
+{% macro default__rollup_session_tuning() -%}
+    select 1
+{%- endmacro %}
+
+{% macro postgres__rollup_session_tuning() -%}
+    {%- set mem = var('rollups_work_mem', '1GB') | string -%}
+    {%- if not modules.re.fullmatch('[0-9]+(kB|MB|GB)', mem) -%}
+        {{ exceptions.raise_compiler_error("rollups_work_mem must look like 256MB, got: " ~ mem) }}
+    {%- endif -%}
+    set local work_mem = '{{ mem }}'
+{%- endmacro %}

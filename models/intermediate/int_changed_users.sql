@@ -1,0 +1,76 @@
+{#-
+    Users seen in this run's arrivals: their earliest day among the arrivals and their first
+    day as recorded before this run. Empty on a full rebuild (first-seen is rebuilt then).
+-#}
+{{ config(materialized='table') }}
+
+{%- set batch = metricsmith.rollup_batch() %}
+{%- set first_seen = metricsmith.rollup_relation('int_user_first_seen') %}
+
+with
+
+batch as (
+
+    select * from {{ ref('int_rollup_batch') }}
+
+),
+
+arrivals as (
+
+    select user_id, event_date
+    from {{ ref('stg_events') }}
+    where user_id is not null
+    {%- if batch.get('is_full_rebuild') %}
+      and 1 = 0
+    {%- elif batch.get('low_watermark') is not none %}
+      and received_at >= cast('{{ batch.low_watermark }}' as {{ metricsmith.type_timestamptz() }})
+    {%- endif %}
+
+),
+
+arrival_users as (
+
+    select user_id, min(event_date) as arrival_first_date
+    from arrivals
+    group by user_id
+
+),
+
+{%- if first_seen is not none and not batch.get('is_full_rebuild') %}
+
+recorded as (
+
+    select f.user_id, f.first_event_date
+    from {{ first_seen }} as f
+    inner join arrival_users as a on a.user_id = f.user_id
+
+),
+
+{%- else %}
+
+recorded as (
+
+    select cast(null as {{ dbt.type_string() }}) as user_id, cast(null as date) as first_event_date
+    where 1 = 0
+
+),
+
+{%- endif %}
+
+final as (
+
+    select
+        a.user_id,
+        a.arrival_first_date,
+        r.first_event_date as previous_first_date,
+        case
+            when r.first_event_date is null or a.arrival_first_date < r.first_event_date
+                then a.arrival_first_date
+            else r.first_event_date
+        end as first_event_date
+    from arrival_users as a
+    left join recorded as r on r.user_id = a.user_id
+
+)
+
+select * from final

@@ -1,0 +1,55 @@
+{#-
+    Append-only ledger of finished rollup runs. Runs last (after the three marts); its newest
+    high_watermark is where the next run starts reading arrivals. Never rebuilt by
+    --full-refresh, so the history survives rebuilds.
+-#}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='append',
+        full_refresh=false,
+        on_schema_change='append_new_columns',
+    )
+}}
+-- depends_on: {{ ref('daily_metrics') }}
+-- depends_on: {{ ref('weekly_metrics') }}
+-- depends_on: {{ ref('monthly_metrics') }}
+
+with
+
+batch as (
+
+    select * from {{ ref('int_rollup_batch') }}
+
+),
+
+changed as (
+
+    select
+        count(*) as changed_days,
+        min(metric_date) as first_changed_day,
+        max(metric_date) as last_changed_day
+    from {{ ref('int_changed_days') }}
+
+),
+
+final as (
+
+    select
+        batch.batch_started_at,
+        {{ dbt.current_timestamp() }} as finished_at,
+        batch.low_watermark,
+        batch.high_watermark,
+        batch.metrics_timezone,
+        batch.is_full_rebuild,
+        batch.backfill_start,
+        batch.backfill_end,
+        changed.changed_days,
+        changed.first_changed_day,
+        changed.last_changed_day
+    from batch
+    cross join changed
+
+)
+
+select * from final

@@ -1,0 +1,58 @@
+{#-
+    One row per user: the local day of the user's first valid event ever. Incremental runs
+    only move a user's first day earlier (events are append-only), from int_changed_users.
+-#}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key='user_id',
+        on_schema_change='fail',
+        indexes=[
+            {'columns': ['user_id'], 'unique': True},
+            {'columns': ['first_event_date']},
+        ],
+        pre_hook=metricsmith.rollup_session_tuning(),
+    )
+}}
+-- depends_on: {{ ref('int_changed_users') }}
+
+with
+
+{%- if is_incremental() %}
+
+changed_users as (
+
+    select * from {{ ref('int_changed_users') }}
+
+),
+
+first_seen as (
+
+    select user_id, first_event_date
+    from changed_users
+    where previous_first_date is null
+       or first_event_date < previous_first_date
+
+)
+
+{%- else %}
+
+events as (
+
+    select user_id, event_date from {{ ref('stg_events') }}
+
+),
+
+first_seen as (
+
+    select user_id, min(event_date) as first_event_date
+    from events
+    where user_id is not null
+    group by user_id
+
+)
+
+{%- endif %}
+
+select * from first_seen
