@@ -262,7 +262,7 @@ class MetricsQueryService:
             except psycopg.errors.UndefinedColumn as exc:
                 raise NotAvailable(f"{self.schema}.{table} does not have the contracted columns: {exc}") from None
 
-    def _cached(self, key: str, compute: Any, tier: Tier, tags: list[str], load: Any) -> Any:
+    def _cached(self, key: str, compute: Any, tier: Tier, tags: Any, load: Any) -> Any:
         """``load(compute())`` through the cache; ``load`` builds immutable typed rows (kept in L1)."""
         if self.cache is None:
             return load(compute())
@@ -291,7 +291,9 @@ class MetricsQueryService:
                                             "metric_date"), (start, end), "daily_metrics")
             return [list(r) for r in rows]
 
-        tags = [periods.day_tag(d) for d in periods.days_between(start, end)]
+        def tags() -> list[str]:
+            return [periods.day_tag(d) for d in periods.days_between(start, end)]
+
         rows = self._cached(f"daily:{start}:{end}", compute, self.tier_for_range(end), tags,
                             lambda raw: tuple(DailyMetrics(*r) for r in raw))
         return list(rows)
@@ -308,7 +310,9 @@ class MetricsQueryService:
             return [[_num(v) for v in r] for r in rows]
 
         # growth of the first week depends on the week before it
-        tags = [periods.week_tag(w) for w in periods.weeks_between(first - timedelta(days=7), end)]
+        def tags() -> list[str]:
+            return [periods.week_tag(w) for w in periods.weeks_between(first - timedelta(days=7), end)]
+
         rows = self._cached(f"weekly:{first}:{periods.week_start(end)}", compute, self.tier_for_range(last_end), tags,
                             lambda raw: tuple(WeeklyMetrics(*r) for r in raw))
         return list(rows)
@@ -336,7 +340,9 @@ class MetricsQueryService:
 
         # month-over-month needs the month before, year-over-year the same month a year earlier
         year_before = first.replace(year=first.year - 1)
-        tags = [periods.month_tag(m) for m in periods.months_between(year_before, end)]
+        def tags() -> list[str]:
+            return [periods.month_tag(m) for m in periods.months_between(year_before, end)]
+
         last_end = periods.month_end(end)
         def load(raw: list[list[Any]]) -> tuple[MonthlyMetrics, ...]:
             return tuple(dataclasses.replace(MonthlyMetrics(*r[:-1]),

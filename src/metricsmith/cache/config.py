@@ -36,6 +36,8 @@ class CacheConfig:
     stats_flush_every: float = 1.0
     #: False turns the cache off (every read goes to Postgres)
     enabled: bool = True
+    #: False skips L1 (every hit is an L2 hit): for memory-tight processes and for measuring L2
+    l1_enabled: bool = True
 
 
 _FLOATS = ("ttl_realtime", "ttl_open", "ttl_closed", "xfetch_beta", "retry_after", "redis_timeout",
@@ -47,12 +49,12 @@ def load_cache_config(env: dict[str, str] | None = None) -> CacheConfig:
     """Read ``METRICSMITH_CACHE_*`` (e.g. ``METRICSMITH_CACHE_TTL_CLOSED=7200``); clear errors."""
     source = os.environ if env is None else env
     values: dict[str, object] = {}
-    for name in (*_FLOATS, *_INTS, "enabled"):
+    for name in (*_FLOATS, *_INTS, "enabled", "l1_enabled"):
         var = ENV_PREFIX + name.upper()
         raw = source.get(var, "").strip()
         if not raw:
             continue
-        if name == "enabled":
+        if name in ("enabled", "l1_enabled"):
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ConfigError(f"{var}={raw!r}: use true or false")
             values[name] = raw.lower() in ("1", "true", "yes", "on")

@@ -102,6 +102,10 @@ class InvalidationResult:
                 f"L1 purged in {self.processes_confirmed}/{self.processes_notified} process(es)")
 
 
+def _tags(tags: Iterable[str] | Callable[[], Iterable[str]]) -> frozenset[str]:
+    return frozenset(tags() if callable(tags) else tags)
+
+
 def _identity(value: Any) -> Any:
     return value
 
@@ -188,7 +192,7 @@ class TwoTierCache:
         return not self._redis_ok()
 
     def _l1_usable(self) -> bool:
-        return self._subscribed.is_set() and self._redis_ok()
+        return self.config.l1_enabled and self._subscribed.is_set() and self._redis_ok()
 
     def full_key(self, key: str) -> str:
         return f"{self.root}v:{key}"
@@ -203,7 +207,7 @@ class TwoTierCache:
         compute: Callable[[], Any],
         *,
         ttl: float,
-        tags: Iterable[str] = (),
+        tags: Iterable[str] | Callable[[], Iterable[str]] = (),
         load: Callable[[Any], T] | None = None,
     ) -> T:
         """The cached value of ``key``, computing (and storing) it with ``compute`` on a miss.
@@ -212,7 +216,7 @@ class TwoTierCache:
         strings, dates, decimals). ``load`` turns that stored form into what callers get (e.g.
         typed rows); L1 keeps the loaded value, so an L1 hit costs no conversion - make it
         immutable (tuples, frozen dataclasses). Errors of ``compute`` reach the caller; Redis
-        errors never do.
+        errors never do. ``tags`` may be a callable: it is then only evaluated on a miss.
         """
         loader: Callable[[Any], Any] = load or _identity
         if not self.config.enabled:
@@ -240,7 +244,8 @@ class TwoTierCache:
                 self._mark_down(exc)
                 return self._compute_direct(compute, started, loader)
             if raw is not None:
-                entry = self._decode(key, raw, tags, loader)
+                tag_set = _tags(tags)
+                entry = self._decode(key, raw, tag_set, loader)
                 if entry is not None:
                     if not self._refresh_due(entry):
                         self._l1_put(key, entry, epoch)
@@ -250,9 +255,9 @@ class TwoTierCache:
                     stale = entry
             else:
                 self.stats.incr("l2_misses")
-        return self._single_flight(key, compute, ttl, frozenset(tags), stale, started, loader)
+        return self._single_flight(key, compute, ttl, _tags(tags), stale, started, loader)
 
-    def _decode(self, key: str, raw: Any, tags: Iterable[str], loader: Callable[[Any], Any]) -> _Entry | None:
+    def _decode(self, key: str, raw: Any, tags: frozenset[str], loader: Callable[[Any], Any]) -> _Entry | None:
         try:
             payload, delta, expires_at = serialization.decode_entry(raw)
             payload = loader(payload)
@@ -260,7 +265,7 @@ class TwoTierCache:
             log.warning("cache: undecodable entry %s dropped (%s)", key, exc)
             self.stats.incr("errors")
             return None
-        return _Entry(payload, delta, expires_at, frozenset(tags))
+        return _Entry(payload, delta, expires_at, tags)
 
     def _refresh_due(self, entry: _Entry) -> bool:
         beta = self.config.xfetch_beta
