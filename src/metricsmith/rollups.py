@@ -1,0 +1,197 @@
+"""Rollups: run the incremental dbt models ``daily_metrics``, ``weekly_metrics`` and
+``monthly_metrics`` (and what they need), backfill a date range, and read what changed.
+
+Every run goes through dbt (in-process, :func:`metricsmith.dbt_runner.run_dbt`). Change
+tracking lives in dbt-owned tables in the ``analytics`` schema: ``int_rollup_batch`` (this
+run's received_at window), ``int_changed_days`` (days recomputed) and the append-only
+``int_rollup_ledger`` (one row per finished run; the newest ``high_watermark`` is where the
+next run starts). See docs/rollups.md.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from metricsmith import db
+from metricsmith.config import Settings, load_settings
+from metricsmith.dbt_runner import DbtRun, run_dbt
+from metricsmith.errors import UserFacingError
+
+#: every model the rollups need, up to the ledger that closes a run
+ROLLUP_SELECTOR = "+int_rollup_ledger"
+#: the models that change with the time zone (all of them are rebuilt by --full-refresh)
+MART_MODELS = ("daily_metrics", "weekly_metrics", "monthly_metrics")
+SCHEMA = "analytics"
+
+
+@dataclass(frozen=True)
+class ChangedPeriods:
+    """The periods whose rows were recomputed by the last run (for cache invalidation)."""
+
+    days: tuple[date, ...]
+    weeks: tuple[date, ...]
+    months: tuple[date, ...]
+
+    @classmethod
+    def from_days(cls, days: list[date]) -> ChangedPeriods:
+        weeks = sorted({d - timedelta(days=d.weekday()) for d in days})
+        months = sorted({d.replace(day=1) for d in days})
+        # growth columns of the following week / month / same month next year change too
+        grown_weeks = sorted(set(weeks) | {w + timedelta(days=7) for w in weeks})
+        grown_months = sorted(set(months) | {_add_months(m, 1) for m in months} | {_add_months(m, 12) for m in months})
+        return cls(days=tuple(sorted(days)), weeks=tuple(grown_weeks), months=tuple(grown_months))
+
+
+@dataclass
+class RollupRunResult:
+    mode: str  # incremental | full-refresh | backfill
+    timezone: str
+    seconds: float
+    dbt_seconds: dict[str, float] = field(default_factory=dict)
+    changed: ChangedPeriods = field(default_factory=lambda: ChangedPeriods((), (), ()))
+    ledger: dict[str, Any] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def render(self) -> str:
+        c = self.changed
+        if not c.days:
+            what = "no day changed"
+        else:
+            why = ", ".join(f"{n} {reason}" for reason, n in sorted(self.reasons.items()))
+            what = (f"{len(c.days)} day(s) recomputed ({c.days[0]} .. {c.days[-1]}; {why}), "
+                    f"{len(c.weeks)} week row(s), {len(c.months)} month row(s) refreshed")
+        return f"rollups {self.mode} ({self.timezone}) in {self.seconds:.1f} s: {what}"
+
+
+def _add_months(d: date, n: int) -> date:
+    index = d.year * 12 + d.month - 1 + n
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def _timing(run: DbtRun) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for r in run.results:
+        node = getattr(r, "node", None)
+        if node is not None:
+            out[str(node.name)] = float(getattr(r, "execution_time", 0.0) or 0.0)
+    return out
+
+
+def run_rollups(
+    *,
+    full_refresh: bool = False,
+    backfill: tuple[date, date] | None = None,
+    timezone: str | None = None,
+    extra_vars: dict[str, Any] | None = None,
+    test: bool = False,
+    settings: Settings | None = None,
+) -> RollupRunResult:
+    """Run the rollups once: incremental by default, ``full_refresh`` rebuilds everything,
+    ``backfill=(start, end)`` additionally recomputes those days and everything above them.
+    ``test`` runs ``dbt build`` (data tests and unit tests too) instead of ``dbt run``."""
+    settings = settings or load_settings()
+    tz = timezone or settings.timezone
+    vars_: dict[str, Any] = {"metrics_timezone": tz, **(extra_vars or {})}
+    mode = "full-refresh" if full_refresh else "incremental"
+    if backfill is not None:
+        start, end = backfill
+        if start > end:
+            raise UserFacingError(f"backfill start {start} is after end {end}")
+        vars_.update({"backfill_start": start.isoformat(), "backfill_end": end.isoformat()})
+        mode = "backfill" if not full_refresh else mode
+    args = ["build" if test else "run", "--select", ROLLUP_SELECTOR]
+    if test:
+        # unit tests are checked at build time; data tests run on the fresh tables
+        args += ["--resource-type", "model", "--resource-type", "test", "--resource-type", "unit_test"]
+    if full_refresh:
+        args.append("--full-refresh")
+    started = time.perf_counter()
+    run = run_dbt(args, vars=vars_, settings=settings)
+    seconds = time.perf_counter() - started
+    result = RollupRunResult(mode=mode, timezone=tz, seconds=seconds, dbt_seconds=_timing(run))
+    with db.connect(settings, autocommit=True) as conn:
+        days = [r[0] for r in conn.execute(f"select metric_date from {SCHEMA}.int_changed_days order by 1").fetchall()]
+        result.reasons = {r[0]: int(r[1]) for r in conn.execute(
+            f"select reason, count(*) from {SCHEMA}.int_changed_days group by reason").fetchall()}
+        result.changed = ChangedPeriods.from_days(days)
+        result.ledger = last_run(conn) or {}
+    return result
+
+
+def backfill(start: date, end: date, *, settings: Settings | None = None) -> RollupRunResult:
+    """Recompute days ``start .. end`` (inclusive) and the weeks and months above them, in one
+    set-based pass per model (plus whatever arrived since the last run)."""
+    return run_rollups(backfill=(start, end), settings=settings)
+
+
+def last_run(conn: Any) -> dict[str, Any] | None:
+    """The newest row of the ledger, or None before the first run."""
+    if not _table_exists(conn, "int_rollup_ledger"):
+        return None
+    cur = conn.execute(f"select * from {SCHEMA}.int_rollup_ledger order by finished_at desc limit 1")
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return {d.name: v for d, v in zip(cur.description, row, strict=True)}
+
+
+def ledger(conn: Any, limit: int = 10) -> list[dict[str, Any]]:
+    if not _table_exists(conn, "int_rollup_ledger"):
+        return []
+    cur = conn.execute(f"select * from {SCHEMA}.int_rollup_ledger order by finished_at desc limit %s", (limit,))
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _table_exists(conn: Any, name: str) -> bool:
+    row = conn.execute("select to_regclass(%s) is not null", (f"{SCHEMA}.{name}",)).fetchone()
+    return bool(row and row[0])
+
+
+def latest_weeks(conn: Any, n: int = 4) -> list[dict[str, Any]]:
+    return _latest(conn, "weekly_metrics", "week_start", n)
+
+
+def latest_months(conn: Any, n: int = 3) -> list[dict[str, Any]]:
+    return _latest(conn, "monthly_metrics", "month_start", n)
+
+
+def _latest(conn: Any, table: str, key: str, n: int) -> list[dict[str, Any]]:
+    if not _table_exists(conn, table):
+        return []
+    cur = conn.execute(f"select * from {SCHEMA}.{table} order by {key} desc limit %s", (n,))
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in reversed(cur.fetchall())]
+
+
+def _pct(value: Any) -> str:
+    return "    n/a" if value is None else f"{float(value):+7.1f}%"
+
+
+def render_periods(weeks: list[dict[str, Any]], months: list[dict[str, Any]]) -> str:
+    """A compact text table of weeks and months with their growth."""
+    lines = ["week        days  events     users   new     revenue     events/users/revenue WoW"]
+    for w in weeks:
+        lines.append(
+            f"{w['week_start']}  {w['days_with_data']}{' ' if w['is_complete'] else '*'}  "
+            f"{w['total_events']:>9,} {w['active_users']:>8,} {w['new_users']:>6,} {w['revenue_cents'] / 100:>11,.2f}   "
+            f"{_pct(w['total_events_wow_pct'])} {_pct(w['active_users_wow_pct'])} {_pct(w['revenue_cents_wow_pct'])}")
+    lines.append("month       days  events     users   new     revenue     events/users MoM  users/revenue YoY")
+    for m in months:
+        lines.append(
+            f"{m['month_start']}  {m['days_with_data']:>2}{' ' if m['is_complete'] else '*'} "
+            f"{m['total_events']:>9,} {m['active_users']:>8,} {m['new_users']:>6,} {m['revenue_cents'] / 100:>11,.2f}   "
+            f"{_pct(m['total_events_mom_pct'])} {_pct(m['active_users_mom_pct'])}  "
+            f"{_pct(m['active_users_yoy_pct'])} {_pct(m['revenue_cents_yoy_pct'])}")
+    lines.append("(* = period not complete; revenue in currency units)")
+    return "\n".join(lines)
+
+
+def parse_day(text: str) -> date:
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise UserFacingError(f"not a date (YYYY-MM-DD): {text!r}") from None
