@@ -17,6 +17,7 @@ from metricsmith.errors import UserFacingError
 #: Modules that add sub-commands. Each has ``register(subparsers) -> None``.
 COMMAND_MODULES = [
     "metricsmith.commands_core",
+    "metricsmith.commands_rollups",
     "metricsmith.demo",
     "metricsmith.commands_query",
 ]
