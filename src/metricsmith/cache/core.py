@@ -44,6 +44,7 @@ from metricsmith.config import Settings, load_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+TagSource = Iterable[str] | Callable[[], Iterable[str]]
 
 _STORE_LUA = """
 local gen = redis.call('GET', KEYS[2]) or '0'
@@ -63,13 +64,19 @@ return 0
 
 
 class _Entry:
-    __slots__ = ("delta", "expires_at", "payload", "tags")
+    __slots__ = ("_tags", "delta", "expires_at", "payload")
 
-    def __init__(self, payload: Any, delta: float, expires_at: float, tags: frozenset[str]) -> None:
+    def __init__(self, payload: Any, delta: float, expires_at: float, tags: TagSource) -> None:
         self.payload = payload
         self.delta = delta
         self.expires_at = expires_at
-        self.tags = tags
+        self._tags = tags  # resolved only when an invalidation needs them
+
+    @property
+    def tags(self) -> frozenset[str]:
+        if not isinstance(self._tags, frozenset):
+            self._tags = _tags(self._tags)
+        return self._tags
 
 
 class _Flight:
@@ -102,7 +109,7 @@ class InvalidationResult:
                 f"L1 purged in {self.processes_confirmed}/{self.processes_notified} process(es)")
 
 
-def _tags(tags: Iterable[str] | Callable[[], Iterable[str]]) -> frozenset[str]:
+def _tags(tags: TagSource) -> frozenset[str]:
     return frozenset(tags() if callable(tags) else tags)
 
 
@@ -207,7 +214,7 @@ class TwoTierCache:
         compute: Callable[[], Any],
         *,
         ttl: float,
-        tags: Iterable[str] | Callable[[], Iterable[str]] = (),
+        tags: TagSource = (),
         load: Callable[[Any], T] | None = None,
     ) -> T:
         """The cached value of ``key``, computing (and storing) it with ``compute`` on a miss.
@@ -244,8 +251,7 @@ class TwoTierCache:
                 self._mark_down(exc)
                 return self._compute_direct(compute, started, loader)
             if raw is not None:
-                tag_set = _tags(tags)
-                entry = self._decode(key, raw, tag_set, loader)
+                entry = self._decode(key, raw, tags, loader)
                 if entry is not None:
                     if not self._refresh_due(entry):
                         self._l1_put(key, entry, epoch)
@@ -257,7 +263,7 @@ class TwoTierCache:
                 self.stats.incr("l2_misses")
         return self._single_flight(key, compute, ttl, _tags(tags), stale, started, loader)
 
-    def _decode(self, key: str, raw: Any, tags: frozenset[str], loader: Callable[[Any], Any]) -> _Entry | None:
+    def _decode(self, key: str, raw: Any, tags: TagSource, loader: Callable[[Any], Any]) -> _Entry | None:
         try:
             payload, delta, expires_at = serialization.decode_entry(raw)
             payload = loader(payload)
