@@ -4,6 +4,7 @@ The orchestration flows call, after each dbt run::
 
     from metricsmith.cache.invalidation import invalidate_periods, warm_cache
     invalidate_periods(days=changed_days)        # or weeks=..., months=..., slugs=...
+    invalidate_changes(rollup_result.changed)    # the same, from metricsmith.rollups.run_rollups()
     warm_cache()
 
 ``invalidate_periods`` expands a changed day to its week and month (their totals and the
@@ -63,6 +64,15 @@ def invalidate_periods(
     if not tags and not patterns:
         return InvalidationResult()
     return (cache or get_cache()).invalidate(tags=tags, patterns=patterns)
+
+
+def invalidate_changes(changed: Any, *, cache: TwoTierCache | None = None) -> InvalidationResult:
+    """Invalidate what one rollup run recomputed: ``changed`` has ``days``, ``weeks``, ``months``
+    (e.g. :attr:`metricsmith.rollups.RollupRunResult.changed`) and optionally ``slugs``."""
+    return invalidate_periods(
+        getattr(changed, "days", ()), getattr(changed, "weeks", ()), getattr(changed, "months", ()),
+        getattr(changed, "slugs", ()), cache=cache,
+    )
 
 
 def changed_days_since(received_since: datetime, *, timezone: str | None = None) -> list[date]:
