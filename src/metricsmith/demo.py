@@ -43,6 +43,7 @@ def step_generate() -> None:
 STEPS: list[tuple[str, Callable[[], None]]] = [
     ("servers and migrations", step_servers),
     ("sample events", step_generate),
+    ("metric cache", lambda: __import__("metricsmith.cache.demo", fromlist=["step_cache"]).step_cache()),
 ]
 
 
