@@ -216,3 +216,18 @@ def test_cli_cache_stats_and_invalidate(marts: Marts, capsys: pytest.CaptureFixt
     assert "# TYPE metricsmith_cache_latency_seconds histogram" in capsys.readouterr().out
     assert main(["cache", "stats"]) == 0
     assert "overall hit rate" in capsys.readouterr().out
+
+
+def test_refresh_after_run_invalidates_then_warms(marts: Marts) -> None:
+    from metricsmith.cache import get_cache
+    from metricsmith.cache.invalidation import refresh_after_run
+
+    cache = get_cache()
+    with MetricsQueryService(schema=marts.schema, today=TODAY) as svc:
+        svc.get_daily_metrics(date(2024, 7, 1), date(2024, 7, 3))
+    report = refresh_after_run(days=[date(2024, 7, 2)], warm=True, today=TODAY)
+    assert report.ok and report.invalidation.keys_deleted >= 1
+    assert report.warming is not None
+    # the warmer reads the default analytics schema, which this test session does not build
+    assert report.warming.warmed or report.warming.skipped
+    assert cache.health()["status"] == "ok"

@@ -7,7 +7,12 @@ the machinery under it. See ``docs/cache.md``.
 from metricsmith.cache.config import CacheConfig, load_cache_config
 from metricsmith.cache.core import InvalidationResult, TwoTierCache, get_cache
 from metricsmith.cache.periods import Tier, expand_changes, tier_for_period, tier_for_range, ttl_for
-from metricsmith.cache.stats import StatsSnapshot, prometheus_families, render_prometheus
+from metricsmith.cache.stats import (
+    StatsSnapshot,
+    cache_metric_families,
+    prometheus_families,
+    render_prometheus,
+)
 
 __all__ = [
     "CacheConfig",
@@ -15,6 +20,7 @@ __all__ = [
     "StatsSnapshot",
     "Tier",
     "TwoTierCache",
+    "cache_metric_families",
     "expand_changes",
     "get_cache",
     "load_cache_config",

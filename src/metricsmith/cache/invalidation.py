@@ -156,6 +156,41 @@ def warm_cache(
     return result
 
 
+@dataclass
+class RefreshReport:
+    """What :func:`refresh_after_run` did: the invalidation, then the warming."""
+
+    invalidation: InvalidationResult
+    warming: WarmResult | None
+
+    @property
+    def ok(self) -> bool:
+        return self.invalidation.ok
+
+    def render(self) -> str:
+        lines = [self.invalidation.render()]
+        if self.warming is not None:
+            lines.append(self.warming.render())
+        return "\n".join(lines)
+
+
+def refresh_after_run(
+    days: Iterable[date | str] = (),
+    weeks: Iterable[date | str] = (),
+    months: Iterable[date | str] = (),
+    slugs: Iterable[str] = (),
+    *,
+    warm: bool = True,
+    today: date | None = None,
+) -> RefreshReport:
+    """What a flow runs after a dbt run: invalidate exactly the changed periods, then warm.
+
+    Warming runs even when nothing changed (a cold Redis after a restart is warmed too)."""
+    invalidation = invalidate_periods(days, weeks, months, slugs)
+    warming = warm_cache(today=today) if warm else None
+    return RefreshReport(invalidation, warming)
+
+
 def _months_back(day: date, count: int) -> date:
     month = periods.month_start(day)
     index = month.year * 12 + month.month - 1 - count
