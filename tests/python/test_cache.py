@@ -389,3 +389,33 @@ def test_pattern_invalidation_and_fleet_stats(marts: Marts, cache: TwoTierCache)
     assert fleet["latency_seconds"]["l1"]["p50"] is not None
     text = render_prometheus(prometheus_families(cache.fleet_stats()))
     assert 'metricsmith_cache_requests_total{tier="l1",result="hits"} 1' in text
+
+
+def test_redis_unreachable_from_the_start(marts: Marts) -> None:
+    config = CacheConfig(**{**load_cache_config().__dict__, "retry_after": 5, "redis_timeout": 0.2})
+    cache = TwoTierCache(config=config, redis_url=f"redis://127.0.0.1:{_free_port()}/0")
+    with MetricsQueryService(cache=cache, schema=marts.schema, today=TODAY) as svc:
+        rows = svc.get_daily_metrics(date(2024, 8, 1), date(2024, 8, 7))
+        again = svc.get_daily_metrics(date(2024, 8, 1), date(2024, 8, 7))
+    assert [r.total_events for r in rows] == [marts.daily[date(2024, 8, d)]["total_events"] for d in range(1, 8)]
+    assert again == rows
+    assert cache.health()["status"] == "degraded"
+    assert cache.local_stats().counters["computations"] == 2  # every read went to PostgreSQL
+    cache.close()
+
+
+def test_prometheus_exposition_parses(cache: TwoTierCache) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from metricsmith.cache import cache_metric_families
+
+    cache.get_or_compute("prom", lambda: 1, ttl=10)
+    cache.get_or_compute("prom", lambda: 1, ttl=10)
+    cache.flush_stats()
+    text = render_prometheus(cache_metric_families())
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["metricsmith_cache_latency_seconds"].type == "histogram"
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert samples[("metricsmith_cache_requests_total", (("result", "hits"), ("tier", "l1")))] >= 1
+    assert samples[("metricsmith_cache_latency_seconds_count", (("tier", "l1"),))] >= 1
+    assert samples[("metricsmith_cache_degraded", ())] == 0

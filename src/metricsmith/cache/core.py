@@ -164,7 +164,10 @@ class TwoTierCache:
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
-                    url = self._redis_url or db.redis_url(self.settings)
+                    try:
+                        url = self._redis_url or db.redis_url(self.settings)
+                    except Exception as exc:  # noqa: BLE001 - e.g. the embedded server cannot start
+                        raise redis.ConnectionError(f"cannot resolve the Redis server: {exc}") from exc
                     client = redis.Redis.from_url(
                         url, socket_timeout=self.config.redis_timeout,
                         socket_connect_timeout=self.config.redis_timeout, retry_on_timeout=False,

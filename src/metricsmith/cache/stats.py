@@ -53,6 +53,7 @@ class StatsSnapshot:
     degraded: bool = False
     scope: str = "process"
     extra: dict[str, Any] = field(default_factory=dict)
+    latency_sum_us: dict[str, int] = field(default_factory=dict)
 
     def hit_rate(self, tier: str) -> float | None:
         hits, misses = self.counters.get(f"{tier}_hits", 0), self.counters.get(f"{tier}_misses", 0)
@@ -88,6 +89,7 @@ class CacheStats:
         self._lock = threading.Lock()
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._latency = {tier: [0] * (len(LATENCY_BUCKETS) + 1) for tier in TIERS}
+        self._sum_us = dict.fromkeys(TIERS, 0)
         self._pending: dict[str, int] = {}
 
     def incr(self, name: str, amount: int = 1) -> None:
@@ -101,6 +103,10 @@ class CacheStats:
             self._latency[tier][index] += 1
             key = f"lat:{tier}:{index}"
             self._pending[key] = self._pending.get(key, 0) + 1
+            micros = int(seconds * 1e6)
+            self._sum_us[tier] += micros
+            key = f"latsum:{tier}"
+            self._pending[key] = self._pending.get(key, 0) + micros
 
     def take_pending(self) -> dict[str, int]:
         with self._lock:
@@ -114,12 +120,14 @@ class CacheStats:
 
     def snapshot(self, degraded: bool = False) -> StatsSnapshot:
         with self._lock:
-            return StatsSnapshot(dict(self._counters), {t: list(v) for t, v in self._latency.items()}, degraded)
+            return StatsSnapshot(dict(self._counters), {t: list(v) for t, v in self._latency.items()}, degraded,
+                                 latency_sum_us=dict(self._sum_us))
 
     def reset(self) -> None:
         with self._lock:
             self._counters = dict.fromkeys(COUNTERS, 0)
             self._latency = {tier: [0] * (len(LATENCY_BUCKETS) + 1) for tier in TIERS}
+            self._sum_us = dict.fromkeys(TIERS, 0)
             self._pending = {}
 
 
@@ -127,16 +135,19 @@ def snapshot_from_hash(raw: Mapping[bytes | str, bytes | str], degraded: bool = 
     """Rebuild a fleet-wide snapshot from the Redis stats hash."""
     counters = dict.fromkeys(COUNTERS, 0)
     latency = {tier: [0] * (len(LATENCY_BUCKETS) + 1) for tier in TIERS}
+    sums = dict.fromkeys(TIERS, 0)
     for key_raw, value_raw in raw.items():
         key = key_raw.decode() if isinstance(key_raw, bytes) else key_raw
         value = int(value_raw)
-        if key.startswith("lat:"):
+        if key.startswith("latsum:"):
+            sums[key.split(":", 1)[1]] = value
+        elif key.startswith("lat:"):
             _, tier, index = key.split(":")
             if tier in latency and 0 <= int(index) < len(latency[tier]):
                 latency[tier][int(index)] += value
         else:
             counters[key] = value
-    return StatsSnapshot(counters, latency, degraded, scope="all processes")
+    return StatsSnapshot(counters, latency, degraded, scope="all processes", latency_sum_us=sums)
 
 
 def prometheus_families(snapshot: StatsSnapshot, namespace: str = "metricsmith_cache") -> list[dict[str, Any]]:
@@ -171,6 +182,8 @@ def prometheus_families(snapshot: StatsSnapshot, namespace: str = "metricsmith_c
             cumulative += count
             le = "+Inf" if bound == float("inf") else repr(bound)
             samples.append((f"{namespace}_latency_seconds_bucket", {"tier": tier, "le": le}, cumulative))
+        samples.append((f"{namespace}_latency_seconds_sum", {"tier": tier},
+                        snapshot.latency_sum_us.get(tier, 0) / 1e6))
         samples.append((f"{namespace}_latency_seconds_count", {"tier": tier}, cumulative))
     families.append({"name": f"{namespace}_latency_seconds", "type": "histogram",
                      "help": "Latency of cache reads answered by each tier (db = computed).", "samples": samples})
