@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import date
 
 from metricsmith import db, rollups
 from metricsmith.dbt_runner import DbtError
@@ -24,9 +25,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     status.set_defaults(handler=cmd_status)
 
     b = sub.add_parser("backfill", help="recompute a date range of the rollups and the weeks/months above it")
-    b.add_argument("--start", required=True, type=rollups.parse_day, help="first day, YYYY-MM-DD")
-    b.add_argument("--end", required=True, type=rollups.parse_day, help="last day, YYYY-MM-DD (inclusive)")
+    b.add_argument("--start", required=True, type=_day, help="first day, YYYY-MM-DD")
+    b.add_argument("--end", required=True, type=_day, help="last day, YYYY-MM-DD (inclusive)")
     b.set_defaults(handler=cmd_backfill)
+
+
+def _day(text: str) -> date:
+    try:
+        return rollups.parse_day(text)
+    except UserFacingError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _run(**kwargs: object) -> rollups.RollupRunResult:

@@ -20,8 +20,8 @@ from metricsmith.config import Settings, load_settings
 from metricsmith.dbt_runner import DbtRun, run_dbt
 from metricsmith.errors import UserFacingError
 
-#: every model the rollups need, up to the ledger that closes a run
-ROLLUP_SELECTOR = "+int_rollup_ledger"
+#: every model the rollups need, up to the ledger that closes a run, and the rejected rows
+ROLLUP_SELECTORS = ("+int_rollup_ledger", "stg_events_rejected")
 #: the models that change with the time zone (all of them are rebuilt by --full-refresh)
 MART_MODELS = ("daily_metrics", "weekly_metrics", "monthly_metrics")
 SCHEMA = "analytics"
@@ -87,6 +87,7 @@ def run_rollups(
     timezone: str | None = None,
     extra_vars: dict[str, Any] | None = None,
     test: bool = False,
+    quiet: bool = False,
     settings: Settings | None = None,
 ) -> RollupRunResult:
     """Run the rollups once: incremental by default, ``full_refresh`` rebuilds everything,
@@ -102,7 +103,9 @@ def run_rollups(
             raise UserFacingError(f"backfill start {start} is after end {end}")
         vars_.update({"backfill_start": start.isoformat(), "backfill_end": end.isoformat()})
         mode = "backfill" if not full_refresh else mode
-    args = ["build" if test else "run", "--select", ROLLUP_SELECTOR]
+    args = ["build" if test else "run", "--select", *ROLLUP_SELECTORS]
+    if quiet:
+        args.append("--quiet")
     if test:
         # unit tests are checked at build time; data tests run on the fresh tables
         args += ["--resource-type", "model", "--resource-type", "test", "--resource-type", "unit_test"]

@@ -1,0 +1,186 @@
+"""An independent plain-Python computation of daily / weekly / monthly metrics (issue 3),
+used by tests/python/test_rollups*.py to check the dbt models, plus helpers to load events."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+Q = Decimal("0.0001")
+MEASURES = ("total_events", "active_users", "new_users", "active_organizations", "sessions",
+            "signups", "purchases", "revenue_cents")
+GROWTH = ("total_events", "active_users", "new_users", "revenue_cents")
+
+
+@dataclass
+class Event:
+    occurred_at: datetime | None
+    received_at: datetime
+    event_type: str
+    user_id: str | None = None
+    organization_id: str | None = None
+    session_id: str | None = None
+    revenue_cents: int = 0
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+def is_valid(e: Event) -> bool:
+    return (e.occurred_at is not None and e.occurred_at <= e.received_at + timedelta(days=1)
+            and e.event_type.strip() != "" and e.revenue_cents >= 0)
+
+
+def insert_events(conn: Any, events: list[Event]) -> int:
+    """COPY events into raw.events, skipping event_ids already there (like the loader)."""
+    conn.execute("create temp table if not exists _rollup_batch (like raw.events including defaults)")
+    conn.execute("truncate _rollup_batch")
+    buf = io.StringIO()
+    with conn.cursor() as cur:
+        with cur.copy("copy _rollup_batch (event_id, occurred_at, received_at, event_type, user_id, "
+                      "organization_id, session_id, revenue_cents) from stdin") as copy:
+            for e in events:
+                copy.write_row((e.event_id, e.occurred_at, e.received_at, e.event_type, e.user_id,
+                                e.organization_id, e.session_id, e.revenue_cents))
+        cur.execute("insert into raw.events select * from _rollup_batch on conflict (event_id) do nothing")
+        inserted = cur.rowcount
+    del buf
+    return int(inserted)
+
+
+def _q(x: Decimal) -> Decimal:
+    return x.quantize(Q, rounding=ROUND_HALF_UP)
+
+
+def _growth(cur: int, prev_row: dict[str, Any] | None, col: str) -> Decimal | None:
+    if prev_row is None or prev_row[col] == 0:
+        return None
+    prev = prev_row[col]
+    return _q(Decimal(100) * (Decimal(cur) - Decimal(prev)) / Decimal(prev))
+
+
+def _monday(d: date) -> date:
+    return d - timedelta(days=d.weekday())
+
+
+def _add_months(d: date, n: int) -> date:
+    i = d.year * 12 + d.month - 1 + n
+    return date(i // 12, i % 12 + 1, 1)
+
+
+def _month_end(m: date) -> date:
+    return _add_months(m, 1) - timedelta(days=1)
+
+
+def _measures(evs: list[tuple[date, Event]], days: list[date], first_seen: dict[str, date]) -> dict[str, Any]:
+    dayset = set(days)
+    return {
+        "total_events": len(evs),
+        "active_users": len({e.user_id for _, e in evs if e.user_id is not None}),
+        "new_users": sum(1 for d in first_seen.values() if d in dayset),
+        "active_organizations": len({e.organization_id for _, e in evs if e.organization_id is not None}),
+        "sessions": len({e.session_id for _, e in evs if e.session_id is not None}),
+        "signups": sum(1 for _, e in evs if e.event_type == "signup"),
+        "purchases": sum(1 for _, e in evs if e.event_type == "purchase"),
+        "revenue_cents": sum(e.revenue_cents for _, e in evs),
+    }
+
+
+def reference(events: list[Event], tz: str) -> dict[str, list[dict[str, Any]]]:
+    """daily_metrics, weekly_metrics and monthly_metrics as lists of row dicts, by key."""
+    zone = ZoneInfo(tz)
+    seen: dict[str, Event] = {}
+    for e in events:  # duplicates by event_id are skipped on load: the first one wins
+        seen.setdefault(e.event_id, e)
+    dated = [(e.occurred_at.astimezone(zone).date(), e) for e in seen.values() if is_valid(e) and e.occurred_at]
+    if not dated:
+        return {"daily_metrics": [], "weekly_metrics": [], "monthly_metrics": []}
+    by_day: dict[date, list[tuple[date, Event]]] = defaultdict(list)
+    first_seen: dict[str, date] = {}
+    for d, e in dated:
+        by_day[d].append((d, e))
+        if e.user_id is not None and (e.user_id not in first_seen or d < first_seen[e.user_id]):
+            first_seen[e.user_id] = d
+    first, last = min(by_day), max(by_day)
+    spine = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    daily = []
+    for d in spine:
+        daily.append({"metric_date": d, **_measures(by_day.get(d, []), [d], first_seen)})
+    daily_by = {r["metric_date"]: r for r in daily}
+
+    def period_rows(key_of: Any, end_of: Any, full_days: Any, prefix: str) -> list[dict[str, Any]]:
+        groups: dict[date, list[date]] = defaultdict(list)
+        for d in spine:
+            groups[key_of(d)].append(d)
+        rows = []
+        for start, days in sorted(groups.items()):
+            evs = [x for d in days for x in by_day.get(d, [])]
+            n = len(days)
+            row = {prefix + "_start": start, prefix + "_end": end_of(start), "days_with_data": n,
+                   "is_complete": n == full_days(start), **_measures(evs, days, first_seen)}
+            row["avg_daily_events"] = _q(Decimal(sum(daily_by[d]["total_events"] for d in days)) / n)
+            row["avg_daily_active_users"] = _q(Decimal(sum(daily_by[d]["active_users"] for d in days)) / n)
+            row["avg_daily_revenue_cents"] = _q(Decimal(sum(daily_by[d]["revenue_cents"] for d in days)) / n)
+            rows.append(row)
+        return rows
+
+    weekly = period_rows(_monday, lambda s: s + timedelta(days=6), lambda s: 7, "week")
+    wk = {r["week_start"]: r for r in weekly}
+    for r in weekly:
+        prev = wk.get(r["week_start"] - timedelta(days=7))
+        for c in GROWTH:
+            r[f"{c}_wow_pct"] = _growth(r[c], prev, c)
+    monthly = period_rows(lambda d: d.replace(day=1), _month_end, lambda s: (_month_end(s) - s).days + 1, "month")
+    mo = {r["month_start"]: r for r in monthly}
+    for r in monthly:
+        prev_m, prev_y = mo.get(_add_months(r["month_start"], -1)), mo.get(_add_months(r["month_start"], -12))
+        for c in GROWTH:
+            r[f"{c}_mom_pct"] = _growth(r[c], prev_m, c)
+        for c in GROWTH:
+            r[f"{c}_yoy_pct"] = _growth(r[c], prev_y, c)
+        parts: dict[date, list[date]] = defaultdict(list)
+        for d in spine:
+            if d.replace(day=1) == r["month_start"]:
+                parts[_monday(d)].append(d)
+        breakdown = []
+        for ws, days in sorted(parts.items()):
+            evs = [x for d in days for x in by_day.get(d, [])]
+            breakdown.append({"week_start": ws.isoformat(), "days_in_month": len(days), "total_events": len(evs),
+                              "active_users": len({e.user_id for _, e in evs if e.user_id is not None}),
+                              "revenue_cents": sum(e.revenue_cents for _, e in evs)})
+        r["weekly_breakdown"] = breakdown
+    return {"daily_metrics": daily, "weekly_metrics": weekly, "monthly_metrics": monthly}
+
+
+KEYS = {"daily_metrics": "metric_date", "weekly_metrics": "week_start", "monthly_metrics": "month_start"}
+
+
+def fetch_tables(conn: Any, schema: str = "analytics") -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for table, key in KEYS.items():
+        cur = conn.execute(f"select * from {schema}.{table} order by {key}")
+        names = [d.name for d in cur.description]
+        out[table] = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    return out
+
+
+def diff_tables(expected: dict[str, list[dict[str, Any]]], actual: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Human-readable differences (empty when equal cell for cell)."""
+    problems: list[str] = []
+    for table, key in KEYS.items():
+        exp = {r[key]: r for r in expected[table]}
+        act = {r[key]: r for r in actual[table]}
+        for k in sorted(set(exp) ^ set(act)):
+            problems.append(f"{table} {k}: {'missing' if k in exp else 'unexpected'} row")
+        for k in sorted(set(exp) & set(act)):
+            for col, value in exp[k].items():
+                if act[k].get(col) != value:
+                    problems.append(f"{table} {k} {col}: expected {value!r}, got {act[k].get(col)!r}")
+            extra = set(act[k]) - set(exp[k])
+            if extra:
+                problems.append(f"{table} {k}: columns not checked: {sorted(extra)}")
+    return problems[:40]

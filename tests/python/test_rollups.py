@@ -1,0 +1,201 @@
+"""Rollups (issue 3): dbt output equals an independent Python computation on edge-case data;
+late data, backfill, the time-zone guard and the open-transaction horizon."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from rollups_reference import Event, diff_tables, fetch_tables, insert_events, reference
+
+from metricsmith import rollups
+from metricsmith.dbt_runner import DbtError
+
+BERLIN = "Europe/Berlin"
+
+
+def _utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def edge_case_events(seed: int = 3) -> tuple[list[Event], list[Event]]:
+    """(first load, late arrivals). Covers ISO week 53 and a year boundary, 29 Feb 2024, both
+    DST changes of 2024 in Europe/Berlin, empty days, anonymous events, invalid rows, a
+    year-over-year base and a user whose first event arrives late."""
+    rng = random.Random(seed)
+    clusters = [
+        (date(2020, 12, 24), date(2021, 1, 6)),
+        (date(2023, 3, 10), date(2023, 3, 20)),
+        (date(2024, 2, 26), date(2024, 3, 4)),
+        (date(2024, 3, 28), date(2024, 4, 2)),
+        (date(2024, 10, 25), date(2024, 10, 29)),
+    ]
+    received_base = _utc(2024, 11, 10)
+    events: list[Event] = []
+    for first, last in clusters:
+        d = first
+        while d <= last:
+            if rng.random() < 0.2:  # an empty day inside the range
+                d += timedelta(days=1)
+                continue
+            for _ in range(rng.randint(3, 25)):
+                at = datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(seconds=rng.randint(0, 86399))
+                anonymous = rng.random() < 0.15
+                kind = rng.choices(["page_view", "signup", "purchase", "search"], [70, 10, 15, 5])[0]
+                events.append(Event(
+                    occurred_at=at, received_at=at + timedelta(minutes=rng.randint(0, 120)), event_type=kind,
+                    user_id=None if anonymous else f"u{rng.randint(1, 30)}",
+                    organization_id=None if rng.random() < 0.2 else f"o{rng.randint(1, 5)}",
+                    session_id=None if rng.random() < 0.1 else f"s{rng.randint(1, 60)}",
+                    revenue_cents=rng.randint(100, 5000) if kind == "purchase" else 0))
+            d += timedelta(days=1)
+    # instants around local midnight and the DST changes (UTC+1 / UTC+2 in Berlin)
+    for at in (_utc(2020, 12, 31, 23, 30), _utc(2021, 1, 3, 22, 59), _utc(2024, 2, 29, 23, 10),
+               _utc(2024, 3, 30, 23, 30), _utc(2024, 3, 31, 0, 59), _utc(2024, 3, 31, 1, 0),
+               _utc(2024, 3, 31, 22, 30), _utc(2024, 10, 26, 22, 30), _utc(2024, 10, 27, 0, 30),
+               _utc(2024, 10, 27, 1, 30), _utc(2024, 10, 27, 23, 30)):
+        events.append(Event(occurred_at=at, received_at=at + timedelta(seconds=5), event_type="page_view",
+                            user_id=f"u{rng.randint(1, 30)}", session_id="s-midnight", organization_id="o9"))
+    # invalid rows: occurred more than a day after received, blank event type
+    events.append(Event(occurred_at=_utc(2024, 3, 3, 12), received_at=_utc(2024, 3, 1, 11), event_type="page_view",
+                        user_id="u-invalid"))
+    events.append(Event(occurred_at=_utc(2021, 1, 2, 12), received_at=_utc(2020, 12, 30), event_type="purchase",
+                        user_id="u1", revenue_cents=999))
+    events.append(Event(occurred_at=_utc(2024, 3, 1, 9), received_at=_utc(2024, 3, 1, 9), event_type="  ",
+                        user_id="u-blank"))
+    # the late user is first seen in March 2024 by the first load ...
+    events.append(Event(occurred_at=_utc(2024, 3, 1, 10), received_at=_utc(2024, 3, 1, 10), event_type="page_view",
+                        user_id="late-user"))
+    late = [
+        # ... but its real first event (ISO week 53) arrives years later
+        Event(occurred_at=_utc(2020, 12, 29, 8), received_at=received_base, event_type="signup", user_id="late-user",
+              organization_id="o1", session_id="s-late"),
+        # more late data in an old week and days that extend the spine at both ends
+        Event(occurred_at=_utc(2021, 1, 1, 12), received_at=received_base, event_type="purchase", user_id="u2",
+              revenue_cents=1234),
+        Event(occurred_at=_utc(2020, 12, 20, 12), received_at=received_base, event_type="page_view", user_id="u-early"),
+        Event(occurred_at=_utc(2024, 11, 5, 12), received_at=received_base, event_type="page_view", user_id=None),
+    ]
+    return events, late
+
+
+def _check(conn: psycopg.Connection[Any], events: list[Event], tz: str) -> dict[str, list[dict[str, Any]]]:
+    actual = fetch_tables(conn)
+    problems = diff_tables(reference(events, tz), actual)
+    assert not problems, "\n".join(problems)
+    return actual
+
+
+def test_rollups_equal_python_reference_with_late_data(empty_events: psycopg.Connection[Any]) -> None:
+    conn = empty_events
+    first, late = edge_case_events()
+    insert_events(conn, first)
+    result = rollups.run_rollups(full_refresh=True, timezone=BERLIN, test=True, quiet=True)
+    assert result.mode == "full-refresh"
+    _check(conn, first, BERLIN)
+
+    # late arrivals: incremental run only recomputes what they touch
+    insert_events(conn, late)
+    result = rollups.run_rollups(timezone=BERLIN, quiet=True)
+    assert result.mode == "incremental"
+    assert result.reasons.get("first_seen_moved") == 1  # late-user's old first day (2024-03-01)
+    assert date(2024, 3, 1) in result.changed.days
+    assert date(2020, 12, 28) in result.changed.weeks  # ISO week 53
+    assert len(result.changed.days) < 60  # not the whole ~1400-day spine
+    incremental = _check(conn, first + late, BERLIN)
+
+    # a full refresh of the same data gives the same tables, cell for cell
+    rollups.run_rollups(full_refresh=True, timezone=BERLIN, quiet=True)
+    assert fetch_tables(conn) == incremental
+
+    # invalid rows are excluded and listed with their reason
+    rejected = dict(conn.execute(
+        "select user_id, reason from analytics.stg_events_rejected").fetchall())
+    assert rejected == {"u-invalid": "occurred_after_received", "u1": "occurred_after_received",
+                        "u-blank": "empty_event_type"}
+
+    # a second incremental run with nothing new changes no value; it only re-reads the
+    # arrivals within the safety lag of the watermark (here: the late batch's days)
+    before = fetch_tables(conn)
+    result = rollups.run_rollups(timezone=BERLIN, quiet=True)
+    assert set(result.changed.days) <= {date(2020, 12, 29), date(2021, 1, 1), date(2020, 12, 20), date(2024, 11, 5)}
+    assert fetch_tables(conn) == before
+
+
+def test_utc_days_and_timezone_change_guard(empty_events: psycopg.Connection[Any]) -> None:
+    conn = empty_events
+    first, late = edge_case_events(seed=11)
+    insert_events(conn, first + late)
+    rollups.run_rollups(full_refresh=True, timezone="UTC", quiet=True)
+    _check(conn, first + late, "UTC")
+    with pytest.raises(DbtError, match="metrics_timezone changed from UTC to Europe/Berlin"):
+        rollups.run_rollups(timezone=BERLIN, quiet=True)
+    # nothing was changed by the refused run
+    _check(conn, first + late, "UTC")
+    rollups.run_rollups(full_refresh=True, timezone=BERLIN, quiet=True)
+    _check(conn, first + late, BERLIN)
+
+
+def test_backfill_recomputes_range_after_out_of_band_change(empty_events: psycopg.Connection[Any]) -> None:
+    conn = empty_events
+    first, _ = edge_case_events(seed=5)
+    insert_events(conn, first)
+    rollups.run_rollups(full_refresh=True, timezone="UTC", quiet=True)
+    # delete a day of events behind the ledger's back (raw.events is append-only otherwise)
+    conn.execute("delete from raw.events where occurred_at >= '2024-02-29' and occurred_at < '2024-03-01'")
+    remaining = [e for e in first if not (e.occurred_at and _utc(2024, 2, 29) <= e.occurred_at < _utc(2024, 3, 1))]
+    assert len(remaining) < len(first)
+    result = rollups.run_rollups(backfill=(date(2024, 2, 29), date(2024, 2, 29)), timezone="UTC", quiet=True)
+    assert result.mode == "backfill"
+    assert result.reasons.get("backfill") == 1 and date(2024, 2, 29) in result.changed.days
+    actual = fetch_tables(conn)
+    expected = reference(remaining, "UTC")
+    # first-seen is append-only (documented): users whose only first day was deleted keep it
+    for table in ("daily_metrics", "weekly_metrics", "monthly_metrics"):
+        for row in expected[table] + actual[table]:
+            for col in [c for c in row if c.startswith("new_users")]:
+                row.pop(col)
+    problems = diff_tables(expected, actual)
+    assert not problems, "\n".join(problems)
+
+
+def test_open_transaction_holds_back_the_watermark(empty_events: psycopg.Connection[Any], test_database: str) -> None:
+    """A row inserted by a transaction that was open during a run (received_at = its start)
+    is picked up by the next run, although its received_at is older than that run."""
+    conn = empty_events
+    first, _ = edge_case_events(seed=7)
+    insert_events(conn, first)
+    rollups.run_rollups(full_refresh=True, timezone="UTC", quiet=True)
+    slow = psycopg.connect(test_database)
+    try:
+        slow.execute("insert into raw.events (event_id, occurred_at, event_type, user_id) "
+                     "values (gen_random_uuid(), '2023-03-12 12:00+00', 'page_view', 'slow-writer')")
+        # a fast writer commits newer rows while the slow transaction is still open
+        fast = Event(occurred_at=_utc(2024, 3, 2, 12), received_at=datetime.now(UTC), event_type="page_view",
+                     user_id="fast-writer")
+        insert_events(conn, [fast])
+        rollups.run_rollups(timezone="UTC", extra_vars={"rollups_safety_lag_seconds": 0}, quiet=True)
+        slow.commit()
+    finally:
+        slow.close()
+    rollups.run_rollups(timezone="UTC", extra_vars={"rollups_safety_lag_seconds": 0}, quiet=True)
+    row = conn.execute("select received_at from raw.events where user_id = 'slow-writer'").fetchone()
+    assert row is not None
+    slow_event = Event(occurred_at=_utc(2023, 3, 12, 12), received_at=row[0], event_type="page_view",
+                       user_id="slow-writer")
+    _check(conn, [*first, fast, slow_event], "UTC")
+
+
+def test_backfill_cli_rejects_bad_ranges(capsys: pytest.CaptureFixture[str]) -> None:
+    from metricsmith.cli import main
+
+    assert main(["backfill", "--start", "2024-03-05", "--end", "2024-03-01"]) == 2
+    assert "is after" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["backfill", "--start", "2024-13-01", "--end", "2024-03-01"])
+    with pytest.raises(DbtError, match="backfill_start .* is after backfill_end"):
+        rollups.run_dbt(["run", "--select", "int_rollup_batch"],
+                        vars={"backfill_start": "2024-03-05", "backfill_end": "2024-03-01"})
