@@ -172,6 +172,44 @@ def test_concurrent_misses_across_processes_compute_once(marts: Marts) -> None:
     b.close()
 
 
+STAMPEDE_CHILD = textwrap.dedent(
+    """
+    import sys, threading, time
+    from metricsmith.cache import TwoTierCache
+    cache = TwoTierCache()
+    assert cache.wait_until_listening()
+    counter, start_at = sys.argv[1], float(sys.argv[2])
+    def compute():
+        cache._redis().incr(counter)  # the independent count of computations, across processes
+        time.sleep(0.3)
+        return {"answer": 42}
+    out = []
+    def reader():
+        time.sleep(max(0.0, start_at - time.time()))
+        out.append(cache.get_or_compute("stampede:procs", compute, ttl=60))
+    threads = [threading.Thread(target=reader) for _ in range(25)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert out == [{"answer": 42}] * 25, out
+    print(cache.local_stats().counters["stampedes_avoided"], flush=True)
+    cache.close()
+    """
+)
+
+
+def test_100_concurrent_misses_in_4_processes_compute_once(cache: TwoTierCache) -> None:
+    counter = f"{cache.root}test:computations"
+    cache._redis().delete(counter)
+    start_at = time.time() + 4.0  # every process has started and subscribed by then
+    children = [subprocess.Popen([sys.executable, "-c", STAMPEDE_CHILD, counter, str(start_at)],
+                                 stdout=subprocess.PIPE, text=True, env=os.environ.copy()) for _ in range(4)]
+    outputs = [c.communicate(timeout=60)[0] for c in children]
+    assert [c.returncode for c in children] == [0, 0, 0, 0]
+    assert int(cache._redis().get(counter) or 0) == 1
+    assert sum(int(o.strip()) for o in outputs) == 99
+    cache._redis().delete(counter)
+
+
 def test_service_stampede_on_one_key_is_one_query(marts: Marts, cache: TwoTierCache) -> None:
     with MetricsQueryService(cache=cache, schema=marts.schema, today=TODAY) as svc:
         barrier = threading.Barrier(100)
