@@ -49,9 +49,11 @@ batch as (
         {%- endif %} as low_watermark,
         -- never past the start of a transaction still open (its rows are not visible yet),
         -- minus a safety lag for clients that set received_at themselves
+        -- (null when nothing arrived: the watermark then stays where it was)
+        case when arrivals.max_received_at is not null then
         {{ dbt.dateadd('second', '-' ~ metricsmith.rollups_safety_lag_seconds(),
                        'least(arrivals.max_received_at, ' ~ metricsmith.open_transaction_horizon() ~ ')') }}
-            as candidate_watermark,
+        end as candidate_watermark,
         '{{ tz }}' as metrics_timezone,
         {{ 'true' if ns.full else 'false' }} as is_full_rebuild,
         {% if backfill[0] is not none -%}
