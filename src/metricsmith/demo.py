@@ -43,6 +43,7 @@ def step_generate() -> None:
 STEPS: list[tuple[str, Callable[[], None]]] = [
     ("servers and migrations", step_servers),
     ("sample events", step_generate),
+    ("rollups: daily / weekly / monthly metrics", lambda: __import__("metricsmith.rollups", fromlist=["demo_step"]).demo_step()),
     ("metric cache", lambda: __import__("metricsmith.cache.demo", fromlist=["step_cache"]).step_cache()),
 ]
 

@@ -198,3 +198,12 @@ def parse_day(text: str) -> date:
         return datetime.strptime(text, "%Y-%m-%d").date()
     except ValueError:
         raise UserFacingError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def demo_step() -> None:
+    """`make demo`: run the rollups incrementally (the first time builds everything; a second
+    demo only reads what arrived since) and print the latest weeks and months with growth."""
+    result = run_rollups(quiet=True)
+    print(result.render())
+    with db.connect(autocommit=True) as conn:
+        print(render_periods(latest_weeks(conn, 4), latest_months(conn, 3)))
