@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import bench_database, server_label  # noqa: E402
 from metricsmith import db, generator, rollups  # noqa: E402
+from metricsmith.dbt_runner import run_dbt  # noqa: E402
 
 TZ = "UTC"
 
@@ -95,11 +96,16 @@ def main() -> int:
         print(f"distinct users in the first {args.days} days: {users[0] if users else 0:,}")
         floor = _floor(conn)
         print(f"scan floor (group by day, best of 3):            {floor:6.2f} s")
+        # dbt's own start-up (process, parse, graph, connection): a run that selects nothing
+        started = time.perf_counter()
+        run_dbt(["run", "--quiet", "--select", "int_rollup_batch", "--exclude", "int_rollup_batch"],
+                vars={"metrics_timezone": TZ})
+        startup = time.perf_counter() - started
         p1 = rollups.run_rollups(full_refresh=True, timezone=TZ, quiet=True)
-        p1_model = _model_seconds(p1)
-        print(f"P1 full rebuild, models only:                    {p1_model:6.2f} s   "
+        p1_model = p1.seconds - startup
+        print(f"P1 full rebuild of all rollup models:            {p1_model:6.2f} s   "
               f"({', '.join(f'{k} {v:.1f}' for k, v in sorted(p1.dbt_seconds.items(), key=lambda kv: -kv[1])[:4])})")
-        print(f"   dbt start-up, parse and compile (not counted): {p1.seconds - p1_model:6.2f} s")
+        print(f"   dbt start-up (not counted):                    {startup:6.2f} s")
         print(f"P1 ratio full rebuild / scan floor:              {p1_model / floor:6.1f}x   (target <= 10x)")
         long_model, long_wall, arrived = _incremental(conn, new_day)
 

@@ -10,7 +10,18 @@
     day of the same key, then rows collapse to (day, previous day) pairs before the calendar
     arithmetic.
 -#}
-{% macro first_activity_counts(events_cte, key, prefix, with_week_month=false) -%}
+{% macro first_activity_counts(events_cte, key, prefix, with_week_month=false, dedupe_first=false) -%}
+    {%- if dedupe_first %}
+    {#- worth it when a key has many events per day (organizations): the sort gets much smaller -#}
+    {{ prefix }}_days as (
+
+        select distinct island_id, event_date, {{ key }}
+        from {{ events_cte }}
+        where {{ key }} is not null
+
+    ),
+    {%- endif %}
+
     {{ prefix }}_marks as (
 
         select
@@ -20,7 +31,7 @@
                 partition by island_id, {{ metricsmith.id_sort_key(key) }}
                 order by event_date
             ) as previous_date
-        from {{ events_cte }}
+        from {{ (prefix ~ '_days') if dedupe_first else events_cte }}
         where {{ key }} is not null
 
     ),

@@ -14,9 +14,12 @@ with
 
 {%- if full %}
 
+-- the local date is monotonic in occurred_at: convert the two extremes, not every row
 spine as (
 
-    select min(event_date) as spine_start, max(event_date) as spine_end
+    select
+        {{ metricsmith.local_date('min(occurred_at)') }} as spine_start,
+        {{ metricsmith.local_date('max(occurred_at)') }} as spine_end
     from {{ ref('stg_events') }}
 
 ),

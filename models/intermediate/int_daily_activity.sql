@@ -94,7 +94,7 @@ day_totals as (
 
 {{ metricsmith.first_activity_counts('events', 'user_id', 'users', with_week_month=true) }},
 
-{{ metricsmith.first_activity_counts('events', 'organization_id', 'organizations') }},
+{{ metricsmith.first_activity_counts('events', 'organization_id', 'organizations', dedupe_first=true) }},
 
 {{ metricsmith.first_activity_counts('events', 'session_id', 'sessions') }},
 

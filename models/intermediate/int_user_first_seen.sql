@@ -40,16 +40,24 @@ first_seen as (
 
 events as (
 
-    select user_id, event_date from {{ ref('stg_events') }}
+    select user_id, occurred_at from {{ ref('stg_events') }}
+
+),
+
+-- the local date is monotonic in occurred_at: convert each user's first instant only
+first_instants as (
+
+    select user_id, min(occurred_at) as first_occurred_at
+    from events
+    where user_id is not null
+    group by user_id
 
 ),
 
 first_seen as (
 
-    select user_id, min(event_date) as first_event_date
-    from events
-    where user_id is not null
-    group by user_id
+    select user_id, {{ metricsmith.local_date('first_occurred_at') }} as first_event_date
+    from first_instants
 
 )
 
