@@ -486,6 +486,19 @@ def _store(conn: psycopg.Connection[Any], prepared: _Prepared) -> LoadSummary:
     return summary
 
 
+def store_lines(conn: psycopg.Connection[Any], lines: list[str], rejects: list[tuple[Any, ...]]) -> LoadSummary:
+    """The loader's write step for callers that validated themselves (the realtime stream consumer).
+
+    ``lines`` are COPY lines from :func:`fast_line` / :func:`copy_line` (distinct event_ids),
+    ``rejects`` are ``(source, line_number, reason, detail, raw_text)``. Runs in one transaction
+    (a savepoint when the caller has one open); ids already stored count as duplicates.
+    """
+    summary = LoadSummary(total=len(lines) + len(rejects))
+    for reject in rejects:
+        summary.quarantined_by_reason[reject[2]] += 1
+    return _store(conn, _Prepared(summary, lines, rejects))
+
+
 def _batched(items: Iterable[_Input], size: int) -> Iterator[list[_Input]]:
     batch: list[_Input] = []
     for item in items:
