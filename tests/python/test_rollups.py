@@ -17,8 +17,8 @@ from metricsmith.dbt_runner import DbtError
 BERLIN = "Europe/Berlin"
 
 
-def _utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def _utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def edge_case_events(seed: int = 3) -> tuple[list[Event], list[Event]]:
