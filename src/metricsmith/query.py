@@ -219,6 +219,7 @@ class MetricsQueryService:
         self._today = today
         self._pool: ConnectionPool[Any] | None = None
         self._pool_lock = threading.Lock()
+        self._realtime_read: Any = None
         # keys of a non-default schema carry it, so two marts never share entries
         self._key_prefix = "" if schema == "analytics" else f"{schema}/"
 
@@ -395,17 +396,23 @@ class MetricsQueryService:
         return list(rows)
 
     # ------------------------------------------------------------------ realtime
-    def get_realtime_value(self, metric: str, labels: dict[str, str] | None = None) -> RealtimeValue:
-        """A realtime metric's current value (cached for ``ttl_realtime``), read by issue 6's service."""
-        labels = dict(labels or {})
-        reader = _realtime_reader()
+    def get_realtime_value(
+        self, metric: str, labels: dict[str, str] | None = None, *, window: int = 60
+    ) -> RealtimeValue:
+        """A realtime metric's current value, read by the realtime capability (issue 6) and cached
+        for ``ttl_realtime`` (1 min by default). Counters and gauges give a number, rates events
+        per second over ``window`` seconds, histograms ``{buckets, cumulative, sum, count}``."""
+        labels = {str(k): str(v) for k, v in (labels or {}).items()}
+        if self._realtime_read is None:
+            self._realtime_read = _realtime_reader(self.settings)
+        reader = self._realtime_read
 
         def compute() -> Any:
-            return reader(metric, labels)
+            return reader(metric, labels, window)
 
-        key = f"realtime:{metric}:" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        key = f"realtime:{metric}:{window}:" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         value = self._cached(key, compute, Tier.REALTIME, [f"realtime:{metric}"], lambda raw: raw)
-        return RealtimeValue(metric, labels, value)
+        return RealtimeValue(metric, labels, value, datetime.now(self.settings.tz))
 
 
 def _custom_metrics_access() -> Any:
@@ -425,15 +432,38 @@ def _custom_metrics_access() -> Any:
     )
 
 
-def _realtime_reader() -> Any:
+def _realtime_reader(settings: Settings) -> Any:
+    """``(metric, labels, window) -> plain value`` over the realtime service, or NotAvailable."""
     try:
-        module = importlib.import_module("metricsmith.realtime")
+        module = importlib.import_module("metricsmith.realtime.service")
     except ImportError:
         raise NotAvailable("realtime metrics are not available: the realtime capability (issue 6) is not installed") from None
-    reader = getattr(module, "read_value", None)
-    if not callable(reader):
-        raise NotAvailable("realtime metrics are installed but offer no read_value(metric, labels) function")
-    return reader
+    service_class = getattr(module, "RealtimeMetricsService", None)
+    if service_class is None:
+        raise NotAvailable("realtime metrics are installed but offer no RealtimeMetricsService")
+
+    services: list[Any] = []
+
+    def read(metric: str, labels: dict[str, str], window: int) -> Any:
+        if not services:
+            services.append(service_class(settings))
+        service = services[0]
+        spec = service.spec(metric)
+        if spec is None:
+            known = ", ".join(sorted(s.name for s in service.specs())) or "none"
+            raise QueryError(f"unknown realtime metric {metric!r}; declared: {known}")
+        kind = str(getattr(spec.type, "value", spec.type)).lower()
+        if kind == "counter":
+            return service.get_counter(metric, labels or None)
+        if kind == "gauge":
+            return service.get_gauge(metric, labels or None)
+        if kind == "rate":
+            return service.get_rate(metric, window, labels or None)
+        if kind == "histogram":
+            return service.get_histogram(metric, labels or None).as_dict()
+        raise QueryError(f"realtime metric {metric!r} has an unsupported type {kind!r}")
+
+    return read
 
 
 __all__ = [

@@ -146,8 +146,8 @@ def test_missing_marts_and_capabilities_are_not_available(cache: TwoTierCache) -
             s.get_daily_metrics(date(2024, 1, 1), date(2024, 1, 2))
         with pytest.raises(NotAvailable, match="custom"):
             s.get_custom_metric_values("revenue-per-user", user="alice")
-        with pytest.raises(NotAvailable, match="realtime"):
-            s.get_realtime_value("events_total")
+        with pytest.raises(QueryError, match="realtime"):  # NotAvailable until issue 6 is installed
+            s.get_realtime_value("no_such_metric_total")
 
 
 def test_invalidate_periods_rejects_bad_dates() -> None:
@@ -231,3 +231,29 @@ def test_refresh_after_run_invalidates_then_warms(marts: Marts) -> None:
     # the warmer reads the default analytics schema, which this test session does not build
     assert report.warming.warmed or report.warming.skipped
     assert cache.health()["status"] == "ok"
+
+
+def test_realtime_values_cached_in_the_realtime_tier() -> None:
+    service_module = pytest.importorskip("metricsmith.realtime.service")
+    import secrets
+    import time
+
+    from metricsmith.cache import CacheConfig
+
+    rt = service_module.RealtimeMetricsService()
+    if not hasattr(rt, "declare_counter"):
+        pytest.skip("the realtime service has a different API")
+    name = f"cache_test_{secrets.token_hex(3)}_total"
+    rt.declare_counter(name, "test counter", labels=["kind"])
+    rt.increment_counter(name, 5, {"kind": "a"})
+    cache = TwoTierCache(config=CacheConfig(**{**load_cache_config().__dict__, "ttl_realtime": 1.0, "xfetch_beta": 0}))
+    assert cache.wait_until_listening()
+    with MetricsQueryService(cache=cache) as svc:
+        assert svc.get_realtime_value(name, {"kind": "a"}).value == 5
+        rt.increment_counter(name, 2, {"kind": "a"})
+        assert svc.get_realtime_value(name, {"kind": "a"}).value == 5  # cached (realtime tier)
+        time.sleep(1.1)
+        assert svc.get_realtime_value(name, {"kind": "a"}).value == 7  # refreshed after ttl_realtime
+        with pytest.raises(QueryError, match="unknown realtime metric"):
+            svc.get_realtime_value("no_such_metric_total")
+    cache.close()
