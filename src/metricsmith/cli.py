@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "metricsmith.commands_rollups",
     "metricsmith.demo",
     "metricsmith.commands_query",
+    "metricsmith.commands_realtime",
 ]
 
 

@@ -1,0 +1,504 @@
+"""Event-driven ingest: ``track()`` appends events to a Redis Stream; a consumer group applies them.
+
+Per batch the consumer
+
+1. validates every entry with the loader's rules (:func:`metricsmith.ingest.fast_line` /
+   :func:`metricsmith.ingest.validate_record`);
+2. under the apply lock, runs ONE Lua script that, for each valid event whose event_id is not in
+   the day's ``seen`` set, adds it there and applies all its metric updates (events by type,
+   revenue, active users, purchase histogram, events/s rate) - atomically for the whole batch;
+3. writes the batch into Postgres in one transaction with the loader's write step
+   (:func:`metricsmith.ingest.store_lines`: COPY, ids already stored skipped) and quarantines bad
+   entries once (stream entry ids recorded in ``metricsmith.realtime_stream_rejects``);
+4. then XACKs (and XDELs) the entries.
+
+A consumer killed anywhere leaves its entries pending; on restart (same name) it re-reads them,
+and another consumer claims them with XAUTOCLAIM after ``claim_idle_ms``. Re-applying is harmless:
+Redis skips event_ids already seen, Postgres skips event_ids already stored, the reject table
+skips entries already quarantined. Delivery is at-least-once, the effect exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+import psycopg
+import redis
+
+from metricsmith import db
+from metricsmith.config import Settings, load_settings
+from metricsmith.ingest import (
+    REASONS,
+    LoadSummary,
+    Rejection,
+    copy_line,
+    fast_line,
+    store_lines,
+    validate_record,
+)
+from metricsmith.realtime.registry import (
+    ACTIVE_USERS,
+    EVENTS_RATE,
+    EVENTS_TOTAL,
+    LABEL_SEP,
+    PURCHASE_BUCKETS_CENTS,
+    PURCHASE_VALUE,
+    RATE_RESOLUTION,
+    REVENUE_TOTAL,
+    bucket_index,
+)
+from metricsmith.realtime.service import RATE_ADD_LUA, Keys, RealtimeMetricsService
+
+GROUP = "metricsmith"
+FIELD = b"e"
+PURCHASE = "purchase"
+
+APPLY_LUA = RATE_ADD_LUA + """
+local base = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local nwin = tonumber(ARGV[4])
+local SEP = ARGV[5]
+local i = 6 + nwin
+local new = 0
+local days = {}
+local types = {}
+local revenue = {}
+local users = {}
+local hist = {}
+while i <= #ARGV do
+  local id, day, typ, user, rev, b = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
+  i = i + 6
+  if redis.call('SADD', base .. 'seen:' .. day, id) == 1 then
+    new = new + 1
+    days[day] = true
+    local tk = day .. SEP .. typ
+    types[tk] = (types[tk] or 0) + 1
+    revenue[day] = (revenue[day] or 0) + tonumber(rev)
+    if user ~= '' then
+      users[day] = users[day] or {}
+      table.insert(users[day], user)
+    end
+    if b ~= '' then
+      local h = hist[day] or {sum = 0, count = 0, b = {}}
+      hist[day] = h
+      h.b[b] = (h.b[b] or 0) + 1
+      h.sum = h.sum + tonumber(rev)
+      h.count = h.count + 1
+    end
+  end
+end
+local ck = base .. 'c:EVENTS_TOTAL'
+for tk, n in pairs(types) do redis.call('HINCRBYFLOAT', ck, tk, n) end
+for day, _ in pairs(days) do
+  redis.call('EXPIRE', base .. 'seen:' .. day, ttl)
+  if revenue[day] > 0 then
+    redis.call('HINCRBYFLOAT', base .. 'c:REVENUE_TOTAL', day, string.format('%d', revenue[day]))
+  end
+  local u = users[day]
+  if u then
+    local uk = base .. 'users:' .. day
+    for s = 1, #u, 1000 do
+      redis.call('SADD', uk, unpack(u, s, math.min(s + 999, #u)))
+    end
+    redis.call('EXPIRE', uk, ttl)
+    redis.call('HSET', base .. 'g:ACTIVE_USERS', day, redis.call('SCARD', uk))
+  end
+  local h = hist[day]
+  if h then
+    local hk = base .. 'h:PURCHASE_VALUE:' .. day
+    for idx, n in pairs(h.b) do redis.call('HINCRBY', hk, idx, n) end
+    redis.call('HINCRBYFLOAT', hk, 'sum', string.format('%d', h.sum))
+    redis.call('HINCRBY', hk, 'count', h.count)
+    redis.call('SADD', base .. 'hidx:PURCHASE_VALUE', day)
+  end
+end
+if new > 0 then
+  for w = 1, nwin do
+    local window = tonumber(ARGV[5 + w])
+    rate_add(base .. 'r:EVENTS_RATE:' .. window .. ':', window / RESOLUTION, now, new)
+  end
+  redis.call('SADD', base .. 'ridx:EVENTS_RATE', '')
+end
+return new
+""".replace("EVENTS_TOTAL", EVENTS_TOTAL.name).replace("REVENUE_TOTAL", REVENUE_TOTAL.name) \
+   .replace("ACTIVE_USERS", ACTIVE_USERS.name).replace("PURCHASE_VALUE", PURCHASE_VALUE.name) \
+   .replace("EVENTS_RATE", EVENTS_RATE.name).replace("RESOLUTION", str(RATE_RESOLUTION))
+
+_RELEASE_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+# --------------------------------------------------------------------------- producing
+
+_clients: dict[tuple[str, str], redis.Redis] = {}
+
+
+def _client(settings: Settings) -> redis.Redis:
+    key = (db.redis_url(settings), settings.redis_prefix)
+    client = _clients.get(key)
+    if client is None:
+        client = _clients[key] = db.redis_client(settings)
+    return client
+
+
+def _payload(event: Mapping[str, Any] | str | bytes, now_text: str) -> tuple[str, bytes]:
+    if isinstance(event, bytes):
+        return "", event
+    if isinstance(event, str):
+        return "", event.encode()
+    record = dict(event)
+    if record.get("event_id") is None:
+        record["event_id"] = str(uuid.uuid4())
+    if record.get("received_at") is None:
+        record["received_at"] = now_text
+    try:
+        return str(record["event_id"]), orjson.dumps(record, default=str)
+    except TypeError:
+        return str(record["event_id"]), repr(record).encode()
+
+
+def track(event: Mapping[str, Any] | str | bytes, *, settings: Settings | None = None,
+          client: redis.Redis | None = None) -> str:
+    """Append one event to the stream; returns its event_id (generated when missing).
+
+    The event is validated by the consumer with the loader's rules; a bad event is quarantined
+    there with its reason, never dropped. ``received_at`` is stamped now when missing.
+    """
+    settings = settings or load_settings()
+    redis_client = client or _client(settings)
+    event_id, payload = _payload(event, datetime.now(UTC).isoformat())
+    redis_client.xadd(Keys(settings.redis_prefix).stream, {FIELD: payload})
+    return event_id
+
+
+def track_many(events: Iterable[Mapping[str, Any] | str | bytes], *, settings: Settings | None = None,
+               client: redis.Redis | None = None, chunk: int = 2000) -> int:
+    """Append many events (pipelined); returns how many were appended."""
+    settings = settings or load_settings()
+    redis_client = client or _client(settings)
+    stream = Keys(settings.redis_prefix).stream
+    count = 0
+    pipe = redis_client.pipeline(transaction=False)
+    now_text = datetime.now(UTC).isoformat()
+    for event in events:
+        pipe.xadd(stream, {FIELD: _payload(event, now_text)[1]})
+        count += 1
+        if count % chunk == 0:
+            pipe.execute()
+            now_text = datetime.now(UTC).isoformat()
+    pipe.execute()
+    return count
+
+
+# --------------------------------------------------------------------------- consuming
+
+
+@dataclass
+class ConsumeStats:
+    batches: int = 0
+    entries: int = 0
+    applied: int = 0  # events new to Redis (counted in the metrics)
+    redis_duplicates: int = 0  # valid events Redis had seen already (re-delivery or repeated id)
+    loaded: int = 0
+    pg_duplicates: int = 0
+    quarantined: int = 0
+    claimed: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: ConsumeStats) -> None:
+        for name in ("batches", "entries", "applied", "redis_duplicates", "loaded", "pg_duplicates",
+                     "quarantined", "claimed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def render(self) -> str:
+        rate = self.entries / self.seconds if self.seconds > 0 else 0.0
+        return (f"entries {self.entries:,} in {self.batches:,} batches ({rate:,.0f}/s); counted in Redis "
+                f"{self.applied:,} (already seen {self.redis_duplicates:,}); raw.events loaded {self.loaded:,} "
+                f"(already stored {self.pg_duplicates:,}); quarantined {self.quarantined:,}; "
+                f"claimed from other consumers {self.claimed:,}")
+
+
+@dataclass
+class _Batch:
+    ids: list[bytes] = field(default_factory=list)
+    args: list[Any] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    rejects: list[tuple[str, str, Rejection]] = field(default_factory=list)  # entry id, raw text, why
+    valid: int = 0
+
+
+class StreamConsumer:
+    """One member of the consumer group. See the module docstring for the guarantees."""
+
+    def __init__(self, settings: Settings | None = None, *, name: str | None = None, group: str = GROUP,
+                 batch_size: int = 5000, block_ms: int = 1000, claim_idle_ms: int = 30_000,
+                 lock_ttl_ms: int = 10_000, retention_days: int = 3, clock: Callable[[], float] = time.time,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.redis = db.redis_client(self.settings, socket_timeout=max(30, block_ms / 1000 + 10))
+        self.keys = Keys(self.settings.redis_prefix)
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.group = group
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.lock_ttl_ms = lock_ttl_ms
+        self.ttl_seconds = retention_days * 86_400
+        self.clock = clock
+        self.log = log or (lambda message: print(message, file=sys.stderr))
+        self.tz = self.settings.tz
+        self.service = RealtimeMetricsService(self.settings, client=self.redis, clock=clock)
+        self._apply = self.redis.register_script(APPLY_LUA)
+        self._release = self.redis.register_script(_RELEASE_LUA)
+        self._day_cache: dict[str, str] = {}
+        self._conn: psycopg.Connection[Any] | None = None
+        self._stop = False
+        self.ensure_group()
+
+    # ------------------------------------------------------------------ setup
+
+    def ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(self.keys.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(self.settings, autocommit=True)
+            self._conn.execute("set time zone 'UTC'")
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self.redis.close()
+
+    def stop(self, *_: Any) -> None:
+        self._stop = True
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, *, until_idle: bool = False, max_entries: int | None = None,
+            progress: Callable[[ConsumeStats], None] | None = None) -> ConsumeStats:
+        """Consume until stopped (SIGTERM/SIGINT), or until the stream is drained with ``until_idle``."""
+        total = ConsumeStats()
+        started = time.perf_counter()
+        try:
+            # 1. our own pending entries (a restart under the same name after a crash)
+            while not self._stop:
+                entries = self._read("0")
+                if not entries:
+                    break
+                total.add(self.process(entries))
+            claim_cursor = "0-0"
+            last_claim = 0.0
+            while not self._stop and (max_entries is None or total.entries < max_entries):
+                # 2. entries other consumers left pending too long
+                if time.monotonic() - last_claim >= min(5.0, self.claim_idle_ms / 2000):
+                    claim_cursor, claimed = self._claim(claim_cursor)
+                    last_claim = time.monotonic()
+                    if claimed:
+                        stats = self.process(claimed)
+                        stats.claimed = len(claimed)
+                        total.add(stats)
+                        continue
+                # 3. new entries
+                entries = self._read(">", block=not until_idle)
+                if entries:
+                    total.add(self.process(entries))
+                    if progress is not None:
+                        total.seconds = time.perf_counter() - started
+                        progress(total)
+                elif until_idle:
+                    if self._pending_count() == 0:
+                        break
+                    time.sleep(min(0.2, self.claim_idle_ms / 1000))
+                    last_claim = 0.0
+        finally:
+            total.seconds = time.perf_counter() - started
+        return total
+
+    def _read(self, start: str, *, block: bool = False) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        try:
+            reply = self.redis.xreadgroup(self.group, self.name, {self.keys.stream: start}, count=self.batch_size,
+                                          block=self.block_ms if block else None)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.log("realtime: the stream or its consumer group is gone (Redis emptied?); recreating it")
+            self.ensure_group()
+            return []
+        if not reply:
+            return []
+        return [entry for entry in reply[0][1]]
+
+    def _claim(self, cursor: str) -> tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]:
+        reply = self.redis.xautoclaim(self.keys.stream, self.group, self.name, self.claim_idle_ms,
+                                      start_id=cursor, count=self.batch_size)
+        next_cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        entries = []
+        gone = []
+        for entry in reply[1]:
+            if entry is None:
+                continue
+            entry_id, fields = entry
+            if fields:
+                entries.append((entry_id, fields))
+            else:  # deleted from the stream while pending (Redis 6.2 shape)
+                gone.append(entry_id)
+        if gone:
+            self.redis.xack(self.keys.stream, self.group, *gone)
+        return next_cursor, entries
+
+    def _pending_count(self) -> int:
+        info = self.redis.xpending(self.keys.stream, self.group)
+        return int(info["pending"])
+
+    # ------------------------------------------------------------------ one batch
+
+    def _day(self, occurred_text: str) -> str:
+        # all UTC offsets are whole minutes: the minute plus the offset decides the local day
+        zone = "Z" if occurred_text[-1] in "Zz" else occurred_text[-6:]
+        key = occurred_text[:16] + zone
+        day = self._day_cache.get(key)
+        if day is None:
+            if len(self._day_cache) > 200_000:
+                self._day_cache.clear()
+            parsed = datetime.fromisoformat(occurred_text.replace("z", "Z").replace("Z", "+00:00"))
+            day = self._day_cache[key] = parsed.astimezone(self.tz).date().isoformat()
+        return day
+
+    def prepare(self, entries: list[tuple[bytes, dict[bytes, bytes]]], now: datetime) -> _Batch:
+        batch = _Batch()
+        now_text = now.isoformat()
+        seen: set[str] = set()
+        args = batch.args
+        for entry_id, fields in entries:
+            batch.ids.append(entry_id)
+            entry = entry_id.decode()
+            payload = fields.get(FIELD)
+            if payload is None:
+                batch.rejects.append((entry, repr(fields), Rejection("invalid_json", "stream entry has no 'e' field")))
+                continue
+            try:
+                record: Any = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                batch.rejects.append((entry, payload.decode("utf-8", "replace"),
+                                      Rejection("invalid_json", str(exc).split(":", 1)[0])))
+                continue
+            fast = fast_line(record, now, now_text) if type(record) is dict else None
+            if fast is not None:
+                event_id, line = fast
+                day = self._day(record["occurred_at"])
+                event_type = record["event_type"]
+                user = record.get("user_id") or ""
+                revenue = record.get("revenue_cents") or 0
+            else:
+                result = validate_record(record, now=now)
+                if isinstance(result, Rejection):
+                    batch.rejects.append((entry, payload.decode("utf-8", "replace"), result))
+                    continue
+                event_id, line = result.event_id, copy_line(result.row(now))
+                day = result.occurred_at.astimezone(self.tz).date().isoformat()
+                event_type, user, revenue = result.event_type, result.user_id or "", result.revenue_cents
+            batch.valid += 1
+            args.extend((event_id, day, event_type, user, revenue,
+                         str(bucket_index(PURCHASE_BUCKETS_CENTS, revenue)) if event_type == PURCHASE else ""))
+            if event_id not in seen:
+                seen.add(event_id)
+                batch.lines.append(line)
+        return batch
+
+    def process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> ConsumeStats:
+        """Apply one batch: Redis (atomic, de-duplicated), Postgres, then XACK. Safe to repeat."""
+        batch = self.prepare(entries, datetime.now(UTC))
+        stats = ConsumeStats(batches=1, entries=len(entries))
+        token = self._acquire()
+        try:
+            new = 0
+            if batch.args:
+                windows = list(EVENTS_RATE.windows)
+                new = int(self._apply(keys=[], args=[self.keys.base, self.ttl_seconds, repr(float(self.clock())),
+                                                     len(windows), LABEL_SEP, *windows, *batch.args]))
+            summary = self._store(batch)
+        finally:
+            self._release(keys=[self.keys.lock], args=[token])
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(self.keys.stream, self.group, *batch.ids)
+        pipe.xdel(self.keys.stream, *batch.ids)
+        pipe.execute()
+        stats.applied = new
+        stats.redis_duplicates = batch.valid - new
+        stats.loaded = summary.loaded
+        stats.pg_duplicates = batch.valid - summary.loaded
+        stats.quarantined = summary.quarantined
+        return stats
+
+    def _store(self, batch: _Batch) -> LoadSummary:
+        conn = self.conn
+        with conn.transaction():
+            rejects: list[tuple[Any, ...]] = []
+            if batch.rejects:
+                fresh = {row[0] for row in conn.execute(
+                    "insert into metricsmith.realtime_stream_rejects (stream, entry_id) "
+                    "select %s, unnest(%s::text[]) on conflict do nothing returning entry_id",
+                    (self.keys.stream, [entry for entry, _, _ in batch.rejects])).fetchall()}
+                rejects = [("stream", None, why.reason, f"{why.detail} (stream entry {entry})",
+                            raw.replace("\x00", "\\0"))
+                           for entry, raw, why in batch.rejects if entry in fresh]
+            return store_lines(conn, batch.lines, rejects)
+
+    def _acquire(self) -> str:
+        """The apply lock: reconciliation takes it to see Redis and Postgres agree on a batch boundary."""
+        token = secrets.token_hex(8)
+        deadline = time.monotonic() + max(60.0, self.lock_ttl_ms / 1000 * 3)
+        delay = 0.002
+        while not self.redis.set(self.keys.lock, token, nx=True, px=self.lock_ttl_ms):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not take the realtime apply lock {self.keys.lock}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return token
+
+
+def acquire_lock(client: redis.Redis, keys: Keys, ttl_ms: int = 60_000, wait_s: float = 60.0) -> str:
+    token = secrets.token_hex(8)
+    deadline = time.monotonic() + wait_s
+    while not client.set(keys.lock, token, nx=True, px=ttl_ms):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the realtime apply lock {keys.lock} is busy")
+        time.sleep(0.01)
+    return token
+
+
+def release_lock(client: redis.Redis, keys: Keys, token: str) -> None:
+    client.eval(_RELEASE_LUA, 1, keys.lock, token)
+
+
+def install_signal_handlers(consumer: StreamConsumer) -> None:
+    signal.signal(signal.SIGTERM, consumer.stop)
+    signal.signal(signal.SIGINT, consumer.stop)
+
+
+def day_bounds(day: date, settings: Settings) -> tuple[datetime, datetime]:
+    """[start, end) of a reporting-time-zone day as aware datetimes."""
+    tz = settings.tz
+    start = datetime(day.year, day.month, day.day, tzinfo=tz)
+    nxt = day + timedelta(days=1)
+    return start, datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz)
+
+
+__all__ = ["REASONS", "ConsumeStats", "StreamConsumer", "track", "track_many"]
