@@ -153,12 +153,12 @@ def apply_truth(service: RealtimeMetricsService, truth: DayTruth, ttl_seconds: i
     # purchase histogram
     hist_key = keys.histogram(PURCHASE_VALUE.name, day)
     raw_hist = {k.decode(): float(v) for k, v in r.hgetall(hist_key).items()}
-    expected_hist = {str(i): float(n) for i, n in enumerate(truth.purchase_buckets) if n}
-    expected_hist.update({"sum": float(truth.purchase_sum), "count": float(truth.purchase_count)})
+    expected_hist = {str(i): n for i, n in enumerate(truth.purchase_buckets) if n}
+    expected_hist.update({"sum": truth.purchase_sum, "count": truth.purchase_count})
     if not truth.purchase_count:
         expected_hist = {}
     checked += 1
-    if raw_hist != expected_hist:
+    if raw_hist != {k: float(v) for k, v in expected_hist.items()}:
         fixes.append(Correction(PURCHASE_VALUE.name + "_count", {"day": day}, truth.purchase_count,
                                 raw_hist.get("count", 0.0)))
         pipe.delete(hist_key)

@@ -149,7 +149,8 @@ class RealtimeMetricsService:
     def __init__(self, settings: Settings | None = None, *, client: redis.Redis | None = None,
                  clock: Callable[[], float] = time.time, declare_builtins: bool = True) -> None:
         self.settings = settings or load_settings()
-        self.redis = client if client is not None else db.redis_client(self.settings)
+        # redis-py's stubs type replies as bytes | str; this client never decodes, so treat replies as Any
+        self.redis: Any = client if client is not None else db.redis_client(self.settings)
         self.clock = clock
         self.keys = Keys(self.settings.redis_prefix)
         self.registry = Registry()
@@ -299,9 +300,10 @@ class RealtimeMetricsService:
 
 
 def histogram_from_hash(spec: MetricSpec, raw: Mapping[bytes, bytes]) -> HistogramValue:
-    counts = [int(raw.get(str(i).encode(), 0)) for i in range(len(spec.buckets) + 1)]
+    counts = [int(float(raw.get(str(i).encode(), 0))) for i in range(len(spec.buckets) + 1)]
     cumulative, running = [], 0
     for count in counts:
         running += count
         cumulative.append(running)
-    return HistogramValue(spec.buckets, tuple(cumulative), float(raw.get(b"sum", 0)), int(raw.get(b"count", 0)))
+    return HistogramValue(spec.buckets, tuple(cumulative), float(raw.get(b"sum", 0)),
+                          int(float(raw.get(b"count", 0))))

@@ -245,7 +245,7 @@ class StreamConsumer:
                  lock_ttl_ms: int = 10_000, retention_days: int = 3, clock: Callable[[], float] = time.time,
                  log: Callable[[str], None] | None = None) -> None:
         self.settings = settings or load_settings()
-        self.redis = db.redis_client(self.settings, socket_timeout=max(30, block_ms / 1000 + 10))
+        self.redis: Any = db.redis_client(self.settings, socket_timeout=max(30, block_ms / 1000 + 10))
         self.keys = Keys(self.settings.redis_prefix)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.group = group
@@ -399,7 +399,11 @@ class StreamConsumer:
                 batch.rejects.append((entry, payload.decode("utf-8", "replace"),
                                       Rejection("invalid_json", str(exc).split(":", 1)[0])))
                 continue
-            fast = fast_line(record, now, now_text) if type(record) is dict else None
+            if type(record) is not dict:
+                batch.rejects.append((entry, payload.decode("utf-8", "replace"), Rejection(
+                    "not_an_object", f"expected a JSON object, got {type(record).__name__}")))
+                continue
+            fast = fast_line(record, now, now_text)
             if fast is not None:
                 event_id, line = fast
                 day = self._day(record["occurred_at"])
@@ -433,7 +437,9 @@ class StreamConsumer:
                 windows = list(EVENTS_RATE.windows)
                 new = int(self._apply(keys=[], args=[self.keys.base, self.ttl_seconds, repr(float(self.clock())),
                                                      len(windows), LABEL_SEP, *windows, *batch.args]))
+            _fault_pause()
             summary = self._store(batch)
+            _fault_pause()
         finally:
             self._release(keys=[self.keys.lock], args=[token])
         pipe = self.redis.pipeline(transaction=False)
@@ -472,6 +478,14 @@ class StreamConsumer:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         return token
+
+
+def _fault_pause() -> None:
+    """Test hook: ``METRICSMITH_REALTIME_FAULT_PAUSE_MS`` widens the windows between the steps of a
+    batch so that a test's random SIGKILLs land between them (unset in normal use)."""
+    pause = os.environ.get("METRICSMITH_REALTIME_FAULT_PAUSE_MS")
+    if pause:
+        time.sleep(int(pause) / 1000 * secrets.randbelow(100) / 100)
 
 
 def acquire_lock(client: redis.Redis, keys: Keys, ttl_ms: int = 60_000, wait_s: float = 60.0) -> str:

@@ -1,0 +1,238 @@
+"""Stream ingest on real Redis + Postgres: exactly-once effect, quarantine, claiming, reconciliation, restore."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+from typing import Any
+
+import psycopg
+import pytest
+from _realtime_events import BAD_EVENTS, Expected, expected_from, make_events, private_settings
+
+from metricsmith.config import Settings
+from metricsmith.realtime import RealtimeMetricsService, StreamConsumer, track, track_many
+from metricsmith.realtime.persistence import restore, snapshot
+from metricsmith.realtime.reconcile import reconcile
+from metricsmith.realtime.registry import ACTIVE_USERS, DRIFT, EVENTS_TOTAL, PURCHASE_VALUE, REVENUE_TOTAL
+from metricsmith.realtime.stream import GROUP
+
+
+def redis_state(svc: RealtimeMetricsService) -> Expected:
+    """What Redis holds, in the shape of the plain-Python expectation."""
+    out = Expected()
+    for labels, value in svc.series(EVENTS_TOTAL):
+        out.events_by_day_type[(labels["day"], labels["event_type"])] = value
+    for labels, value in svc.series(REVENUE_TOTAL):
+        out.revenue_by_day[labels["day"]] = value
+    for labels, value in svc.series(ACTIVE_USERS):
+        members = {m.decode() for m in svc.redis.smembers(svc.keys.users(labels["day"]))}
+        assert len(members) == value
+        out.users_by_day[labels["day"]] = members
+    for labels, hist in svc.series(PURCHASE_VALUE):
+        previous, per_bucket = 0, []
+        for total in hist.cumulative:
+            per_bucket.append(total - previous)
+            previous = total
+        out.purchase_buckets[labels["day"]] = per_bucket
+        out.purchase_sum[labels["day"]] = hist.sum
+    return out
+
+
+def assert_matches(svc: RealtimeMetricsService, expected: Expected, conn: psycopg.Connection[Any]) -> None:
+    got = redis_state(svc)
+    assert dict(got.events_by_day_type) == dict(expected.events_by_day_type)
+    assert {k: v for k, v in got.revenue_by_day.items() if v} == {k: v for k, v in expected.revenue_by_day.items() if v}
+    assert got.users_by_day == expected.users_by_day
+    assert got.purchase_buckets == expected.purchase_buckets
+    assert dict(got.purchase_sum) == dict(expected.purchase_sum)
+    ids = {str(row[0]) for row in conn.execute("select event_id from raw.events").fetchall()}
+    assert ids == expected.ids
+
+
+def consume(settings: Settings, **kwargs: Any) -> Any:
+    consumer = StreamConsumer(settings, log=lambda _: None, **kwargs)
+    try:
+        return consumer.run(until_idle=True)
+    finally:
+        consumer.close()
+
+
+def test_stream_counts_equal_input_with_duplicates(empty_events: psycopg.Connection[Any]) -> None:
+    settings = private_settings()
+    events = make_events(3000, seed=1)
+    # producer retries: 200 events sent twice, some in a later batch
+    repeated = events + events[:200] + events[1500:1510]
+    assert track_many(repeated, settings=settings) == len(repeated)
+    stats = consume(settings, batch_size=700)
+    expected = expected_from(events, settings.timezone)
+    assert stats.entries == len(repeated)
+    assert stats.applied == len(events) and stats.redis_duplicates == 210
+    assert stats.loaded == len(events)
+    assert stats.quarantined == 0
+    svc = RealtimeMetricsService(settings)
+    assert_matches(svc, expected, empty_events)
+    # the same events again later (a replay): nothing changes anywhere
+    track_many(events[:500], settings=settings)
+    again = consume(settings)
+    assert again.applied == 0 and again.loaded == 0 and again.pg_duplicates == 500
+    assert_matches(svc, expected, empty_events)
+    # the events/s rate counted each distinct event once
+    assert svc.get_rate_count("metricsmith_events_per_second", 3600) == pytest.approx(len(events))
+    # the stream is trimmed as it is acknowledged
+    assert svc.redis.xlen(svc.keys.stream) == 0
+
+
+def test_reporting_time_zone_decides_the_day(empty_events: psycopg.Connection[Any]) -> None:
+    settings = private_settings("Pacific/Auckland")
+    events = make_events(500, seed=2)
+    track_many(events, settings=settings)
+    consume(settings)
+    expected = expected_from(events, "Pacific/Auckland")
+    assert expected != expected_from(events, "UTC")  # the test data straddles a local midnight
+    assert_matches(RealtimeMetricsService(settings), expected, empty_events)
+
+
+def test_bad_events_are_quarantined_once_with_reason(empty_events: psycopg.Connection[Any]) -> None:
+    settings = private_settings()
+    good = make_events(100, seed=3)
+    payloads = [bad for bad, _ in BAD_EVENTS]
+    track_many([*good[:50], *payloads, *good[50:]], settings=settings)
+    svc = RealtimeMetricsService(settings)
+    # the first consumer dies after reading (entries pending, nothing applied)
+    dead = StreamConsumer(settings, name="dead", claim_idle_ms=50, log=lambda _: None)
+    entries = dead._read(">")
+    assert len(entries) == 100 + len(BAD_EVENTS)
+    # ... a second one processes half of them and dies before XACK
+    half = StreamConsumer(settings, name="half", claim_idle_ms=50, log=lambda _: None)
+    half.process(entries[: len(entries) // 2])
+    # (simulate "died before XACK": re-add to its pending list by not acking - process() acked, so
+    # re-deliver the same entries explicitly to a third consumer)
+    stats = consume(settings, claim_idle_ms=50, name="rescuer")
+    assert stats.claimed >= len(entries) - len(entries) // 2
+    replay = StreamConsumer(settings, name="replay", log=lambda _: None)
+    replay.process(entries)  # the whole batch once more (at-least-once delivery)
+    rows = empty_events.execute("select reason, detail, raw_text, source from raw.events_quarantine").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(reason for _, reason in BAD_EVENTS)
+    assert all(r[3] == "stream" and "stream entry" in r[1] for r in rows)
+    assert any(r[2] == "{not json" for r in rows)
+    assert_matches(svc, expected_from(good, settings.timezone), empty_events)
+    for consumer in (dead, half, replay):
+        consumer.close()
+
+
+def test_crash_between_redis_and_postgres_is_repaired_on_redelivery(empty_events: psycopg.Connection[Any]) -> None:
+    settings = private_settings()
+    events = make_events(800, seed=4)
+    track_many(events, settings=settings)
+    crashing = StreamConsumer(settings, name="crashing", claim_idle_ms=100, log=lambda _: None)
+    entries = crashing._read(">")
+    batch = crashing.prepare(entries, __import__("datetime").datetime.now(__import__("datetime").UTC))
+    # Lua applied, then the process died: no Postgres rows, no XACK
+    crashing._apply(keys=[], args=[crashing.keys.base, 86400, "1800000000.0", 1, "\x1f", 60, *batch.args])
+    assert empty_events.execute("select count(*) from raw.events").fetchone() == (0,)
+    pending = crashing.redis.xpending(crashing.keys.stream, GROUP)["pending"]
+    assert pending == len(entries)
+    # another consumer claims them after the idle time: Postgres gets every row, Redis counts none twice
+    stats = consume(settings, name="survivor", claim_idle_ms=100)
+    assert stats.claimed == len(entries) and stats.applied == 0 and stats.loaded == len(events)
+    assert_matches(RealtimeMetricsService(settings), expected_from(events, settings.timezone), empty_events)
+    crashing.close()
+
+
+def test_reconciliation_finds_and_corrects_drift(empty_events: psycopg.Connection[Any]) -> None:
+    settings = private_settings()
+    events = make_events(2000, seed=5)
+    track_many(events, settings=settings)
+    consume(settings)
+    svc = RealtimeMetricsService(settings)
+    expected = expected_from(events, settings.timezone)
+    days = sorted({day for day, _ in expected.events_by_day_type})
+    day = days[-1]
+    # inject drift: lost increments, a phantom event type, a wrong revenue, a lost user, histogram damage
+    svc.redis.hincrbyfloat(svc.keys.counter(EVENTS_TOTAL.name), f"{day}\x1fpage_view", -7)
+    svc.redis.hset(svc.keys.counter(EVENTS_TOTAL.name), f"{day}\x1fghost", 3)
+    svc.redis.hincrbyfloat(svc.keys.counter(REVENUE_TOTAL.name), day, 12345)
+    lost_user = sorted(expected.users_by_day[day])[0]
+    svc.redis.srem(svc.keys.users(day), lost_user)
+    svc.redis.hset(svc.keys.gauge(ACTIVE_USERS.name), day, len(expected.users_by_day[day]) - 1)
+    svc.redis.hincrby(svc.keys.histogram(PURCHASE_VALUE.name, day), "count", 2)
+    # events loaded straight into raw.events (not via the stream) are truth too
+    extra = make_events(30, seed=55)
+    from metricsmith.ingest import load_events
+    load_events(extra)
+    truth = expected_from(events + extra, settings.timezone)
+
+    report = reconcile([date.fromisoformat(d) for d in days], settings=settings, service=svc)
+    found = {(c.metric, tuple(sorted(c.labels.items()))): c for c in report.corrections}
+    pv = found[(EVENTS_TOTAL.name, (("day", day), ("event_type", "page_view")))]
+    extra_pv = truth.events_by_day_type[(day, "page_view")] - expected.events_by_day_type[(day, "page_view")]
+    assert pv.drift == 7 + extra_pv
+    ghost = found[(EVENTS_TOTAL.name, (("day", day), ("event_type", "ghost")))]
+    assert ghost.expected == 0 and ghost.observed == 3 and ghost.drift == -3
+    rev = found[(REVENUE_TOTAL.name, (("day", day),))]
+    assert rev.drift == truth.revenue_by_day[day] - expected.revenue_by_day[day] - 12345
+    assert (ACTIVE_USERS.name, (("day", day),)) in found
+    assert_matches(svc, truth, empty_events)
+    # recorded in Postgres, and the drift is a metric
+    rows = empty_events.execute("select metric, expected, observed, drift from metricsmith.realtime_corrections "
+                                "where run_id = %s", (report.run_id,)).fetchall()
+    assert len(rows) == len(report.corrections)
+    assert (EVENTS_TOTAL.name, 0.0, 3.0, -3.0) in rows
+    assert svc.get_gauge(DRIFT.name, {"metric": REVENUE_TOTAL.name, "day": day}) == rev.drift
+    assert svc.get_counter("metricsmith_realtime_corrections_total", {"metric": EVENTS_TOTAL.name}) >= 2
+    # a second run finds nothing
+    assert reconcile([date.fromisoformat(d) for d in days], settings=settings, service=svc).corrections == []
+    assert svc.get_gauge(DRIFT.name, {"metric": REVENUE_TOTAL.name, "day": day}) == 0
+
+
+def test_redis_emptied_restore_gives_the_right_values(empty_events: psycopg.Connection[Any]) -> None:
+    settings = private_settings()
+    svc = RealtimeMetricsService(settings)
+    svc.declare_counter("api:calls", "API calls", labels=("route",))
+    svc.declare_histogram("latency_seconds", "latency", buckets=(0.1, 1))
+    svc.declare_gauge("queue_depth", "depth")
+    svc.increment_counter("api:calls", 41, {"route": "/a"})
+    for v in (0.05, 0.5, 5):
+        svc.observe_histogram("latency_seconds", v)
+    svc.set_gauge("queue_depth", 17)
+    first = make_events(1500, seed=6)
+    track_many(first, settings=settings)
+    consume(settings)
+    snap = snapshot(settings, service=svc)
+    assert snap.rows > 5
+    stored = empty_events.execute("select count(*) from metricsmith.realtime_metrics_cache where snapshot_id = %s",
+                                  (snap.snapshot_id,)).fetchone()
+    assert stored == (snap.rows,)
+    # events after the snapshot
+    later = make_events(700, seed=7)
+    track_many(later, settings=settings)
+    consume(settings)
+    # Redis loses everything under our prefix (we never FLUSHALL a shared server)
+    keys = list(svc.redis.scan_iter(match=settings.redis_prefix + "*", count=1000))
+    svc.redis.delete(*keys)
+    fresh = RealtimeMetricsService(settings, declare_builtins=False)
+    assert restore(settings, service=None).restored
+    assert not restore(settings).restored  # not empty any more
+    fresh = RealtimeMetricsService(settings)
+    assert fresh.get_counter("api:calls", {"route": "/a"}) == 41
+    assert fresh.get_gauge("queue_depth") == 17
+    hist = fresh.get_histogram("latency_seconds")
+    assert list(hist.cumulative) == [1, 2, 3] and hist.sum == pytest.approx(5.55)
+    assert_matches(fresh, expected_from(first + later, settings.timezone), empty_events)
+    # the consumer keeps working on the restored state (its group is recreated)
+    more = make_events(100, seed=8)
+    track_many(more, settings=settings)
+    consume(settings)
+    assert_matches(fresh, expected_from(first + later + more, settings.timezone), empty_events)
+
+
+def test_track_single_event_generates_an_id(empty_events: psycopg.Connection[Any]) -> None:
+    settings = private_settings()
+    event_id = track({"event_type": "signup", "occurred_at": "2026-01-01T10:00:00+00:00", "user_id": "u1"},
+                     settings=settings)
+    uuid.UUID(event_id)
+    consume(settings)
+    row = empty_events.execute("select event_type, user_id from raw.events where event_id = %s",
+                               (event_id,)).fetchone()
+    assert row == ("signup", "u1")
