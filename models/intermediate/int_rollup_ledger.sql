@@ -15,6 +15,21 @@
 -- depends_on: {{ ref('weekly_metrics') }}
 -- depends_on: {{ ref('monthly_metrics') }}
 
+{#- Advance the watermark only when every table that consumes the batch was built in this
+    invocation (e.g. `dbt run --select +weekly_metrics+` must not skip monthly's changes). -#}
+{%- set consumers = ['int_user_first_seen', 'int_daily_activity', 'daily_metrics', 'weekly_metrics', 'monthly_metrics'] %}
+{%- set ns = namespace(missing=[]) %}
+{%- if execute %}
+    {%- for name in consumers %}
+        {%- if ('model.metricsmith.' ~ name) not in selected_resources %}
+            {%- do ns.missing.append(name) %}
+        {%- endif %}
+    {%- endfor %}
+    {%- if ns.missing %}
+        {%- do log("int_rollup_ledger: not advancing the watermark, these rollup models were not selected: " ~ ns.missing | join(', ') ~ " (select +int_rollup_ledger)", info=true) %}
+    {%- endif %}
+{%- endif %}
+
 with
 
 batch as (
@@ -49,6 +64,7 @@ final as (
         changed.last_changed_day
     from batch
     cross join changed
+    where {{ 'false' if ns.missing else 'true' }}
 
 )
 

@@ -10,10 +10,14 @@ next run starts). See docs/rollups.md.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
+
+import psycopg
 
 from metricsmith import db
 from metricsmith.config import Settings, load_settings
@@ -88,6 +92,7 @@ def run_rollups(
     extra_vars: dict[str, Any] | None = None,
     test: bool = False,
     quiet: bool = False,
+    lock_wait_seconds: float = 600.0,
     settings: Settings | None = None,
 ) -> RollupRunResult:
     """Run the rollups once: incremental by default, ``full_refresh`` rebuilds everything,
@@ -112,7 +117,8 @@ def run_rollups(
     if full_refresh:
         args.append("--full-refresh")
     started = time.perf_counter()
-    run = run_dbt(args, vars=vars_, settings=settings)
+    with _rollup_lock(settings, lock_wait_seconds):
+        run = run_dbt(args, vars=vars_, settings=settings)
     seconds = time.perf_counter() - started
     result = RollupRunResult(mode=mode, timezone=tz, seconds=seconds, dbt_seconds=_timing(run))
     with db.connect(settings, autocommit=True) as conn:
@@ -122,6 +128,27 @@ def run_rollups(
         result.changed = ChangedPeriods.from_days(days)
         result.ledger = last_run(conn) or {}
     return result
+
+
+#: pg advisory lock key held for the duration of a rollup run ("msrollup")
+ROLLUP_LOCK_KEY = 0x6D73726F6C6C7570
+
+
+@contextlib.contextmanager
+def _rollup_lock(settings: Settings, wait_seconds: float) -> Iterator[None]:
+    """One rollup run at a time per database (CLI, flows and Python callers alike)."""
+    with db.connect(settings, autocommit=True) as conn:
+        conn.execute(f"set lock_timeout = '{max(1, int(wait_seconds * 1000))}ms'")
+        try:
+            conn.execute("select pg_advisory_lock(%s)", (ROLLUP_LOCK_KEY,))
+        except psycopg.errors.LockNotAvailable:
+            raise UserFacingError(
+                f"another rollup run is still working on this database (waited {wait_seconds:.0f} s); try again later"
+            ) from None
+        try:
+            yield
+        finally:
+            conn.execute("select pg_advisory_unlock(%s)", (ROLLUP_LOCK_KEY,))
 
 
 def backfill(start: date, end: date, *, settings: Settings | None = None) -> RollupRunResult:

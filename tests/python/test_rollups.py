@@ -199,3 +199,30 @@ def test_backfill_cli_rejects_bad_ranges(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(DbtError, match="backfill_start .* is after backfill_end"):
         rollups.run_dbt(["run", "--select", "int_rollup_batch"],
                         vars={"backfill_start": "2024-03-05", "backfill_end": "2024-03-01"})
+
+
+def test_partial_selection_does_not_advance_the_watermark(empty_events: psycopg.Connection[Any]) -> None:
+    """`dbt run --select +weekly_metrics+` builds weekly (and the ledger) but not monthly: the
+    watermark must stay, so the next full run still brings monthly up to date."""
+    conn = empty_events
+    first, late = edge_case_events(seed=13)
+    insert_events(conn, first)
+    rollups.run_rollups(full_refresh=True, timezone="UTC", quiet=True)
+    runs_before = len(rollups.ledger(conn, 1000))
+    insert_events(conn, late)
+    rollups.run_dbt(["run", "--quiet", "--select", "+weekly_metrics+"], vars={"metrics_timezone": "UTC"})
+    assert len(rollups.ledger(conn, 1000)) == runs_before
+    rollups.run_rollups(timezone="UTC", quiet=True)
+    assert len(rollups.ledger(conn, 1000)) == runs_before + 1
+    _check(conn, first + late, "UTC")
+
+
+def test_one_rollup_run_at_a_time(empty_events: psycopg.Connection[Any], test_database: str) -> None:
+    from metricsmith.errors import UserFacingError
+
+    with psycopg.connect(test_database, autocommit=True) as other:
+        other.execute("select pg_advisory_lock(%s)", (rollups.ROLLUP_LOCK_KEY,))
+        with pytest.raises(UserFacingError, match="another rollup run"):
+            rollups.run_rollups(timezone="UTC", quiet=True, lock_wait_seconds=1)
+        other.execute("select pg_advisory_unlock(%s)", (rollups.ROLLUP_LOCK_KEY,))
+    rollups.run_rollups(timezone="UTC", quiet=True, lock_wait_seconds=1)
