@@ -129,7 +129,7 @@ def test_crash_between_redis_and_postgres_is_repaired_on_redelivery(empty_events
     entries = crashing._read(">")
     batch = crashing.prepare(entries, __import__("datetime").datetime.now(__import__("datetime").UTC))
     # Lua applied, then the process died: no Postgres rows, no XACK
-    crashing._apply(keys=[], args=[crashing.keys.base, 86400, "1800000000.0", 1, "\x1f", 60, *batch.args])
+    assert crashing.apply_redis(batch) == len(events)
     assert empty_events.execute("select count(*) from raw.events").fetchone() == (0,)
     pending = crashing.redis.xpending(crashing.keys.stream, GROUP)["pending"]
     assert pending == len(entries)

@@ -28,6 +28,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -70,34 +71,60 @@ local ttl = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
 local nwin = tonumber(ARGV[4])
 local SEP = ARGV[5]
-local i = 6 + nwin
+-- events: one JSON array, 6 values per event: id, day, type, user, revenue, bucket
+local data = cjson.decode(ARGV[6 + nwin])
 local new = 0
+local byday = {}
+for k = 0, #data / 6 - 1 do
+  local day = data[k * 6 + 2]
+  local t = byday[day]
+  if not t then t = {}; byday[day] = t end
+  t[#t + 1] = k * 6
+end
 local days = {}
 local types = {}
 local revenue = {}
 local users = {}
 local hist = {}
-while i <= #ARGV do
-  local id, day, typ, user, rev, b = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
-  i = i + 6
-  if redis.call('SADD', base .. 'seen:' .. day, id) == 1 then
-    new = new + 1
-    days[day] = true
-    local tk = day .. SEP .. typ
-    types[tk] = (types[tk] or 0) + 1
-    revenue[day] = (revenue[day] or 0) + tonumber(rev)
-    if user ~= '' then
-      users[day] = users[day] or {}
-      table.insert(users[day], user)
-    end
-    if b ~= '' then
-      local h = hist[day] or {sum = 0, count = 0, b = {}}
-      hist[day] = h
-      h.b[b] = (h.b[b] or 0) + 1
-      h.sum = h.sum + tonumber(rev)
-      h.count = h.count + 1
+for day, offsets in pairs(byday) do
+  local sk = base .. 'seen:' .. day
+  local ids = {}
+  for j = 1, #offsets do ids[j] = data[offsets[j] + 1] end
+  local present = {}
+  for s = 1, #ids, 1000 do
+    local part = redis.call('SMISMEMBER', sk, unpack(ids, s, math.min(s + 999, #ids)))
+    for q = 1, #part do present[s + q - 1] = part[q] end
+  end
+  local fresh = {}
+  local here = {}
+  for j = 1, #offsets do
+    local id = ids[j]
+    if present[j] == 0 and not here[id] then
+      here[id] = true
+      fresh[#fresh + 1] = id
+      local o = offsets[j]
+      local typ, user, rev, b = data[o + 3], data[o + 4], data[o + 5], data[o + 6]
+      days[day] = true
+      local tk = day .. SEP .. typ
+      types[tk] = (types[tk] or 0) + 1
+      revenue[day] = (revenue[day] or 0) + rev
+      if user ~= '' then
+        users[day] = users[day] or {}
+        table.insert(users[day], user)
+      end
+      if b ~= '' then
+        local h = hist[day] or {sum = 0, count = 0, b = {}}
+        hist[day] = h
+        h.b[b] = (h.b[b] or 0) + 1
+        h.sum = h.sum + rev
+        h.count = h.count + 1
+      end
     end
   end
+  for s = 1, #fresh, 1000 do
+    redis.call('SADD', sk, unpack(fresh, s, math.min(s + 999, #fresh)))
+  end
+  new = new + #fresh
 end
 local ck = base .. 'c:EVENTS_TOTAL'
 for tk, n in pairs(types) do redis.call('HINCRBYFLOAT', ck, tk, n) end
@@ -296,6 +323,7 @@ class StreamConsumer:
         """Consume until stopped (SIGTERM/SIGINT), or until the stream is drained with ``until_idle``."""
         total = ConsumeStats()
         started = time.perf_counter()
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ms-realtime")
         try:
             # 1. our own pending entries (a restart under the same name after a crash)
             while not self._stop:
@@ -305,9 +333,10 @@ class StreamConsumer:
                 total.add(self.process(entries))
             claim_cursor = "0-0"
             last_claim = 0.0
+            pending: Future[ConsumeStats] | None = None
             while not self._stop and (max_entries is None or total.entries < max_entries):
                 # 2. entries other consumers left pending too long
-                if time.monotonic() - last_claim >= min(5.0, self.claim_idle_ms / 2000):
+                if pending is None and time.monotonic() - last_claim >= min(5.0, self.claim_idle_ms / 2000):
                     claim_cursor, claimed = self._claim(claim_cursor)
                     last_claim = time.monotonic()
                     if claimed:
@@ -315,19 +344,31 @@ class StreamConsumer:
                         stats.claimed = len(claimed)
                         total.add(stats)
                         continue
-                # 3. new entries
-                entries = self._read(">", block=not until_idle)
+                # 3. new entries: batch n+1 is read and validated here while a writer thread
+                #    applies batch n (Redis, Postgres, XACK) - two stages on two cores
+                entries = self._read(">", block=not until_idle and pending is None)
                 if entries:
-                    total.add(self.process(entries))
+                    batch = self.prepare(entries, datetime.now(UTC))
+                    if pending is not None:
+                        total.add(pending.result())
+                    pending = writer.submit(self.commit, batch)
                     if progress is not None:
                         total.seconds = time.perf_counter() - started
                         progress(total)
-                elif until_idle:
+                    continue
+                if pending is not None:
+                    total.add(pending.result())
+                    pending = None
+                    continue
+                if until_idle:
                     if self._pending_count() == 0:
                         break
                     time.sleep(min(0.2, self.claim_idle_ms / 1000))
                     last_claim = 0.0
+            if pending is not None:
+                total.add(pending.result())
         finally:
+            writer.shutdown(wait=True)
             total.seconds = time.perf_counter() - started
         return total
 
@@ -428,15 +469,14 @@ class StreamConsumer:
 
     def process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> ConsumeStats:
         """Apply one batch: Redis (atomic, de-duplicated), Postgres, then XACK. Safe to repeat."""
-        batch = self.prepare(entries, datetime.now(UTC))
-        stats = ConsumeStats(batches=1, entries=len(entries))
+        return self.commit(self.prepare(entries, datetime.now(UTC)))
+
+    def commit(self, batch: _Batch) -> ConsumeStats:
+        """Steps 2-4 for a prepared batch."""
+        stats = ConsumeStats(batches=1, entries=len(batch.ids))
         token = self._acquire()
         try:
-            new = 0
-            if batch.args:
-                windows = list(EVENTS_RATE.windows)
-                new = int(self._apply(keys=[], args=[self.keys.base, self.ttl_seconds, repr(float(self.clock())),
-                                                     len(windows), LABEL_SEP, *windows, *batch.args]))
+            new = self.apply_redis(batch)
             _fault_pause()
             summary = self._store(batch)
             _fault_pause()
@@ -452,6 +492,14 @@ class StreamConsumer:
         stats.pg_duplicates = batch.valid - summary.loaded
         stats.quarantined = summary.quarantined
         return stats
+
+    def apply_redis(self, batch: _Batch) -> int:
+        """Step 2 alone: the Lua script; returns how many events were new to Redis."""
+        if not batch.args:
+            return 0
+        windows = list(EVENTS_RATE.windows)
+        return int(self._apply(keys=[], args=[self.keys.base, self.ttl_seconds, repr(float(self.clock())),
+                                              len(windows), LABEL_SEP, *windows, orjson.dumps(batch.args)]))
 
     def _store(self, batch: _Batch) -> LoadSummary:
         conn = self.conn
