@@ -45,6 +45,7 @@ STEPS: list[tuple[str, Callable[[], None]]] = [
     ("sample events", step_generate),
     ("rollups: daily / weekly / monthly metrics", lambda: __import__("metricsmith.rollups", fromlist=["demo_step"]).demo_step()),
     ("metric cache", lambda: __import__("metricsmith.cache.demo", fromlist=["step_cache"]).step_cache()),
+    ("realtime metrics: stream -> Redis + raw.events", lambda: __import__("metricsmith.realtime.demo", fromlist=["step_realtime"]).step_realtime()),
 ]
 
 
