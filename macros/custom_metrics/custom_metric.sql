@@ -1,0 +1,183 @@
+{#-
+    Custom metrics (docs/custom_metrics.md). Every generated model in models/custom/generated/
+    is a thin call of `custom_metric(...)`; the expressions it receives were validated and
+    canonically quoted by metricsmith (sqlglot) before the file was written.
+    Output: period_start date, dimensions jsonb, value numeric, source_watermark timestamptz,
+    computed_at timestamptz. Incremental (late data included) when the source has an arrival
+    column: the periods touched by rows that arrived since the stored watermark (minus the
+    rollups' safety lag) are recomputed whole; `--vars '{custom_metrics_backfill: {start: D, end: D}}'`
+    adds the periods of that date range.
+-#}
+
+{% macro custom_metric_period(grain, column) -%}
+    {{ return(adapter.dispatch('custom_metric_period', 'metricsmith')(grain, column)) }}
+{%- endmacro %}
+
+{% macro default__custom_metric_period(grain, column) -%}
+    {%- if grain == 'day' -%} cast({{ column }} as date)
+    {%- else -%} cast({{ dbt.date_trunc(grain, 'cast(' ~ column ~ ' as timestamp)') }} as date)
+    {%- endif -%}
+{%- endmacro %}
+
+
+{% macro custom_metric_dimensions(dimensions) -%}
+    {{ return(adapter.dispatch('custom_metric_dimensions', 'metricsmith')(dimensions)) }}
+{%- endmacro %}
+
+{% macro default__custom_metric_dimensions(dimensions) -%}
+    {{ exceptions.raise_compiler_error("custom_metric_dimensions needs a JSON implementation for adapter " ~ adapter.type()) }}
+{%- endmacro %}
+
+{% macro postgres__custom_metric_dimensions(dimensions) -%}
+    {%- if dimensions | length == 0 -%} '{}'::jsonb
+    {%- else -%} jsonb_build_object(
+        {%- for d in dimensions %}'{{ d }}', {{ adapter.quote(d) }}{{ ", " if not loop.last }}{% endfor -%})
+    {%- endif -%}
+{%- endmacro %}
+
+
+{% macro custom_metric_percentile(p, expression) -%}
+    {{ return(adapter.dispatch('custom_metric_percentile', 'metricsmith')(p, expression)) }}
+{%- endmacro %}
+
+{% macro default__custom_metric_percentile(p, expression) -%}
+    {{ exceptions.raise_compiler_error("PERCENTILE has no implementation for adapter " ~ adapter.type()) }}
+{%- endmacro %}
+
+{% macro postgres__custom_metric_percentile(p, expression) -%}
+    percentile_cont({{ p }}) within group (order by {{ expression }})
+{%- endmacro %}
+
+
+{#- one aggregate; `filter` (RATIO parts) is applied with CASE so that it stays portable -#}
+{% macro custom_metric_aggregate(metric_type, expression=none, filter=none, percentile=none) -%}
+    {%- if filter -%}
+        {%- set expr = "case when " ~ filter ~ " then " ~ (expression or "1") ~ " end" -%}
+    {%- else -%}
+        {%- set expr = expression -%}
+    {%- endif -%}
+    {%- if metric_type == 'COUNT' -%} count({{ expr or '*' }})
+    {%- elif metric_type == 'SUM' -%} sum({{ expr }})
+    {%- elif metric_type == 'AVERAGE' -%} avg({{ expr }})
+    {%- elif metric_type == 'DISTINCT_COUNT' -%} count(distinct {{ expr }})
+    {%- elif metric_type == 'PERCENTILE' -%} {{ metricsmith.custom_metric_percentile(percentile, expr) }}
+    {%- elif metric_type == 'MAX' -%} max({{ expr }})
+    {%- elif metric_type == 'MIN' -%} min({{ expr }})
+    {%- else -%} {{ exceptions.raise_compiler_error("unknown custom metric type " ~ metric_type) }}
+    {%- endif -%}
+{%- endmacro %}
+
+
+{% macro custom_metric_value(metric_type, expression=none, percentile=none, numerator=none, denominator=none) -%}
+    {%- if metric_type == 'RATIO' -%}
+        cast({{ metricsmith.custom_metric_aggregate(numerator.type, numerator.expression, numerator.filter, numerator.percentile) }} as numeric)
+        / nullif(cast({{ metricsmith.custom_metric_aggregate(denominator.type, denominator.expression, denominator.filter, denominator.percentile) }} as numeric), 0)
+    {%- else -%}
+        cast({{ metricsmith.custom_metric_aggregate(metric_type, expression, none, percentile) }} as numeric)
+    {%- endif -%}
+{%- endmacro %}
+
+
+{% macro custom_metric(source, time_column, grain, metric_type, expression=none, filter=none, dimensions=[],
+                       percentile=none, numerator=none, denominator=none, change_column=none) -%}
+{%- set period = metricsmith.custom_metric_period(grain, adapter.quote(time_column)) -%}
+{%- set incremental = change_column is not none and is_incremental() -%}
+{%- set backfill = var('custom_metrics_backfill', none) -%}
+with
+{%- if incremental %}
+
+since as (
+    select coalesce(max(source_watermark), cast('-infinity' as timestamptz))
+           - interval '{{ var("rollups_safety_lag_seconds", 600) | int }} seconds' as received_after
+    from {{ this }}
+),
+
+touched as (
+    select distinct {{ period }} as period_start
+    from {{ source }}
+    where {{ adapter.quote(change_column) }} > (select received_after from since)
+    {%- if backfill %}
+    union
+    select distinct {{ period }}
+    from {{ source }}
+    where {{ adapter.quote(time_column) }} between cast('{{ backfill.start }}' as date) and cast('{{ backfill.end }}' as date)
+    {%- endif %}
+),
+{%- endif %}
+
+rows_in as (
+    select *
+    from {{ source }}
+    where {{ filter if filter else "true" }}
+    {%- if incremental %}
+      and {{ adapter.quote(time_column) }} >= (select min(period_start) from touched)
+      and {{ period }} in (select period_start from touched)
+    {%- endif %}
+)
+
+select
+    {{ period }} as period_start,
+    {{ metricsmith.custom_metric_dimensions(dimensions) }} as dimensions,
+    {{ metricsmith.custom_metric_value(metric_type, expression, percentile, numerator, denominator) }} as value,
+    {%- if change_column %}
+    max(max({{ adapter.quote(change_column) }})) over () as source_watermark,
+    {%- else %}
+    cast(null as {{ dbt.type_timestamp() }}) as source_watermark,
+    {%- endif %}
+    {{ dbt.current_timestamp() }} as computed_at
+from rows_in
+group by {{ period }}
+{%- for d in dimensions %}, {{ adapter.quote(d) }}{% endfor %}
+{%- endmacro %}
+
+
+{#- analytics.custom_metric_values: all generated models, with the previous period and growth. -#}
+{% macro custom_metric_values(inputs) -%}
+{%- if inputs | length == 0 %}
+select
+    cast(null as text) as metric_slug,
+    cast(null as integer) as metric_version,
+    cast(null as text) as grain,
+    cast(null as date) as period_start,
+    cast(null as jsonb) as dimensions,
+    cast(null as numeric) as value,
+    cast(null as numeric) as previous_value,
+    cast(null as numeric) as growth_pct,
+    cast(null as timestamptz) as computed_at
+where false
+{%- else %}
+with unioned as (
+{%- for item in inputs %}
+    select
+        cast('{{ item.slug }}' as text) as metric_slug,
+        cast({{ item.version | int }} as integer) as metric_version,
+        cast('{{ item.grain }}' as text) as grain,
+        period_start,
+        cast({{ dbt.dateadd(item.grain, -1, 'period_start') }} as date) as previous_period_start,
+        dimensions,
+        value,
+        computed_at
+    from {{ item.relation }}
+    {{- "\n    union all" if not loop.last }}
+{%- endfor %}
+)
+
+select
+    cur.metric_slug,
+    cur.metric_version,
+    cur.grain,
+    cur.period_start,
+    cur.dimensions,
+    cur.value,
+    prev.value as previous_value,
+    case when prev.value is null or prev.value = 0 then null
+         else 100 * (cur.value - prev.value) / prev.value end as growth_pct,
+    cur.computed_at
+from unioned as cur
+left join unioned as prev
+    on prev.metric_slug = cur.metric_slug
+   and prev.metric_version = cur.metric_version
+   and prev.dimensions = cur.dimensions
+   and prev.period_start = cur.previous_period_start
+{%- endif %}
+{%- endmacro %}

@@ -1,0 +1,376 @@
+"""CustomMetricsService: the Python API the CLI mirrors (every call acts as a user)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from psycopg.rows import dict_row
+
+from metricsmith import db
+from metricsmith.config import Settings, load_settings, project_root
+from metricsmith.custom_metrics import access, compiler, registry
+from metricsmith.custom_metrics.errors import (
+    AccessDenied,
+    CostBudgetExceeded,
+    MetricNotFound,
+    MetricSpecError,
+)
+from metricsmith.custom_metrics.spec import MetricSpec, parse_spec, slugify
+from metricsmith.dbt_runner import DbtError, DbtRun
+
+ENV_PROJECT_DIR = "METRICSMITH_DBT_PROJECT_DIR"
+ENV_COST_BUDGET = "METRICSMITH_CUSTOM_METRIC_COST_BUDGET"
+DEFAULT_COST_BUDGET = 50_000_000.0
+GENERATED_SUBDIR = Path("models") / "custom" / "generated"
+VALUES_MODEL = "custom_metric_values"
+VALUES_TAG = "metricsmith_custom_metric_values"
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    cost: float
+    rows: float
+    budget: float
+    sql: str
+
+    @property
+    def within_budget(self) -> bool:
+        return self.cost <= self.budget
+
+
+@dataclass(frozen=True)
+class MetricDefinition:
+    slug: str
+    name: str
+    description: str
+    owner_id: str
+    team_id: str | None
+    organization_id: str | None
+    visibility: str
+    current_version: int
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    spec: dict[str, Any]
+    model: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    written: list[str]
+    removed: list[str]
+    unchanged: list[str]
+    models: list[str]
+
+
+class CustomMetricsService:
+    def __init__(self, settings: Settings | None = None, *, project_dir: Path | None = None,
+                 cost_budget: float | None = None) -> None:
+        self.settings = settings or load_settings()
+        env_dir = os.environ.get(ENV_PROJECT_DIR)
+        self.project_dir = Path(project_dir or env_dir or project_root()).resolve()
+        self.generated_dir = self.project_dir / GENERATED_SUBDIR
+        budget = cost_budget if cost_budget is not None else os.environ.get(ENV_COST_BUDGET)
+        self.cost_budget = float(budget) if budget is not None else DEFAULT_COST_BUDGET
+
+    # -- dbt ---------------------------------------------------------------------------------
+    @property
+    def target_path(self) -> Path:
+        if self.project_dir == project_root().resolve() and os.environ.get("DBT_TARGET_PATH"):
+            return Path(os.environ["DBT_TARGET_PATH"])
+        return self.project_dir / "target"
+
+    def run_dbt(self, args: list[str], *, vars: dict[str, Any] | None = None) -> DbtRun:
+        """``dbt <args>`` in this service's project directory (through the process-wide dbt lock)."""
+        from dbt.cli.main import dbtRunner
+
+        from metricsmith import dbt_runner
+
+        dbt_runner.prepare_environment(self.settings)
+        full = [*args, "--project-dir", str(self.project_dir), "--profiles-dir", str(self.project_dir / "profiles"),
+                "--target-path", str(self.target_path)]
+        if vars:
+            full += ["--vars", json.dumps(vars, default=str)]
+        with dbt_runner._DBT_LOCK:  # noqa: SLF001 - one dbt invocation at a time per process
+            result = dbtRunner().invoke(full)
+        results = list(getattr(result.result, "results", None) or []) if result.result is not None else []
+        run = DbtRun(args=full, success=bool(result.success), results=results, raw=result)
+        if not run.success:
+            if result.exception is not None:
+                raise DbtError(f"dbt {' '.join(args)} failed: {result.exception}") from result.exception
+            details = "; ".join(f"{n}: {m}" for n, m in run.failures) or "see dbt log"
+            raise DbtError(f"dbt {' '.join(args)} failed: {details}", run.failures)
+        return run
+
+    def registry(self, *, refresh: bool = False) -> dict[str, registry.DataSource]:
+        manifest = self.target_path / "manifest.json"
+        if refresh or not manifest.is_file():
+            self.run_dbt(["parse"])
+        return registry.load_registry(manifest)
+
+    # -- helpers -----------------------------------------------------------------------------
+    @contextmanager
+    def _conn(self) -> Iterator[Any]:
+        with db.connect(self.settings, autocommit=False) as conn:
+            yield conn
+
+    def _row(self, conn: Any, slug: str) -> dict[str, Any] | None:
+        cur = conn.cursor(row_factory=dict_row)
+        return cur.execute("select * from metricsmith.custom_metric_definitions d where slug = %s",
+                           (slug,)).fetchone()
+
+    def _readable(self, conn: Any, who: access.Principal, slug: str) -> dict[str, Any]:
+        row = self._row(conn, slug)
+        if row is None or not access.can_read(who, row["owner_id"], row["visibility"], row["organization_id"],
+                                              row["team_id"]):
+            raise MetricNotFound(f"no metric {slug!r} visible to {who.user_id}")
+        return row
+
+    def _writable(self, conn: Any, who: access.Principal, slug: str) -> dict[str, Any]:
+        row = self._readable(conn, who, slug)
+        if not access.can_write(who, row["owner_id"], row["organization_id"]):
+            raise AccessDenied(f"{who.user_id} may not change {slug}: only its owner ({row['owner_id']}) "
+                               "or an admin of its organization may")
+        if row["status"] != "active":
+            raise MetricSpecError(f"metric {slug} is archived")
+        return row
+
+    def _definition(self, conn: Any, row: dict[str, Any], version: int | None = None) -> MetricDefinition:
+        version = version or row["current_version"]
+        spec = conn.execute("select spec from metricsmith.custom_metric_versions where metric_id = %s and version = %s",
+                            (row["metric_id"], version)).fetchone()
+        if spec is None:
+            raise MetricNotFound(f"metric {row['slug']} has no version {version}")
+        return MetricDefinition(
+            slug=row["slug"], name=row["name"], description=row["description"], owner_id=row["owner_id"],
+            team_id=row["team_id"], organization_id=row["organization_id"], visibility=row["visibility"],
+            current_version=row["current_version"], status=row["status"], created_at=row["created_at"],
+            updated_at=row["updated_at"], spec=spec[0], model=compiler.model_name(row["slug"], version))
+
+    # -- validation and cost -------------------------------------------------------------------
+    def _check(self, conn: Any, who: access.Principal, spec: MetricSpec) -> compiler.CheckedMetric:
+        reg = self.registry()
+        source = registry.resolve(reg, spec.source)
+        cats = source.categories(conn)
+
+        def resolve_metric(slug: str) -> MetricSpec:
+            row = self._readable(conn, who, slug)
+            if row["status"] != "active":
+                raise MetricSpecError(f"referenced metric {slug} is archived")
+            return parse_spec(self._definition(conn, row).spec)
+
+        return compiler.check_metric(spec, source, cats, resolve_metric)
+
+    def _estimate(self, conn: Any, checked: compiler.CheckedMetric) -> CostEstimate:
+        sql = compiler.render_sql(checked)
+        exists = conn.execute("select to_regclass(%s)", (checked.source.relation,)).fetchone()
+        if not exists or exists[0] is None:
+            raise MetricSpecError(f"data source {checked.source.name} is not built in the database yet "
+                                  "(run the rollups / dbt first) so its cost cannot be estimated")
+        plan = conn.execute("explain (format json) " + sql).fetchone()[0]  # noqa: S608 - validated, quoted
+        top = (plan[0] if isinstance(plan, list) else json.loads(plan)[0])["Plan"]
+        return CostEstimate(cost=float(top["Total Cost"]), rows=float(top["Plan Rows"]), budget=self.cost_budget,
+                            sql=sql)
+
+    def validate(self, user_id: str, spec: dict[str, Any] | str) -> compiler.CheckedMetric:
+        """Parse and validate a spec as ``user_id`` (nothing is stored or executed)."""
+        with self._conn() as conn:
+            who = access.principal(conn, user_id)
+            return self._check(conn, who, parse_spec(spec))
+
+    def estimate(self, user_id: str, spec: dict[str, Any] | str) -> CostEstimate:
+        with self._conn() as conn:
+            who = access.principal(conn, user_id)
+            return self._estimate(conn, self._check(conn, who, parse_spec(spec)))
+
+    # -- writes --------------------------------------------------------------------------------
+    def _new_version(self, conn: Any, who: access.Principal, metric_id: int, version: int, slug: str,
+                     spec: MetricSpec) -> None:
+        checked = self._check(conn, who, spec)
+        cost = self._estimate(conn, checked)
+        if not cost.within_budget:
+            raise CostBudgetExceeded(cost.cost, cost.rows, cost.budget)
+        text = compiler.render_model(checked, slug, version, who.user_id)
+        conn.execute(
+            "insert into metricsmith.custom_metric_versions (metric_id, version, spec, compiled_sql, estimated_cost,"
+            " estimated_rows, created_by) values (%s, %s, %s, %s, %s, %s, %s)",
+            (metric_id, version, json.dumps(spec.to_dict()), text, cost.cost, cost.rows, who.user_id))
+
+    def _team_for(self, who: access.Principal, spec: MetricSpec) -> str | None:
+        if spec.team is not None and spec.team not in who.teams:
+            raise AccessDenied(f"{who.user_id} is not a member of team {spec.team}")
+        team = spec.team or (who.teams[0] if spec.visibility == "TEAM" and len(who.teams) == 1 else None)
+        if spec.visibility == "TEAM" and team is None:
+            raise MetricSpecError("visibility TEAM needs `team:` (one of the teams you belong to)")
+        return team
+
+    def create(self, user_id: str, spec_input: dict[str, Any] | str) -> MetricDefinition:
+        spec = parse_spec(spec_input)
+        with self._conn() as conn:
+            who = access.principal(conn, user_id)
+            team = self._team_for(who, spec)
+            slug = spec.slug or slugify(spec.name)
+            if self._row(conn, slug) is not None:
+                raise MetricSpecError(f"a metric with slug {slug!r} exists; choose another name or give `slug:`")
+            row = conn.execute(
+                "insert into metricsmith.custom_metric_definitions (slug, name, description, owner_id, team_id,"
+                " organization_id, visibility) values (%s, %s, %s, %s, %s, %s, %s) returning metric_id",
+                (slug, spec.name, spec.description, who.user_id, team, who.organization_id, spec.visibility),
+            ).fetchone()
+            self._new_version(conn, who, row[0], 1, slug, spec)
+            conn.commit()
+            return self._definition(conn, self._row(conn, slug) or {})
+
+    def create_metric_definition(self, user_id: str, spec: dict[str, Any]) -> MetricDefinition:
+        """Seed-parity name of :meth:`create` (accepts metric_type / data_source / calculation_formula ...)."""
+        return self.create(user_id, spec)
+
+    def update(self, user_id: str, slug: str, spec_input: dict[str, Any] | str) -> MetricDefinition:
+        """Store a new version (the old versions and their values stay)."""
+        spec = parse_spec(spec_input)
+        with self._conn() as conn:
+            who = access.principal(conn, user_id)
+            row = self._writable(conn, who, slug)
+            conn.execute("select 1 from metricsmith.custom_metric_definitions where metric_id = %s for update",
+                         (row["metric_id"],))
+            team = self._team_for(who, spec) if (spec.team or spec.visibility == "TEAM") else None
+            version = row["current_version"] + 1
+            self._new_version(conn, who, row["metric_id"], version, slug, spec)
+            conn.execute(
+                "update metricsmith.custom_metric_definitions set name = %s, description = %s, visibility = %s,"
+                " team_id = %s, current_version = %s, updated_at = now() where metric_id = %s",
+                (spec.name, spec.description, spec.visibility, team, version, row["metric_id"]))
+            conn.commit()
+            return self._definition(conn, self._row(conn, slug) or {})
+
+    def archive(self, user_id: str, slug: str) -> MetricDefinition:
+        with self._conn() as conn:
+            who = access.principal(conn, user_id)
+            row = self._writable(conn, who, slug)
+            conn.execute("update metricsmith.custom_metric_definitions set status = 'archived', archived_at = now(),"
+                         " updated_at = now() where metric_id = %s", (row["metric_id"],))
+            conn.commit()
+            return self._definition(conn, self._row(conn, slug) or {})
+
+    # -- reads ---------------------------------------------------------------------------------
+    def list(self, user_id: str, *, include_archived: bool = False) -> list[MetricDefinition]:
+        with self._conn() as conn:
+            who = access.principal(conn, user_id)
+            cur = conn.cursor(row_factory=dict_row)
+            rows = cur.execute(
+                "select * from metricsmith.custom_metric_definitions d where " + access.READ_PREDICATE
+                + (" " if include_archived else " and d.status = 'active'") + " order by d.slug",
+                access.read_params(who)).fetchall()
+            return [self._definition(conn, r) for r in rows]
+
+    def show(self, user_id: str, slug: str, version: int | None = None) -> MetricDefinition:
+        with self._conn() as conn:
+            who = access.principal(conn, user_id)
+            return self._definition(conn, self._readable(conn, who, slug), version)
+
+    def versions(self, user_id: str, slug: str) -> list[dict[str, Any]]:
+        with self._conn() as conn:
+            who = access.principal(conn, user_id)
+            row = self._readable(conn, who, slug)
+            cur = conn.cursor(row_factory=dict_row)
+            return cur.execute("select version, spec, estimated_cost, estimated_rows, created_by, created_at"
+                               " from metricsmith.custom_metric_versions where metric_id = %s order by version",
+                               (row["metric_id"],)).fetchall()
+
+    def values(self, user_id: str, slug: str, *, version: int | None = None, start: date | None = None,
+               end: date | None = None) -> list[dict[str, Any]]:
+        with self._conn() as conn:
+            who = access.principal(conn, user_id)
+            row = self._readable(conn, who, slug)
+            exists = conn.execute("select to_regclass('analytics.custom_metric_values')").fetchone()
+            if not exists or exists[0] is None:
+                raise MetricSpecError("analytics.custom_metric_values is not built yet; run `metricsmith metrics run`")
+            cur = conn.cursor(row_factory=dict_row)
+            return cur.execute(
+                "select metric_slug, metric_version, grain, period_start, dimensions, value, previous_value,"
+                " growth_pct, computed_at from analytics.custom_metric_values where metric_slug = %s"
+                " and metric_version = %s and (%s::date is null or period_start >= %s::date)"
+                " and (%s::date is null or period_start <= %s::date) order by period_start, dimensions::text",
+                (slug, version or row["current_version"], start, start, end, end)).fetchall()
+
+    # -- compile and run (operator actions: they act on every active metric) -------------------
+    def compile(self) -> CompileResult:
+        """Write one model per version of every active metric, plus custom_metric_values."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                "select d.slug, v.version, v.spec->>'grain', v.compiled_sql, d.name, d.description, d.owner_id"
+                " from metricsmith.custom_metric_definitions d join metricsmith.custom_metric_versions v"
+                " using (metric_id) where d.status = 'active' order by d.slug, v.version").fetchall()
+        self.generated_dir.mkdir(parents=True, exist_ok=True)
+        wanted: dict[str, str] = {}
+        inputs: list[tuple[str, int, str]] = []
+        docs: list[dict[str, Any]] = []
+        for slug, version, grain, text, name, description, owner in rows:
+            model = compiler.model_name(slug, version)
+            wanted[f"{model}.sql"] = text
+            inputs.append((slug, version, grain))
+            docs.append({"name": model, "description": f"Custom metric {slug} version {version}: {name}. "
+                         f"{description}".strip() + f" Owner: {owner}. Generated; do not edit.",
+                         "config": {"tags": [compiler.GENERATED_TAG]}})
+        wanted[f"{VALUES_MODEL}.sql"] = compiler.render_values_model(inputs)
+        if docs:
+            import yaml
+
+            wanted["_generated__models.yml"] = ("# generated by `metricsmith metrics compile`; do not edit\n"
+                                                + yaml.safe_dump({"version": 2, "models": docs}, sort_keys=False))
+        written, unchanged, removed = [], [], []
+        for name, text in sorted(wanted.items()):
+            path = self.generated_dir / name
+            if path.is_file() and path.read_text() == text:
+                unchanged.append(name)
+                continue
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+            written.append(name)
+        for path in sorted(self.generated_dir.iterdir()):
+            if path.name not in wanted and path.suffix in (".sql", ".yml"):
+                path.unlink()
+                removed.append(path.name)
+        return CompileResult(written, removed, unchanged, sorted(n[:-4] for n in wanted if n.endswith(".sql")))
+
+    def run(self, *, full_refresh: bool = False, slugs: list[str] | None = None,
+            vars: dict[str, Any] | None = None) -> DbtRun:
+        """Compile, then one ``dbt run`` of the generated models and custom_metric_values."""
+        self.compile()
+        selectors = [f"tag:custom_metric:{s}" for s in slugs] if slugs else [f"tag:{compiler.GENERATED_TAG}"]
+        args = ["run", "--select", *selectors, f"tag:{VALUES_TAG}"]
+        if full_refresh:
+            args.append("--full-refresh")
+        return self.run_dbt(args, vars=vars)
+
+    def backfill(self, user_id: str, slug: str, start: date, end: date) -> DbtRun:
+        """Recompute the periods of [start, end] of every version of ``slug`` (owner / org admin)."""
+        if end < start:
+            raise MetricSpecError("--end is before --start")
+        with self._conn() as conn:
+            self._writable(conn, access.principal(conn, user_id), slug)
+        return self.run(slugs=[slug], vars={"custom_metrics_backfill": {"start": start.isoformat(),
+                                                                         "end": end.isoformat()}})
+
+    # -- principals ----------------------------------------------------------------------------
+    def add_user(self, user_id: str, organization_id: str | None, *, is_org_admin: bool = False,
+                 teams: tuple[str, ...] = ()) -> None:
+        with self._conn() as conn:
+            access.add_user(conn, user_id, organization_id, is_org_admin=is_org_admin, teams=teams)
+            conn.commit()
+
+
+def create_metric_definition(user_id: str, spec: dict[str, Any]) -> MetricDefinition:
+    """Seed parity: ``create_metric_definition(user_id, {name, metric_type, data_source, ...})``."""
+    return CustomMetricsService().create(user_id, spec)
