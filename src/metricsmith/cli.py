@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "metricsmith.demo",
     "metricsmith.commands_query",
     "metricsmith.commands_realtime",
+    "metricsmith.commands_orchestration",
 ]
 
 
