@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "metricsmith.commands_query",
     "metricsmith.commands_realtime",
     "metricsmith.commands_orchestration",
+    "metricsmith.commands_metrics",
 ]
 
 
