@@ -97,3 +97,15 @@ def empty_events(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     """raw.events and the quarantine emptied before the test."""
     conn.execute("truncate raw.events, raw.events_quarantine")
     return conn
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(test_database: str) -> Iterator[None]:
+    """One temporary Prefect server (``prefect_test_harness``) for the whole session.
+
+    Not autouse: request it only in tests that run flows or deployments (it costs 10-20 s
+    to start). Owned by the orchestration tests; other capabilities' flow tests reuse it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
