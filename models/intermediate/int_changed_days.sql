@@ -7,7 +7,7 @@
 -- depends_on: {{ ref('int_rollup_batch') }}
 
 {%- set batch = metricsmith.rollup_batch() %}
-{%- set activity = metricsmith.rollup_relation('int_daily_activity') %}
+{%- set activity = metricsmith.rollup_relation('int_daily_user_activity') %}
 {%- set full = batch.get('is_full_rebuild') or activity is none %}
 
 with
@@ -81,7 +81,7 @@ moved_first_days as (
     select distinct previous_first_date as metric_date
     from {{ ref('int_changed_users') }}
     where previous_first_date is not null
-      and first_event_date < previous_first_date
+      and first_event_date <> previous_first_date
 
 ),
 

@@ -38,11 +38,22 @@ arrival_users as (
 
 {%- if first_seen is not none and not batch.get('is_full_rebuild') %}
 
+-- first day now, and as of the last committed run (a run that did not reach the ledger
+-- may already have moved it: its move is replayed, so the old first day is recomputed)
 recorded as (
 
-    select f.user_id, f.first_event_date
+    select
+        f.user_id,
+        f.first_event_date as current_first_date,
+        case
+            when f.moved_at is not null
+             and (batch.committed_batch_started_at is null or f.moved_at > batch.committed_batch_started_at)
+                then f.moved_from_date
+            else f.first_event_date
+        end as first_event_date
     from {{ first_seen }} as f
     inner join arrival_users as a on a.user_id = f.user_id
+    cross join batch
 
 ),
 
@@ -50,7 +61,10 @@ recorded as (
 
 recorded as (
 
-    select cast(null as {{ dbt.type_string() }}) as user_id, cast(null as date) as first_event_date
+    select
+        cast(null as {{ dbt.type_string() }}) as user_id,
+        cast(null as date) as current_first_date,
+        cast(null as date) as first_event_date
     where 1 = 0
 
 ),
@@ -63,13 +77,16 @@ final as (
         a.user_id,
         a.arrival_first_date,
         r.first_event_date as previous_first_date,
+        r.current_first_date,
         case
-            when r.first_event_date is null or a.arrival_first_date < r.first_event_date
+            when r.current_first_date is null or a.arrival_first_date < r.current_first_date
                 then a.arrival_first_date
-            else r.first_event_date
-        end as first_event_date
+            else r.current_first_date
+        end as first_event_date,
+        batch.batch_started_at
     from arrival_users as a
     left join recorded as r on r.user_id = a.user_id
+    cross join batch
 
 )
 

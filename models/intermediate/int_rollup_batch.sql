@@ -7,15 +7,18 @@
 {%- set tz = metricsmith.metrics_timezone() %}
 {%- set backfill = metricsmith.backfill_range() %}
 {%- set ledger = metricsmith.rollup_relation('int_rollup_ledger') %}
-{%- set activity = metricsmith.rollup_relation('int_daily_activity') %}
+{%- set activity = metricsmith.rollup_relation('int_daily_user_activity') %}
 {%- set first_seen = metricsmith.rollup_relation('int_user_first_seen') %}
-{%- set ns = namespace(low=none, last_tz=none, full=(flags.FULL_REFRESH or activity is none or first_seen is none)) %}
+{%- set organizations = metricsmith.rollup_relation('int_daily_organization_activity') %}
+{%- set sessions = metricsmith.rollup_relation('int_daily_session_activity') %}
+{%- set ns = namespace(low=none, last_tz=none, committed=none, full=(flags.FULL_REFRESH or activity is none or first_seen is none or organizations is none or sessions is none)) %}
 
 {%- if execute and ledger is not none -%}
-    {%- set last = run_query("select cast(high_watermark as text), metrics_timezone from " ~ ledger ~ " order by finished_at desc limit 1").rows -%}
+    {%- set last = run_query("select cast(high_watermark as text), metrics_timezone, cast(batch_started_at as text) from " ~ ledger ~ " order by finished_at desc limit 1").rows -%}
     {%- if last | length == 1 -%}
         {%- set ns.low = last[0][0] -%}
         {%- set ns.last_tz = last[0][1] -%}
+        {%- set ns.committed = last[0][2] -%}
     {%- endif -%}
 {%- endif -%}
 
@@ -54,6 +57,13 @@ batch as (
         {{ dbt.dateadd('second', '-' ~ metricsmith.rollups_safety_lag_seconds(),
                        'least(arrivals.max_received_at, ' ~ metricsmith.open_transaction_horizon() ~ ')') }}
         end as candidate_watermark,
+        -- batch_started_at of the last run the ledger recorded: changes made after it by runs
+        -- that did not finish (or selected only some models) are not committed yet
+        {% if ns.committed is none -%}
+        cast(null as {{ metricsmith.type_timestamptz() }})
+        {%- else -%}
+        cast('{{ ns.committed }}' as {{ metricsmith.type_timestamptz() }})
+        {%- endif %} as committed_batch_started_at,
         '{{ tz }}' as metrics_timezone,
         {{ 'true' if ns.full else 'false' }} as is_full_rebuild,
         {% if backfill[0] is not none -%}
@@ -74,6 +84,7 @@ final as (
         low_watermark,
         -- the watermark never moves backwards; with no arrivals it stays where it was
         coalesce(greatest(candidate_watermark, low_watermark), low_watermark, candidate_watermark) as high_watermark,
+        committed_batch_started_at,
         metrics_timezone,
         is_full_rebuild,
         backfill_start,

@@ -17,7 +17,8 @@
 
 {#- Advance the watermark only when every table that consumes the batch was built in this
     invocation (e.g. `dbt run --select +weekly_metrics+` must not skip monthly's changes). -#}
-{%- set consumers = ['int_user_first_seen', 'int_daily_activity', 'daily_metrics', 'weekly_metrics', 'monthly_metrics'] %}
+{%- set consumers = ['int_user_first_seen', 'int_daily_user_activity', 'int_daily_organization_activity',
+                     'int_daily_session_activity', 'daily_metrics', 'weekly_metrics', 'monthly_metrics'] %}
 {%- set ns = namespace(missing=[]) %}
 {%- if execute %}
     {%- for name in consumers %}

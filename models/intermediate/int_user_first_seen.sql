@@ -27,12 +27,18 @@ changed_users as (
 
 ),
 
+-- users whose first day moves now; moved_from_date keeps the first day as of the last
+-- committed run until a run that reaches the ledger has recomputed it
 first_seen as (
 
-    select user_id, first_event_date
+    select
+        user_id,
+        first_event_date,
+        previous_first_date as moved_from_date,
+        batch_started_at as moved_at
     from changed_users
-    where previous_first_date is null
-       or first_event_date < previous_first_date
+    where current_first_date is null
+       or first_event_date < current_first_date
 
 )
 
@@ -56,7 +62,11 @@ first_instants as (
 
 first_seen as (
 
-    select user_id, {{ metricsmith.local_date('first_occurred_at') }} as first_event_date
+    select
+        user_id,
+        {{ metricsmith.local_date('first_occurred_at') }} as first_event_date,
+        cast(null as date) as moved_from_date,
+        cast(null as {{ metricsmith.type_timestamptz() }}) as moved_at
     from first_instants
 
 )
