@@ -73,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--as", dest="user", required=True, help="the user asking (access is checked for them)")
     p.add_argument("--start", type=_date)
     p.add_argument("--end", type=_date)
+    p.add_argument("--version", type=int, help="a version of the metric (default: its current one)")
     common(p)
     p.set_defaults(handler=cmd_query_custom)
 
@@ -203,7 +204,8 @@ def cmd_query_monthly(args: argparse.Namespace) -> int:
 
 def cmd_query_custom(args: argparse.Namespace) -> int:
     with _service(args) as svc:
-        rows = svc.get_custom_metric_values(args.slug, user=args.user, start=args.start, end=args.end)
+        rows = svc.get_custom_metric_values(args.slug, user=args.user, start=args.start, end=args.end,
+                                            version=args.version)
     print(render_rows(rows, "custom", args.format, args.columns))
     return 0
 

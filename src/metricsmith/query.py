@@ -375,25 +375,66 @@ class MetricsQueryService:
         user: str,
         start: date | None = None,
         end: date | None = None,
+        version: int | None = None,
     ) -> list[CustomMetricValue]:
-        """Values of one custom metric, if ``user`` may see it (visibility enforced by issue 5's API)."""
+        """Values of one custom metric (its current version unless ``version``), if ``user`` may see it.
+
+        The visibility check (issue 5's rules: owner, team, organization, public, org admins)
+        runs on every call against PostgreSQL and is never cached; only the values are, shared
+        by every reader who passes the check.
+        """
         if start is not None and end is not None:
             _check_range(start, end)
-        access = _custom_metrics_access()
-        access(slug, user)  # raises the custom metrics module's own access error
+        current = self._check_custom_read(slug, user)
+        return self._custom_values(slug, version or current, start, end)
+
+    def _check_custom_read(self, slug: str, user: str) -> int:
+        access, errors = _custom_metrics_modules()
+        with self._connection_pool().connection() as conn:
+            try:
+                who = access.principal(conn, user)
+                row = conn.execute(
+                    "select owner_id, visibility, organization_id, team_id, current_version "
+                    "from metricsmith.custom_metric_definitions where slug = %s", (slug,)).fetchone()
+            except psycopg.errors.UndefinedTable:
+                raise NotAvailable("the custom metrics tables do not exist: run `metricsmith db upgrade`") from None
+        if row is None or not access.can_read(who, row[0], row[1], row[2], row[3]):
+            raise errors.MetricNotFound(f"no metric {slug!r} visible to {user}")
+        return int(row[4])
+
+    def _custom_values(self, slug: str, version: int, start: date | None, end: date | None) -> list[CustomMetricValue]:
         lo, hi = start or date(1, 1, 1), end or date(9999, 12, 31)
+        query = sql.SQL(
+            "select {cols} from {tbl} where metric_slug = %s and metric_version = %s "
+            "and period_start between %s and %s order by period_start, dimensions::text"
+        ).format(cols=sql.SQL(", ").join(sql.Identifier(c) for c in _CUSTOM_COLUMNS),
+                 tbl=sql.Identifier(self.schema, "custom_metric_values"))
 
         def compute() -> list[list[Any]]:
-            cols = list(_CUSTOM_COLUMNS)
-            query = self._select("custom_metric_values", cols,
-                                 "metric_slug = %s and period_start between %s and %s", "period_start")
-            rows = self._fetch(query, (slug, lo, hi), "custom_metric_values")
+            rows = self._fetch(query, (slug, version, lo, hi), "custom_metric_values")
             return [[_num(v) for v in r] for r in rows]
 
         tier = Tier.OPEN if end is None else self.tier_for_range(end)
-        rows = self._cached(f"custom:{slug}:{lo}:{hi}", compute, tier, [periods.slug_tag(slug)],
+        rows = self._cached(f"custom:{slug}:v{version}:{lo}:{hi}", compute, tier, [periods.slug_tag(slug)],
                             lambda raw: tuple(CustomMetricValue(*r) for r in raw))
         return list(rows)
+
+    def public_custom_metric_slugs(self) -> list[tuple[str, int]]:
+        """``(slug, current_version)`` of the active PUBLIC custom metrics (what the warmer pre-reads)."""
+        _custom_metrics_modules()
+        with self._connection_pool().connection() as conn:
+            try:
+                rows = conn.execute(
+                    "select slug, current_version from metricsmith.custom_metric_definitions "
+                    "where visibility = 'PUBLIC' and status = 'active' order by slug").fetchall()
+            except psycopg.errors.UndefinedTable:
+                raise NotAvailable("the custom metrics tables do not exist: run `metricsmith db upgrade`") from None
+        return [(r[0], int(r[1])) for r in rows]
+
+    def warm_custom_metric(self, slug: str, version: int) -> int:
+        """Read a custom metric's values through the cache without an acting user (warming only;
+        nothing is returned to anyone). Returns the number of values."""
+        return len(self._custom_values(slug, version, None, None))
 
     # ------------------------------------------------------------------ realtime
     def get_realtime_value(
@@ -415,21 +456,17 @@ class MetricsQueryService:
         return RealtimeValue(metric, labels, value, datetime.now(self.settings.tz))
 
 
-def _custom_metrics_access() -> Any:
-    """The custom metrics module's read-access check ``(slug, user) -> None | raises``."""
-    for module_name in ("metricsmith.custom_metrics", "metricsmith.custom_metrics.access",
-                        "metricsmith.custom_metrics.service"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        check = getattr(module, "check_read_access", None)
-        if callable(check):
-            return check
-    raise NotAvailable(
-        "custom metric values are not available here: the custom metrics capability (issue 5) with its "
-        "access control is not installed, and values are never served without an access check"
-    )
+def _custom_metrics_modules() -> tuple[Any, Any]:
+    """Issue 5's access rules and errors, or NotAvailable (values are never served unchecked)."""
+    try:
+        access = importlib.import_module("metricsmith.custom_metrics.access")
+        errors = importlib.import_module("metricsmith.custom_metrics.errors")
+    except ImportError:
+        raise NotAvailable(
+            "custom metric values are not available here: the custom metrics capability (issue 5) with its "
+            "access control is not installed, and values are never served without an access check"
+        ) from None
+    return access, errors
 
 
 def _realtime_reader(settings: Settings) -> Any:

@@ -113,7 +113,6 @@ def warm_cache(
     service: MetricsQueryService | None = None,
     *,
     today: date | None = None,
-    custom_metrics_user: str | None = None,
 ) -> WarmResult:
     """Read the predictable dashboard queries through the cache so the first visitor gets a hit.
 
@@ -144,9 +143,13 @@ def warm_cache(
             except NotAvailable as exc:
                 result.skipped.append(f"{label}: {exc}")
         try:
-            for slug in _public_custom_metric_slugs():
-                svc.get_custom_metric_values(slug, user=custom_metrics_user or "metricsmith-cache-warmer")
-                result.warmed.append(f"custom {slug}")
+            for slug, version in svc.public_custom_metric_slugs():
+                try:
+                    count = svc.warm_custom_metric(slug, version)
+                    result.warmed.append(f"custom {slug} v{version} ({count} values)")
+                except NotAvailable as exc:
+                    result.skipped.append(f"custom {slug}: {exc}")
+                    break
         except NotAvailable as exc:
             result.skipped.append(f"custom metrics: {exc}")
     finally:
@@ -195,19 +198,3 @@ def _months_back(day: date, count: int) -> date:
     month = periods.month_start(day)
     index = month.year * 12 + month.month - 1 - count
     return date(index // 12, index % 12 + 1, 1)
-
-
-def _public_custom_metric_slugs() -> list[str]:
-    import importlib
-
-    from metricsmith.query import NotAvailable
-
-    for name in ("metricsmith.custom_metrics", "metricsmith.custom_metrics.service"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        lister = getattr(module, "list_public_metric_slugs", None)
-        if callable(lister):
-            return list(lister())
-    raise NotAvailable("the custom metrics capability (issue 5) is not installed")
