@@ -256,10 +256,9 @@ class MetricsQueryService:
             try:
                 return conn.execute(query, params).fetchall()
             except psycopg.errors.UndefinedTable:
-                raise NotAvailable(
-                    f"{self.schema}.{table} does not exist in this database: run the dbt models first "
-                    "(`metricsmith demo` or `dbt build`)"
-                ) from None
+                hint = ("`metricsmith metrics run`" if table == "custom_metric_values"
+                        else "`metricsmith rollups run` (or `metricsmith demo`)")
+                raise NotAvailable(f"{self.schema}.{table} does not exist in this database: build it with {hint}") from None
             except psycopg.errors.UndefinedColumn as exc:
                 raise NotAvailable(f"{self.schema}.{table} does not have the contracted columns: {exc}") from None
 
