@@ -49,7 +49,8 @@
 {%- endmacro %}
 
 
-{#- one aggregate; `filter` (RATIO parts) is applied with CASE so that it stays portable -#}
+{#- one aggregate; `filter` (RATIO parts) is applied with CASE so that it stays portable; a filtered
+    SUM of no matching rows is 0 (like a filtered COUNT), not NULL -#}
 {% macro custom_metric_aggregate(metric_type, expression=none, filter=none, percentile=none) -%}
     {%- if filter -%}
         {%- set expr = "case when " ~ filter ~ " then " ~ (expression or "1") ~ " end" -%}
@@ -57,6 +58,7 @@
         {%- set expr = expression -%}
     {%- endif -%}
     {%- if metric_type == 'COUNT' -%} count({{ expr or '*' }})
+    {%- elif metric_type == 'SUM' and filter -%} coalesce(sum({{ expr }}), 0)
     {%- elif metric_type == 'SUM' -%} sum({{ expr }})
     {%- elif metric_type == 'AVERAGE' -%} avg({{ expr }})
     {%- elif metric_type == 'DISTINCT_COUNT' -%} count(distinct {{ expr }})

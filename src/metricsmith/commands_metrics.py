@@ -139,7 +139,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    defs = _service().list(_user(args), include_archived=args.all)
+    defs = _service().list_metrics(_user(args), include_archived=args.all)
     return _out(args, [d.as_dict() for d in defs], "\n".join(_def_line(d) for d in defs) or "(no metrics visible)")
 
 

@@ -36,7 +36,7 @@ def principal(conn: Any, user_id: str) -> Principal:
     row = conn.execute("select organization_id, is_org_admin from metricsmith.users where user_id = %s",
                        (user_id,)).fetchone()
     if row is None:
-        raise AccessDenied(f"unknown user {user_id!r}; add it with `metricsmith metrics user add`")
+        raise AccessDenied(f"unknown user {user_id!r}; add it with `metricsmith metrics user USER --org ORG`")
     teams = tuple(r[0] for r in conn.execute(
         "select team_id from metricsmith.team_members where user_id = %s order by 1", (user_id,)).fetchall())
     return Principal(user_id, row[0], bool(row[1]), teams)

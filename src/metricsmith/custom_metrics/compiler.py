@@ -163,6 +163,8 @@ def _aggregate_sql(kind: str, expression: str | None, filt: str | None, percenti
         return f"count({expr or '*'})"
     if kind == "DISTINCT_COUNT":
         return f"count(distinct {expr})"
+    if kind == "SUM" and filt:
+        return f"coalesce(sum({expr}), 0)"
     if kind == "PERCENTILE":
         return f"percentile_cont({percentile!r}) within group (order by {expr})"
     return {"SUM": "sum", "AVERAGE": "avg", "MAX": "max", "MIN": "min"}[kind] + f"({expr})"

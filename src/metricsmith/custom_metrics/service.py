@@ -206,10 +206,15 @@ class CustomMetricsService:
             " estimated_rows, created_by) values (%s, %s, %s, %s, %s, %s, %s)",
             (metric_id, version, json.dumps(spec.to_dict()), text, cost.cost, cost.rows, who.user_id))
 
-    def _team_for(self, who: access.Principal, spec: MetricSpec) -> str | None:
-        if spec.team is not None and spec.team not in who.teams:
-            raise AccessDenied(f"{who.user_id} is not a member of team {spec.team}")
-        team = spec.team or (who.teams[0] if spec.visibility == "TEAM" and len(who.teams) == 1 else None)
+    def _team_for(self, conn: Any, who: access.Principal, spec: MetricSpec,
+                  current: str | None = None) -> str | None:
+        """The metric's team: one the user belongs to, its current team, or (org admins) any team of the org."""
+        if spec.team is not None and spec.team not in who.teams and spec.team != current:
+            row = conn.execute("select organization_id from metricsmith.teams where team_id = %s",
+                               (spec.team,)).fetchone()
+            if not (who.is_org_admin and row is not None and row[0] == who.organization_id):
+                raise AccessDenied(f"{who.user_id} is not a member of team {spec.team}")
+        team = spec.team or current or (who.teams[0] if spec.visibility == "TEAM" and len(who.teams) == 1 else None)
         if spec.visibility == "TEAM" and team is None:
             raise MetricSpecError("visibility TEAM needs `team:` (one of the teams you belong to)")
         return team
@@ -218,7 +223,7 @@ class CustomMetricsService:
         spec = parse_spec(spec_input)
         with self._conn() as conn:
             who = access.principal(conn, user_id)
-            team = self._team_for(who, spec)
+            team = self._team_for(conn, who, spec)
             slug = spec.slug or slugify(spec.name)
             if self._row(conn, slug) is not None:
                 raise MetricSpecError(f"a metric with slug {slug!r} exists; choose another name or give `slug:`")
@@ -243,7 +248,7 @@ class CustomMetricsService:
             row = self._writable(conn, who, slug)
             conn.execute("select 1 from metricsmith.custom_metric_definitions where metric_id = %s for update",
                          (row["metric_id"],))
-            team = self._team_for(who, spec) if (spec.team or spec.visibility == "TEAM") else None
+            team = self._team_for(conn, who, spec, row["team_id"])
             version = row["current_version"] + 1
             self._new_version(conn, who, row["metric_id"], version, slug, spec)
             conn.execute(
@@ -263,7 +268,7 @@ class CustomMetricsService:
             return self._definition(conn, self._row(conn, slug) or {})
 
     # -- reads ---------------------------------------------------------------------------------
-    def list(self, user_id: str, *, include_archived: bool = False) -> list[MetricDefinition]:
+    def list_metrics(self, user_id: str, *, include_archived: bool = False) -> list[MetricDefinition]:
         with self._conn() as conn:
             who = access.principal(conn, user_id)
             cur = conn.cursor(row_factory=dict_row)

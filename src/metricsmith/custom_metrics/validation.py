@@ -11,6 +11,7 @@ is executed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -75,7 +76,7 @@ class CheckedExpression:
     columns: tuple[str, ...]
 
 
-def _token_text(node: exp.Expression) -> str:
+def _token_text(node: Any) -> str:
     try:
         text = node.sql(DIALECT)
     except Exception:  # noqa: BLE001 - only for the message
@@ -127,13 +128,13 @@ def check_expression(text: str, columns: dict[str, str], *, field: str,
                              columns=tuple(dict.fromkeys(used)))
 
 
-def _need(node: exp.Expression, got: str, allowed: tuple[str, ...], field: str) -> None:
+def _need(node: Any, got: str, allowed: tuple[str, ...], field: str) -> None:
     if got not in allowed and got != UNKNOWN:
         raise ExpressionError(field, f"operand of type {got} not allowed here (expected {' or '.join(allowed)})",
                               _token_text(node))
 
 
-def _infer(node: exp.Expression, columns: dict[str, str], field: str, used: list[str]) -> str:  # noqa: C901, PLR0911, PLR0912
+def _infer(node: Any, columns: dict[str, str], field: str, used: list[str]) -> str:  # noqa: C901, PLR0911, PLR0912
     if isinstance(node, (exp.Subquery, exp.Query, exp.Exists)):
         raise ExpressionError(field, "subqueries are not allowed", _token_text(node))
     if isinstance(node, exp.Paren):
@@ -224,7 +225,7 @@ def _infer(node: exp.Expression, columns: dict[str, str], field: str, used: list
                                          f"(allowed: {', '.join(sorted(_SAFE_CASTS))})", node.to.sql(DIALECT))
         _infer(node.this, columns, field, used)
         return _SAFE_CASTS[target]
-    for cls, result in _FUNCTIONS.items():
+    for cls, returns in _FUNCTIONS.items():
         if type(node) is cls:
             first: str | None = None
             for child in node.iter_expressions():
@@ -235,7 +236,7 @@ def _infer(node: exp.Expression, columns: dict[str, str], field: str, used: list
             if isinstance(node, exp.JSONExtractScalar):
                 _need(node.this, columns.get(node.this.name, UNKNOWN) if isinstance(node.this, exp.Column)
                       else UNKNOWN, (JSON,), field)
-            return result if result is not None else (first or UNKNOWN)
+            return returns if returns is not None else (first or UNKNOWN)
     if isinstance(node, _STRUCTURAL):
         return UNKNOWN
     if isinstance(node, (exp.Anonymous, exp.Func)):

@@ -1,0 +1,75 @@
+"""The custom-metrics job (flow ``custom-metrics``): compile and run every active custom metric.
+
+Scheduled after the daily run. Uses the orchestration job log
+(``metricsmith.metrics_aggregation_jobs_log``, job name ``custom-metrics``) and its
+one-at-a-time advisory lock; a failing generated model ends the job FAILED (or PARTIAL when
+other models succeeded) with dbt's message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from metricsmith import db
+from metricsmith.config import Settings, load_settings
+from metricsmith.custom_metrics.service import CustomMetricsService
+from metricsmith.dbt_runner import DbtError
+
+JOB_NAME = "custom-metrics"
+#: the daily job runs at 02:00 UTC; this one at 03:00 UTC, after it
+SCHEDULE_CRON = "0 3 * * *"
+
+
+@dataclass(frozen=True)
+class CustomMetricsJobResult:
+    status: str
+    models_ok: int
+    models_failed: int
+    rows: int
+    message: str | None
+    log_id: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def run_custom_metrics_job(*, full_refresh: bool = False, lock_wait_seconds: float = 600.0,
+                           settings: Settings | None = None, service: CustomMetricsService | None = None,
+                           ) -> CustomMetricsJobResult:
+    from metricsmith.orchestration import joblog, locks
+
+    settings = settings or load_settings()
+    svc = service or CustomMetricsService(settings)
+    with db.connect(settings, autocommit=True) as conn:
+        key = locks.job_lock_key(JOB_NAME)
+        if not locks.try_lock(conn, key, lock_wait_seconds):
+            row_id = joblog.start(conn, JOB_NAME, attempt=1, timeout_seconds=3600, details={"skipped": True})
+            msg = f"another {JOB_NAME} run holds the lock; waited {lock_wait_seconds:.0f} s"
+            joblog.finish(conn, row_id, joblog.Final("FAILED", error_message=msg))
+            return CustomMetricsJobResult("FAILED", 0, 0, 0, msg, row_id)
+        try:
+            joblog.mark_stale(conn, JOB_NAME)
+            row_id = joblog.start(conn, JOB_NAME, attempt=1, timeout_seconds=3600,
+                                  details={"full_refresh": full_refresh})
+            try:
+                run = svc.run(full_refresh=full_refresh)
+                statuses = run.node_status
+                failures: list[tuple[str, str]] = []
+            except DbtError as exc:
+                statuses, failures = {}, exc.failures
+                message: str | None = str(exc)
+            else:
+                message = None
+            ok = sum(1 for s in statuses.values() if s == "success")
+            failed = len(failures) or (1 if message else 0)
+            rows = 0
+            if message is None:
+                got = conn.execute("select count(*) from analytics.custom_metric_values").fetchone()
+                rows = int(got[0]) if got else 0
+            status = "COMPLETED" if message is None else ("PARTIAL" if ok else "FAILED")
+            joblog.finish(conn, row_id, joblog.Final(status, rows_affected=rows, models_ok=ok, models_failed=failed,
+                                                     error_message=message))
+            return CustomMetricsJobResult(status, ok, failed, rows, message, row_id)
+        finally:
+            locks.unlock(conn, key)
