@@ -178,6 +178,14 @@ def _client(settings: Settings) -> redis.Redis:
     return client
 
 
+def uuid7() -> str:
+    """A time-ordered UUID (version 7 layout): new ids append to the raw.events primary-key btree."""
+    value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return str(uuid.UUID(int=value))
+
+
 def _payload(event: Mapping[str, Any] | str | bytes, now_text: str) -> tuple[str, bytes]:
     if isinstance(event, bytes):
         return "", event
@@ -185,7 +193,7 @@ def _payload(event: Mapping[str, Any] | str | bytes, now_text: str) -> tuple[str
         return "", event.encode()
     record = dict(event)
     if record.get("event_id") is None:
-        record["event_id"] = str(uuid.uuid4())
+        record["event_id"] = uuid7()
     if record.get("received_at") is None:
         record["received_at"] = now_text
     try:
