@@ -70,9 +70,13 @@ class ReconcileReport:
                  f"{self.checked} series checked, {len(self.corrections)} corrected"]
         for c in self.corrections:
             labels = ",".join(f"{k}={v}" for k, v in c.labels.items())
-            lines.append(f"  {c.metric}{{{labels}}}: expected {c.expected:g}, observed {c.observed:g}, "
-                         f"drift {c.drift:+g}")
+            lines.append(f"  {c.metric}{{{labels}}}: expected {_num(c.expected)}, observed {_num(c.observed)}, "
+                         f"drift {'+' if c.drift > 0 else ''}{_num(c.drift)}")
         return "\n".join(lines)
+
+
+def _num(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:,.6g}"
 
 
 def _bucket_case() -> str:
