@@ -137,6 +137,10 @@ def test_crash_between_redis_and_postgres_is_repaired_on_redelivery(empty_events
     stats = consume(settings, name="survivor", claim_idle_ms=100)
     assert stats.claimed == len(entries) and stats.applied == 0 and stats.loaded == len(events)
     assert_matches(RealtimeMetricsService(settings), expected_from(events, settings.timezone), empty_events)
+    # consumers with nothing pending that have been idle long enough are removed from the group
+    crashing._forget_dead_consumers(idle_ms=0)
+    names = {c["name"] for c in crashing.redis.xinfo_consumers(crashing.keys.stream, GROUP)}
+    assert names <= {b"crashing", "crashing"}
     crashing.close()
 
 

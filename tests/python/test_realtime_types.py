@@ -204,3 +204,29 @@ def test_prometheus_exposition(svc: RealtimeMetricsService, clock: Clock) -> Non
         if not line.startswith("#"):
             name_part, value = line.rsplit(" ", 1)
             float(value.replace("+Inf", "inf"))
+
+
+def test_http_metrics_endpoint(svc: RealtimeMetricsService) -> None:
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from metricsmith.realtime.exposition import CONTENT_TYPE, make_server
+
+    svc.declare_gauge("queue_depth", "depth")
+    svc.set_gauge("queue_depth", 42)
+    server = make_server("127.0.0.1", 0, svc, extra=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert response.headers["Content-Type"] == CONTENT_TYPE
+            body = response.read().decode()
+        assert "queue_depth 42" in body.splitlines()
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)
+        assert missing.value.code == 404
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -410,7 +410,15 @@ class StreamConsumer:
                 gone.append(entry_id)
         if gone:
             self.redis.xack(self.keys.stream, self.group, *gone)
+        if next_cursor == "0-0":  # a full pass over the pending list: forget long-dead, empty consumers
+            self._forget_dead_consumers()
         return next_cursor, entries
+
+    def _forget_dead_consumers(self, idle_ms: int = 3_600_000) -> None:
+        for info in self.redis.xinfo_consumers(self.keys.stream, self.group):
+            name = info["name"].decode() if isinstance(info["name"], bytes) else str(info["name"])
+            if name != self.name and int(info["pending"]) == 0 and int(info["idle"]) > idle_ms:
+                self.redis.xgroup_delconsumer(self.keys.stream, self.group, name)
 
     def _pending_count(self) -> int:
         info = self.redis.xpending(self.keys.stream, self.group)
