@@ -31,7 +31,7 @@ class CacheConfig:
     #: seconds a Redis command may take before the cache treats Redis as down
     redis_timeout: float = 0.5
     #: seconds ``invalidate`` waits for every live process to confirm its L1 is purged
-    ack_timeout: float = 2.0
+    ack_timeout: float = 5.0
     #: seconds between two flushes of this process's statistics into Redis
     stats_flush_every: float = 1.0
     #: False turns the cache off (every read goes to Postgres)
