@@ -45,6 +45,8 @@ STEPS: list[tuple[str, Callable[[], None]]] = [
     ("sample events", step_generate),
     ("rollups: daily / weekly / monthly metrics", lambda: __import__("metricsmith.rollups", fromlist=["demo_step"]).demo_step()),
     ("metric cache", lambda: __import__("metricsmith.cache.demo", fromlist=["step_cache"]).step_cache()),
+    ("custom metrics: stored definitions -> generated dbt models",
+     lambda: __import__("metricsmith.custom_metrics.demo", fromlist=["step_custom_metrics"]).step_custom_metrics()),
     ("realtime metrics: stream -> Redis + raw.events", lambda: __import__("metricsmith.realtime.demo", fromlist=["step_realtime"]).step_realtime()),
 ]
 
