@@ -26,7 +26,6 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bench_database, server_label  # noqa: E402
-
 from metricsmith.generator import EventGenerator, generate_to_db  # noqa: E402
 from metricsmith.ingest import load_files  # noqa: E402
 
