@@ -39,9 +39,16 @@ def _day(text: str) -> date:
 
 def _run(**kwargs: object) -> rollups.RollupRunResult:
     try:
-        return rollups.run_rollups(**kwargs)  # type: ignore[arg-type]
+        result = rollups.run_rollups(**kwargs)  # type: ignore[arg-type]
     except DbtError as exc:
         raise UserFacingError(str(exc)) from None
+    # the periods this run recomputed must not be served from the cache any more
+    from metricsmith.cache.invalidation import invalidate_changes
+
+    invalidated = invalidate_changes(result.changed)
+    if not invalidated.ok:
+        print(f"warning: {invalidated.render()}")
+    return result
 
 
 def cmd_run(args: argparse.Namespace) -> int:
