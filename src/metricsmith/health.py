@@ -107,15 +107,15 @@ class AggregationHealth:
         return "\n".join(lines)
 
 
-def _latest_period(conn: Any, mart: str, column: str) -> date | None:
-    row = conn.execute("select to_regclass(%s) is not null", (f"analytics.{mart}",)).fetchone()
+def _latest_period(conn: Any, schema: str, mart: str, column: str) -> date | None:
+    row = conn.execute("select to_regclass(%s) is not null", (f"{schema}.{mart}",)).fetchone()
     if not row or not row[0]:
         return None
-    value = conn.execute(f"select max({column}) from analytics.{mart}").fetchone()
+    value = conn.execute(f"select max({column}) from {schema}.{mart}").fetchone()
     return value[0] if value else None
 
 
-def _job_health(conn: Any, job: str, cron: str, now: datetime) -> JobHealth:
+def _job_health(conn: Any, job: str, cron: str, now: datetime, schema: str) -> JobHealth:
     prev = next(CronSim(cron, now, reverse=True))
     nxt = next(CronSim(cron, now))
     rows = conn.execute(
@@ -138,7 +138,7 @@ def _job_health(conn: Any, job: str, cron: str, now: datetime) -> JobHealth:
     last_ok_time = last_success[2] if last_success else None
     overdue = now >= prev + GRACE and (last_ok_time is None or last_ok_time < prev)
     mart, column = FRESHNESS[job]
-    latest = _latest_period(conn, mart, column)
+    latest = _latest_period(conn, schema, mart, column)
     promised = promised_period(job, prev if now >= prev + GRACE else next(CronSim(cron, prev, reverse=True)))
     fresh = latest is not None and latest >= promised
 
@@ -176,11 +176,13 @@ def _worse(a: str, b: str) -> str:
     return a if STATES.index(a) >= STATES.index(b) else b
 
 
-def get_metrics_aggregation_health(*, now: datetime | None = None, settings: Settings | None = None) -> AggregationHealth:
-    """Health of every scheduled job (seed parity: ``getMetricsAggregationHealth()``)."""
+def get_metrics_aggregation_health(*, now: datetime | None = None, settings: Settings | None = None,
+                                   schema: str = "analytics") -> AggregationHealth:
+    """Health of every scheduled job (seed parity: ``getMetricsAggregationHealth()``); ``schema``
+    holds the marts whose freshness is checked."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
     with db.connect(settings or load_settings(), autocommit=True) as conn:
-        jobs = [_job_health(conn, job, cron, now) for job, cron in SCHEDULES.items()]
+        jobs = [_job_health(conn, job, cron, now, schema) for job, cron in SCHEDULES.items()]
     status = "healthy"
     for j in jobs:
         status = _worse(status, j.state)

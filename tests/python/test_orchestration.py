@@ -1,0 +1,265 @@
+"""Job flows end to end on generated data (real Postgres, one Prefect test server per session),
+and fault injection: database unreachable, broken model, killed run, concurrent run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import defaultdict
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from metricsmith import generator
+from metricsmith.config import project_root
+from metricsmith.orchestration import dbt as dbt_exec
+from metricsmith.orchestration import joblog, jobs, locks
+from metricsmith.orchestration.jobs import JobFailed, run_job
+from metricsmith.orchestration.retry import RetryPolicy
+from metricsmith.orchestration.schedules import DEPLOYMENTS, load_flow
+
+START = date(2025, 12, 1)
+DAYS = 42
+FAST = RetryPolicy(attempts=3, base_seconds=0.05, max_seconds=0.2)
+
+
+def _flow(job: str) -> Any:
+    return load_flow(next(d.entrypoint for d in DEPLOYMENTS if d.job == job))
+
+
+def _expected_daily(conn: psycopg.Connection[Any]) -> dict[date, tuple[int, int]]:
+    """Plain Python: valid events per UTC day -> (events, revenue_cents)."""
+    out: dict[date, list[int]] = defaultdict(lambda: [0, 0])
+    for occurred, received, etype, revenue in conn.execute(
+            "select occurred_at, received_at, event_type, revenue_cents from raw.events"):
+        if occurred is None or occurred > received + timedelta(days=1) or not (etype or "").strip():
+            continue
+        if revenue is not None and revenue < 0:
+            continue
+        day = occurred.astimezone(__import__("datetime").UTC).date()
+        out[day][0] += 1
+        out[day][1] += revenue or 0
+    return {d: (v[0], v[1]) for d, v in out.items()}
+
+
+def _daily(conn: psycopg.Connection[Any]) -> dict[date, tuple[int, int]]:
+    rows = conn.execute("select metric_date, total_events, revenue_cents from analytics.daily_metrics").fetchall()
+    return {r[0]: (int(r[1]), int(r[2])) for r in rows if r[1]}
+
+
+def _log(conn: psycopg.Connection[Any], row_id: int | None) -> dict[str, Any]:
+    cur = conn.execute("select * from metricsmith.metrics_aggregation_jobs_log where id = %s", (row_id,))
+    names = [d.name for d in cur.description or []]
+    row = cur.fetchone()
+    assert row is not None
+    return dict(zip(names, row, strict=True))
+
+
+@pytest.fixture(scope="module")
+def events(test_database: str) -> None:
+    with psycopg.connect(test_database, autocommit=True) as conn:
+        conn.execute("truncate raw.events, raw.events_quarantine")
+        conn.execute("truncate metricsmith.metrics_aggregation_jobs_log")
+    generator.generate_to_db(days=DAYS, events_per_day=150, seed=41, start=START)
+
+
+def _add_late_events(conn: psycopg.Connection[Any], day: date, n: int, tag: str) -> None:
+    conn.execute(
+        """insert into raw.events (event_id, occurred_at, received_at, event_type, user_id, revenue_cents)
+           select gen_random_uuid(), %s::timestamptz + make_interval(mins => g), now(), 'purchase',
+                  %s || g, 250 from generate_series(1, %s) g""",
+        (f"{day} 12:00:00+00", f"late-{tag}-", n),
+    )
+
+
+def test_flows_end_to_end(events: None, prefect_harness: None, conn: psycopg.Connection[Any]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    # daily: first run builds everything; marts equal the plain-Python numbers
+    out = _flow("daily-metrics")(refresh_cache=False)
+    assert out["status"] == "COMPLETED" and out["attempts"] == 1 and out["days"] == DAYS
+    assert _daily(conn) == _expected_daily(conn)
+    row = _log(conn, out["log_id"])
+    assert row["status"] == "COMPLETED" and row["finished_at"] and row["duration_ms"] > 0
+    assert row["rows_affected"] == out["rows_affected"] > DAYS and row["models_failed"] == 0
+    assert row["period_start"] == START and row["period_end"] == START + timedelta(days=DAYS - 1)
+    assert row["prefect_flow_run_id"] is not None and "week" in row["details"]["latest_growth"]
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["daily-metrics-run"])))
+    assert arts and "days touched | 42" in str(arts[0].data) and "Latest weeks" in str(arts[0].data)
+
+    # late events on an old day: the next daily run touches just that day (and its week/month)
+    late_day = START + timedelta(days=10)
+    before = _daily(conn)[late_day]
+    _add_late_events(conn, late_day, 7, "a")
+    out = _flow("daily-metrics")(refresh_cache=False)
+    after = _daily(conn)
+    assert after[late_day] == (before[0] + 7, before[1] + 7 * 250)
+    assert after == _expected_daily(conn) and 1 <= out["days"] < DAYS  # the late day (+ the safety-lag re-read)
+    row = _log(conn, out["log_id"])
+    assert row["period_start"] <= late_day <= row["period_end"]
+    week_start = late_day - timedelta(days=late_day.weekday())
+    weekly = conn.execute("select total_events from analytics.weekly_metrics where week_start = %s",
+                          (week_start,)).fetchone()
+    assert weekly is not None and weekly[0] == sum(v[0] for d, v in after.items() if 0 <= (d - week_start).days < 7)
+
+    # weekly and monthly flows pick up new late events in their marts
+    _add_late_events(conn, late_day, 3, "b")
+    out = _flow("weekly-rollup")(refresh_cache=False)
+    assert out["status"] == "COMPLETED" and out["weeks"] >= 1
+    weekly2 = conn.execute("select total_events from analytics.weekly_metrics where week_start = %s",
+                           (week_start,)).fetchone()
+    assert weekly2 is not None and weekly2[0] == weekly[0] + 3
+    _add_late_events(conn, late_day, 2, "c")
+    month = late_day.replace(day=1)
+    m_before = conn.execute("select total_events from analytics.monthly_metrics where month_start = %s",
+                            (month,)).fetchone()
+    out = _flow("monthly-rollup")(refresh_cache=False)
+    m_after = conn.execute("select total_events from analytics.monthly_metrics where month_start = %s",
+                           (month,)).fetchone()
+    expected_month = sum(v[0] for d, v in _expected_daily(conn).items() if d.replace(day=1) == month)
+    # the weekly run does not close the rollup ledger, so the monthly run also sees batch "b"
+    assert out["status"] == "COMPLETED" and m_before and m_after and m_after[0] == m_before[0] + 3 + 2 == expected_month
+
+    # backfill a range after changing rows in place (no new arrival: only a backfill sees it)
+    conn.execute("update raw.events set revenue_cents = revenue_cents + 1 where occurred_at >= %s and occurred_at < %s "
+                 "and revenue_cents is not null", (f"{START + timedelta(days=3)} 00:00+00", f"{START + timedelta(days=5)} 00:00+00"))
+    assert _daily(conn) != _expected_daily(conn)
+    out = _flow("backfill")(start=START + timedelta(days=3), end=START + timedelta(days=4), refresh_cache=False)
+    assert out["status"] == "COMPLETED" and _daily(conn) == _expected_daily(conn)
+    row = _log(conn, out["log_id"])
+    assert (row["period_start"], row["period_end"]) == (START + timedelta(days=3), START + timedelta(days=4))
+
+
+def test_unreachable_twice_then_succeeds(events: None, prefect_harness: None, conn: psycopg.Connection[Any],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    real = dbt_exec.dbt_environment
+
+    def flaky(settings: Any, attempt: int) -> dict[str, str]:
+        env = real(settings, attempt)
+        if attempt <= 2:
+            os.environ["METRICSMITH_PGPORT"] = "1"  # nothing listens there: connection refused
+        return env
+
+    monkeypatch.setattr(dbt_exec, "dbt_environment", flaky)
+    slept: list[float] = []
+    _add_late_events(conn, START + timedelta(days=20), 4, "d")
+    result = run_job("daily-metrics", policy=FAST, sleep=slept.append)
+    assert result.status == "COMPLETED" and result.attempts == 3 and len(slept) == 2
+    row = _log(conn, result.log_id)
+    assert row["status"] == "COMPLETED" and row["attempt"] == 3 and row["error_message"] is None
+    tries = row["details"]["attempts"]
+    assert [t["attempt"] for t in tries] == [1, 2] and all(t["transient"] for t in tries)
+    assert all("connection" in t["error"].lower() for t in tries)
+    assert _daily(conn) == _expected_daily(conn)
+
+
+def test_unreachable_always_fails_with_the_error(events: None, prefect_harness: None, conn: psycopg.Connection[Any],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    real = dbt_exec.dbt_environment
+
+    def down(settings: Any, attempt: int) -> dict[str, str]:
+        env = real(settings, attempt)
+        os.environ["METRICSMITH_PGPORT"] = "1"
+        return env
+
+    monkeypatch.setattr(dbt_exec, "dbt_environment", down)
+    slept: list[float] = []
+    result = run_job("daily-metrics", policy=FAST, sleep=slept.append)
+    assert result.status == "FAILED" and result.attempts == 3 and len(slept) == 2
+    row = _log(conn, result.log_id)
+    assert row["status"] == "FAILED" and row["attempt"] == 3 and row["finished_at"] is not None
+    assert "connection" in row["error_message"].lower() and "refused" in row["error_message"].lower()
+    assert len(row["details"]["attempts"]) == 3
+    monkeypatch.undo()
+    dbt_exec.dbt_runner.prepare_environment()
+
+
+def test_broken_model_is_partial_without_retry(events: None, prefect_harness: None, conn: psycopg.Connection[Any],
+                                               monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # a copy of the project with one broken model: never a broken file in the shared models/
+    src = project_root()
+    copy = tmp_path / "project"
+    copy.mkdir()
+    for name in ("dbt_project.yml", "models", "macros", "tests", "profiles", "seeds", "analyses", "snapshots"):
+        path = src / name
+        if path.is_dir():
+            shutil.copytree(path, copy / name, ignore=shutil.ignore_patterns("python", "__pycache__"))
+        elif path.exists():
+            shutil.copy2(path, copy / name)
+    (copy / "models" / "marts" / "zz_broken.sql").write_text(
+        "{{ config(materialized='table', contract={'enforced': false}) }}\n"
+        "select count(*) / 0 as boom from {{ ref('daily_metrics') }}\n")
+    flow = _flow("daily-metrics")
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target"))
+    spec = jobs.JOBS["daily-metrics"]
+    monkeypatch.setitem(jobs.JOBS, "daily-metrics", jobs.JobSpec(spec.name, spec.description,
+                                                                 (*spec.select, "zz_broken"), spec.marts))
+    slept: list[float] = []
+    with pytest.raises(JobFailed) as info:
+        flow(refresh_cache=False)
+    result = info.value.result
+    assert result.status == "PARTIAL" and result.attempts == 1 and slept == []
+    row = _log(conn, result.log_id)
+    assert row["status"] == "PARTIAL" and row["attempt"] == 1 and row["models_failed"] == 1 and row["models_ok"] > 5
+    assert "zz_broken" in row["error_message"] and "division by zero" in row["error_message"]
+    assert [t["transient"] for t in row["details"]["attempts"]] == [False]
+
+
+def test_killed_run_is_marked_failed_by_the_next(events: None, conn: psycopg.Connection[Any]) -> None:
+    script = textwrap.dedent("""
+        import sys, time
+        from metricsmith import db
+        from metricsmith.orchestration import joblog, locks
+        conn = db.connect(autocommit=True)
+        assert locks.try_lock(conn, locks.job_lock_key("weekly-rollup"), 5)
+        row = joblog.start(conn, "weekly-rollup", attempt=1, timeout_seconds=7200)
+        print(row, flush=True)
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert proc.stdout is not None
+        killed_id = int(proc.stdout.readline())
+        assert _log(conn, killed_id)["status"] == "RUNNING"
+        # while it lives, a second run waits a bounded time and refuses: nothing done, logged
+        ledger_before = conn.execute("select count(*) from analytics.int_rollup_ledger").fetchone()
+        refused = run_job("weekly-rollup", policy=FAST, lock_wait_seconds=1)
+        assert refused.skipped and refused.status == "FAILED" and "another run of weekly-rollup" in (refused.error_message or "")
+        assert conn.execute("select count(*) from analytics.int_rollup_ledger").fetchone() == ledger_before
+        assert _log(conn, refused.log_id)["details"]["skipped"] is True
+        assert _log(conn, killed_id)["status"] == "RUNNING"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    result = run_job("weekly-rollup", policy=FAST, lock_wait_seconds=30)
+    assert result.status == "COMPLETED" and killed_id in result.stale_marked
+    killed = _log(conn, killed_id)
+    assert killed["status"] == "FAILED" and "killed" in killed["error_message"] and killed["finished_at"] is not None
+    statuses = [r["status"] for r in joblog.recent(conn, "weekly-rollup", limit=50)]
+    assert "RUNNING" not in statuses
+
+
+def test_concurrent_second_run_waits_for_the_first(events: None, conn: psycopg.Connection[Any]) -> None:
+    key = locks.job_lock_key("monthly-rollup")
+    with psycopg.connect(conn.info.dsn, autocommit=True) as holder:
+        assert locks.try_lock(holder, key, 1)
+        started = time.monotonic()
+        import threading
+
+        threading.Timer(2.0, lambda: locks.unlock(holder, key)).start()
+        result = run_job("monthly-rollup", policy=FAST, lock_wait_seconds=30)
+        assert time.monotonic() - started >= 2.0
+    assert result.status == "COMPLETED" and not result.skipped
+    rows = joblog.recent(conn, "monthly-rollup", limit=5)
+    assert rows[0]["id"] == result.log_id and rows[0]["status"] == "COMPLETED"
