@@ -240,3 +240,28 @@ def test_track_single_event_generates_an_id(empty_events: psycopg.Connection[Any
     row = empty_events.execute("select event_type, user_id from raw.events where event_id = %s",
                                (event_id,)).fetchone()
     assert row == ("signup", "u1")
+
+
+def test_postgres_unreachable_then_back_consumer_retries_without_loss(empty_events: psycopg.Connection[Any]) -> None:
+    import dataclasses
+
+    settings = private_settings()
+    events = make_events(600, seed=9)
+    track_many(events, settings=settings)
+    broken = dataclasses.replace(settings, database_url="postgresql://postgres@127.0.0.1:1/nowhere")
+    messages: list[str] = []
+    consumer = StreamConsumer(broken, batch_size=200, log=messages.append)
+
+    def log(message: str) -> None:
+        messages.append(message)
+        if len(messages) == 2:  # Postgres "comes back" after the second failed attempt
+            consumer.settings = settings
+
+    consumer.log = log
+    try:
+        stats = consumer.run(until_idle=True)
+    finally:
+        consumer.close()
+    assert len(messages) == 2 and all("retrying" in m and "batch stays pending" in m for m in messages)
+    assert stats.loaded == len(events)
+    assert_matches(RealtimeMetricsService(settings), expected_from(events, settings.timezone), empty_events)

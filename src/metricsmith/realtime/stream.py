@@ -20,6 +20,7 @@ skips entries already quarantined. Delivery is at-least-once, the effect exactly
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -327,10 +328,38 @@ class StreamConsumer:
     # ------------------------------------------------------------------ loop
 
     def run(self, *, until_idle: bool = False, max_entries: int | None = None,
-            progress: Callable[[ConsumeStats], None] | None = None) -> ConsumeStats:
-        """Consume until stopped (SIGTERM/SIGINT), or until the stream is drained with ``until_idle``."""
+            progress: Callable[[ConsumeStats], None] | None = None, max_retries: int | None = None) -> ConsumeStats:
+        """Consume until stopped (SIGTERM/SIGINT), or until the stream is drained with ``until_idle``.
+
+        Postgres or Redis unreachable: the batch stays pending, the consumer waits (exponential
+        backoff up to 30 s) and resumes with its own pending entries. ``max_retries`` (default:
+        unlimited, 5 with ``until_idle``) bounds consecutive failures before the error is raised.
+        """
+        limit = max_retries if max_retries is not None else (5 if until_idle else None)
         total = ConsumeStats()
-        started = time.perf_counter()
+        failures = 0
+        while True:
+            try:
+                stats = self._run(until_idle=until_idle, max_entries=max_entries, progress=progress, total=total)
+                return stats
+            except (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError, TimeoutError) as exc:
+                failures += 1
+                if limit is not None and failures > limit:
+                    raise
+                delay = min(30.0, 0.5 * 2 ** (failures - 1))
+                self.log(f"realtime consumer {self.name}: {type(exc).__name__}: {str(exc).strip()}; "
+                         f"retrying in {delay:.1f} s (the batch stays pending)")
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        self._conn.close()
+                self._conn = None
+                time.sleep(delay)
+                if self._stop:
+                    return total
+
+    def _run(self, *, until_idle: bool, max_entries: int | None, progress: Callable[[ConsumeStats], None] | None,
+             total: ConsumeStats) -> ConsumeStats:
+        started = time.perf_counter() - total.seconds
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ms-realtime")
         try:
             # 1. our own pending entries (a restart under the same name after a crash)
