@@ -65,9 +65,16 @@ def _snapshot(args: argparse.Namespace) -> int:
 
 def _days(args: argparse.Namespace) -> list[date]:
     if args.day:
-        return [date.fromisoformat(d) for d in args.day]
+        return list(args.day)
     today = datetime.now(load_settings().tz).date()
     return [today - timedelta(days=n) for n in range(args.days)]
+
+
+def _day_arg(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def _reconcile(args: argparse.Namespace) -> int:
@@ -124,7 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = rt.add_parser("reconcile", help="recompute event metrics from raw.events, correct Redis, record drift")
     p.add_argument("--days", type=int, default=1, help="today and the N-1 days before (default 1: today)")
-    p.add_argument("--day", action="append", help="a specific day YYYY-MM-DD (repeatable)")
+    p.add_argument("--day", action="append", type=_day_arg, help="a specific day YYYY-MM-DD (repeatable)")
     p.add_argument("--fail-on-drift", action="store_true", help="exit status 1 when anything was corrected")
     retention(p)
     p.set_defaults(handler=_reconcile)

@@ -265,3 +265,31 @@ def test_postgres_unreachable_then_back_consumer_retries_without_loss(empty_even
     assert len(messages) == 2 and all("retrying" in m and "batch stays pending" in m for m in messages)
     assert stats.loaded == len(events)
     assert_matches(RealtimeMetricsService(settings), expected_from(events, settings.timezone), empty_events)
+
+
+def test_cli_consume_export_reconcile_snapshot(empty_events: psycopg.Connection[Any], capsys: Any,
+                                               monkeypatch: Any) -> None:
+    from metricsmith.cli import main
+
+    settings = private_settings()
+    monkeypatch.setenv("METRICSMITH_REDIS_PREFIX", settings.redis_prefix)
+    events = make_events(300, seed=10)
+    track_many([*events, "{oops"], settings=settings)
+    assert main(["realtime", "consume", "--until-idle"]) == 0
+    out = capsys.readouterr().out
+    assert "raw.events loaded 300" in out and "quarantined 1" in out
+    assert main(["realtime", "export", "--no-extra"]) == 0
+    text = capsys.readouterr().out
+    expected = expected_from(events, settings.timezone)
+    for (day, event_type), n in expected.events_by_day_type.items():
+        assert f'metricsmith_events_total{{day="{day}",event_type="{event_type}"}} {n}' in text
+    assert main(["realtime", "reconcile", "--days", "2", "--fail-on-drift"]) == 0
+    assert "0 corrected" in capsys.readouterr().out
+    assert main(["realtime", "snapshot"]) == 0
+    assert "series -> metricsmith.realtime_metrics_cache" in capsys.readouterr().out
+    assert main(["realtime", "restore"]) == 0
+    assert "nothing to restore" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as bad:
+        main(["realtime", "reconcile", "--day", "not-a-date"])
+    assert bad.value.code == 2
+    assert "'not-a-date' is not a date (YYYY-MM-DD)" in capsys.readouterr().err
