@@ -46,6 +46,13 @@ def test_seed_parity_counter_and_gauge(svc: RealtimeMetricsService) -> None:
     assert svc.dec_gauge("users:active", 20) == 140
     svc.set_gauge("users:active", -3.25)  # a gauge may go anywhere
     assert svc.get_gauge("users:active") == -3.25
+    # the dedicated read connection is dropped by the server: the next read reconnects
+    svc._read_conn.send_command("CLIENT", "ID")
+    read_id = svc._read_conn.read_response()
+    assert svc.redis.execute_command("CLIENT", "KILL", "ID", read_id) == 1
+    assert svc.get_counter("api:calls") == 3.5
+    svc.close()
+    assert svc.get_counter("api:calls") == 3.5
 
 
 def test_labels_are_separate_series(svc: RealtimeMetricsService) -> None:

@@ -17,6 +17,7 @@ Redis, so rate windows slide exactly as the caller's clock says.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -155,9 +156,17 @@ class RealtimeMetricsService:
         self.keys = Keys(self.settings.redis_prefix)
         self.registry = Registry()
         self._mark = self.redis.register_script(_MARK_LUA)
+        self._read_lock = threading.Lock()
+        self._read_conn: Any = None
         if declare_builtins:
             for spec in BUILTINS:
                 self.declare(spec)
+
+    def close(self) -> None:
+        with self._read_lock:
+            if self._read_conn is not None:
+                self._read_conn.disconnect()
+                self._read_conn = None
 
     # ------------------------------------------------------------------ declaring
 
@@ -248,15 +257,31 @@ class RealtimeMetricsService:
 
     # ------------------------------------------------------------------ reads
 
+    def _hget(self, key: str, field: str) -> bytes | None:
+        """HGET on a dedicated connection (the hot read path: no pool checkout, no retry wrapper)."""
+        with self._read_lock:
+            try:
+                if self._read_conn is None:
+                    self._read_conn = self.redis.connection_pool.make_connection()
+                self._read_conn.send_command("HGET", key, field)
+                reply: bytes | None = self._read_conn.read_response()
+                return reply
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                if self._read_conn is not None:
+                    self._read_conn.disconnect()
+                self._read_conn = None
+        result: bytes | None = self.redis.hget(key, field)  # once more through the pool (reconnects)
+        return result
+
     def get_counter(self, name: str, labels: Labels = None) -> int | float:
         spec = check_type(self.spec(name), name, MetricType.COUNTER, "get_counter")
-        raw = self.redis.hget(self.keys.counter(name), spec.label_key(labels))
+        raw = self._hget(self.keys.counter(name), spec.label_key(labels))
         return 0 if raw is None else tidy(float(raw))
 
     def get_gauge(self, name: str, labels: Labels = None) -> int | float | None:
         """The gauge value, or None when it was never set."""
         spec = check_type(self.spec(name), name, MetricType.GAUGE, "get_gauge")
-        raw = self.redis.hget(self.keys.gauge(name), spec.label_key(labels))
+        raw = self._hget(self.keys.gauge(name), spec.label_key(labels))
         return None if raw is None else tidy(float(raw))
 
     def get_histogram(self, name: str, labels: Labels = None) -> HistogramValue:
