@@ -94,7 +94,7 @@ def cmd_log(args: argparse.Namespace) -> int:
         started = r["started_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if r["started_at"] else ""
         print(f"{r['id']:>5} {r['job_name']:<15} {r['status']:<9} {r['attempt']:>3} {started:<19} "
               f"{r['duration_ms'] if r['duration_ms'] is not None else '':>8} "
-              f"{r['rows_affected'] if r['rows_affected'] is not None else '':>8}  {(r['error_message'] or '')[:80]}")
+              f"{r['rows_affected'] if r['rows_affected'] is not None else '':>8}  {' '.join((r['error_message'] or '').split())[:90]}")
     return 0
 
 

@@ -103,7 +103,7 @@ class AggregationHealth:
                          f"{j.consecutive_failures:>5}  {str(j.latest_period or '-'):<11} {str(j.promised_period):<11} "
                          f"{ts(j.next_scheduled_at)}")
             for reason in j.reasons:
-                lines.append(f"  - {reason}")
+                lines.append(f"  - {' '.join(reason.split())}")
         return "\n".join(lines)
 
 

@@ -85,7 +85,10 @@ def dbt_environment(settings: Settings, attempt: int) -> dict[str, str]:
 
 def invoke(args: list[str], *, vars: dict[str, Any] | None = None, settings: Settings | None = None,
            attempt: int = 1) -> DbtOutcome:
-    """Run ``dbt <args>`` with PrefectDbtRunner and summarise every node's result."""
+    """Run ``dbt <args>`` and summarise every node's result: with PrefectDbtRunner inside a
+    flow run (each node a task in the UI), with plain dbtRunner outside one (no Prefect API needed)."""
+    from dbt.cli.main import dbtRunner
+    from prefect.context import FlowRunContext
     from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
 
     settings = settings or load_settings()
@@ -95,10 +98,14 @@ def invoke(args: list[str], *, vars: dict[str, Any] | None = None, settings: Set
         full += ["--vars", json.dumps(vars, default=str)]
     with dbt_runner._DBT_LOCK:
         dbt_environment(settings, attempt)
-        dbt_settings = PrefectDbtSettings(project_dir=root, profiles_dir=root / "profiles", target_path=_target_path())
-        runner = PrefectDbtRunner(settings=dbt_settings, raise_on_failure=False, disable_assets=True)
         try:
-            res = runner.invoke(full)
+            if FlowRunContext.get() is not None:
+                dbt_settings = PrefectDbtSettings(project_dir=root, profiles_dir=root / "profiles",
+                                                  target_path=_target_path())
+                runner = PrefectDbtRunner(settings=dbt_settings, raise_on_failure=False, disable_assets=True)
+                res = runner.invoke(full)
+            else:
+                res = dbtRunner().invoke([*full, *dbt_runner.dbt_base_args()])
         except Exception as exc:  # noqa: BLE001 - dbt raises for invocation errors (e.g. compile failure)
             return DbtOutcome(args=full, success=False, exception=f"{type(exc).__name__}: {exc}")
     nodes: list[NodeResult] = []

@@ -166,9 +166,9 @@ def _rollup_lock(conn: psycopg.Connection[Any], wait_seconds: float) -> Iterator
             locks.unlock(conn, rollups.ROLLUP_LOCK_KEY)
 
 
-def _read_effects(settings: Settings, result: JobResult) -> None:
+def _read_effects(settings: Settings, result: JobResult, changed_rebuilt: bool) -> None:
     with db.connect(settings, autocommit=True) as conn:
-        if rollups._table_exists(conn, "int_changed_days"):
+        if changed_rebuilt and rollups._table_exists(conn, "int_changed_days"):
             days = [r[0] for r in conn.execute(
                 f"select metric_date from {rollups.SCHEMA}.int_changed_days order by 1").fetchall()]
             result.changed = rollups.ChangedPeriods.from_days(days)
@@ -259,7 +259,8 @@ def run_job(
             result.status = "FAILED"
         if result.status in ("COMPLETED", "PARTIAL"):
             try:
-                _read_effects(settings, result)
+                rebuilt = any(n.name == "int_changed_days" and n.status == "success" for n in outcome.nodes)
+                _read_effects(settings, result, rebuilt)
                 result.rows_affected = outcome.rows_affected(spec.marts)
             except psycopg.Error as exc:
                 log.warning("could not read what the run changed: %s", exc)
