@@ -44,6 +44,8 @@ STEPS: list[tuple[str, Callable[[], None]]] = [
     ("servers and migrations", step_servers),
     ("sample events", step_generate),
     ("rollups: daily / weekly / monthly metrics", lambda: __import__("metricsmith.rollups", fromlist=["demo_step"]).demo_step()),
+    ("orchestration: job log and health",
+     lambda: __import__("metricsmith.orchestration.demo", fromlist=["step_jobs"]).step_jobs()),
     ("metric cache", lambda: __import__("metricsmith.cache.demo", fromlist=["step_cache"]).step_cache()),
     ("custom metrics: stored definitions -> generated dbt models",
      lambda: __import__("metricsmith.custom_metrics.demo", fromlist=["step_custom_metrics"]).step_custom_metrics()),
