@@ -357,3 +357,16 @@ def test_values_read_enforced_for_values_too(world: dict[str, Any], svc: CustomM
 def test_decimal_values_are_numeric(world: dict[str, Any], svc: CustomMetricsService) -> None:
     row = svc.values("outsider", "t_average_plain_month")[0]
     assert isinstance(row["value"], Decimal)
+
+
+def test_custom_metrics_job_logs_completed_run(world: dict[str, Any], conn: psycopg.Connection[Any]) -> None:
+    from metricsmith.custom_metrics.job import JOB_NAME, run_custom_metrics_job
+
+    result = run_custom_metrics_job(service=world["svc"])
+    assert result.status == "COMPLETED", result.message
+    assert result.models_ok >= 50 and result.models_failed == 0
+    row = conn.execute("select status, rows_affected, models_ok from metricsmith.metrics_aggregation_jobs_log"
+                       " where job_name = %s order by id desc limit 1", (JOB_NAME,)).fetchone()
+    assert row == ("COMPLETED", result.rows, result.models_ok)
+    count = conn.execute("select count(*) from analytics.custom_metric_values").fetchone()
+    assert count is not None and result.rows == count[0]
