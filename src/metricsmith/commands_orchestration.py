@@ -64,6 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from metricsmith.orchestration.jobs import JOBS, JobFailed
     from metricsmith.orchestration.schedules import DEPLOYMENTS, load_flow
 
+    # without PREFECT_API_URL Prefect starts a temporary server: give a busy machine time
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.update({k: v for k, v in OFFLINE_ENV.items() if k not in os.environ})
     spec = JOBS[args.job]
     if spec.needs_period and (args.start is None or args.end is None):
         raise UserFacingError(f"{args.job} needs --start and --end")
