@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from _realtime_events import BAD_EVENTS, expected_from, make_events, private_settings
 
-from metricsmith.realtime import RealtimeMetricsService, track_many
+from metricsmith.realtime import RealtimeMetricsService, StreamConsumer, track_many
 from metricsmith.realtime.stream import GROUP
 
 KILLS = int(os.environ.get("METRICSMITH_REALTIME_KILLS", "24"))
@@ -46,10 +46,14 @@ def test_sigkill_anywhere_loses_nothing_and_counts_nothing_twice(empty_events: p
     env = {**os.environ, "METRICSMITH_REDIS_PREFIX": settings.redis_prefix,
            "METRICSMITH_REALTIME_FAULT_PAUSE_MS": "120"}
     svc = RealtimeMetricsService(settings)
+    StreamConsumer(settings, log=lambda _: None).close()  # the group exists before the first kill
     kills = 0
     while kills < KILLS:
         procs = [_consumer(env) for _ in range(rng.choice([1, 1, 2]))]
-        time.sleep(rng.uniform(0.6, 1.6))  # interpreter start-up is ~0.5 s; then somewhere inside a batch
+        for proc in procs:  # wait until each one is up (its first stderr line), however busy the machine
+            assert proc.stderr is not None
+            proc.stderr.readline()
+        time.sleep(rng.uniform(0.0, 0.9))  # then somewhere inside a batch
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
