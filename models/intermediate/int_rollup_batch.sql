@@ -12,6 +12,12 @@
 {%- set organizations = metricsmith.rollup_relation('int_daily_organization_activity') %}
 {%- set sessions = metricsmith.rollup_relation('int_daily_session_activity') %}
 {%- set ns = namespace(low=none, last_tz=none, committed=none, full=(flags.FULL_REFRESH or activity is none or first_seen is none or organizations is none or sessions is none)) %}
+{#- a first-seen table from an older metricsmith (without moved_at) is rebuilt -#}
+{%- if execute and first_seen is not none and not ns.full -%}
+    {%- if 'moved_at' not in (adapter.get_columns_in_relation(first_seen) | map(attribute='name') | list) -%}
+        {%- set ns.full = true -%}
+    {%- endif -%}
+{%- endif %}
 
 {%- if execute and ledger is not none -%}
     {%- set last = run_query("select cast(high_watermark as text), metrics_timezone, cast(batch_started_at as text) from " ~ ledger ~ " order by finished_at desc limit 1").rows -%}

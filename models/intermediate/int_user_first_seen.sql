@@ -7,7 +7,7 @@
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='user_id',
-        on_schema_change='fail',
+        on_schema_change='sync_all_columns',
         indexes=[
             {'columns': ['user_id'], 'unique': True},
             {'columns': ['first_event_date']},
@@ -16,10 +16,13 @@
     )
 }}
 -- depends_on: {{ ref('int_changed_users') }}
+-- depends_on: {{ ref('int_rollup_batch') }}
+{%- set batch = metricsmith.rollup_batch() %}
 
 with
 
-{%- if is_incremental() %}
+{#- a full rebuild of an existing table replaces every user (delete+insert by user_id) -#}
+{%- if is_incremental() and not batch.get('is_full_rebuild') %}
 
 changed_users as (
 

@@ -58,6 +58,8 @@ class RollupRunResult:
     changed: ChangedPeriods = field(default_factory=lambda: ChangedPeriods((), (), ()))
     ledger: dict[str, Any] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
+    #: from the first model's start to the last model's end (dbt start-up and parse excluded)
+    models_seconds: float = 0.0
 
     def render(self) -> str:
         c = self.changed
@@ -82,6 +84,16 @@ def _timing(run: DbtRun) -> dict[str, float]:
         if node is not None:
             out[str(node.name)] = float(getattr(r, "execution_time", 0.0) or 0.0)
     return out
+
+
+def _models_span(run: DbtRun) -> float:
+    starts, ends = [], []
+    for r in run.results:
+        for t in getattr(r, "timing", None) or []:
+            if getattr(t, "started_at", None) and getattr(t, "completed_at", None):
+                starts.append(t.started_at)
+                ends.append(t.completed_at)
+    return (max(ends) - min(starts)).total_seconds() if starts else 0.0
 
 
 def run_rollups(
@@ -120,13 +132,17 @@ def run_rollups(
     with _rollup_lock(settings, lock_wait_seconds):
         run = run_dbt(args, vars=vars_, settings=settings)
     seconds = time.perf_counter() - started
-    result = RollupRunResult(mode=mode, timezone=tz, seconds=seconds, dbt_seconds=_timing(run))
+    result = RollupRunResult(mode=mode, timezone=tz, seconds=seconds, dbt_seconds=_timing(run),
+                             models_seconds=_models_span(run))
     with db.connect(settings, autocommit=True) as conn:
         days = [r[0] for r in conn.execute(f"select metric_date from {SCHEMA}.int_changed_days order by 1").fetchall()]
         result.reasons = {r[0]: int(r[1]) for r in conn.execute(
             f"select reason, count(*) from {SCHEMA}.int_changed_days group by reason").fetchall()}
         result.changed = ChangedPeriods.from_days(days)
         result.ledger = last_run(conn) or {}
+    if result.mode == "incremental" and result.ledger.get("is_full_rebuild"):
+        result.mode = "full rebuild (tables were missing or from an older version)"
+
     return result
 
 
