@@ -10,12 +10,16 @@ from typing import Any
 
 from prefect import flow
 
-from metricsmith.orchestration.flowkit import run_job_flow
+from metricsmith.orchestration.flowkit import run_custom_metrics_step, run_job_flow
 
 
 @flow(name="daily-metrics", log_prints=True)
-def daily_metrics(refresh_cache: bool = True) -> dict[str, Any]:
-    return run_job_flow("daily-metrics", refresh=refresh_cache)
+def daily_metrics(refresh_cache: bool = True, custom_metrics: bool = True) -> dict[str, Any]:
+    result = run_job_flow("daily-metrics", refresh=refresh_cache)
+    if custom_metrics:
+        # custom metrics run after the daily run, on the same fresh data (issue 5)
+        result["custom_metrics"] = run_custom_metrics_step()
+    return result
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def test_prefect_yaml_carries_exactly_the_three_crons_in_utc() -> None:
     assert text == schedules.prefect_yaml(), "prefect.yaml is out of date: metricsmith schedules --prefect-yaml > prefect.yaml"
     doc = yaml.safe_load(text)
     crons = {d["name"]: [(s["cron"], s["timezone"]) for s in d["schedules"]] for d in doc["deployments"]}
-    assert crons == {**{k: [(v, "UTC")] for k, v in EXPECTED_CRONS.items()}, "backfill": []}
+    assert crons == {**{k: [(v, "UTC")] for k, v in EXPECTED_CRONS.items()}, "backfill": [], "custom-metrics": []}
     assert {d["work_pool"]["name"] for d in doc["deployments"]} == {schedules.WORK_POOL}
     for d in doc["deployments"]:
         assert (path.parent / d["entrypoint"].split(":")[0]).is_file()
@@ -143,7 +143,7 @@ def test_served_deployments_carry_exactly_the_three_crons_in_utc() -> None:
     found = {}
     for d in deployments:
         found[d.name] = [(s.schedule.cron, s.schedule.timezone) for s in d.schedules or []]
-    assert found == {**{k: [(v, "UTC")] for k, v in EXPECTED_CRONS.items()}, "backfill": []}
+    assert found == {**{k: [(v, "UTC")] for k, v in EXPECTED_CRONS.items()}, "backfill": [], "custom-metrics": []}
     assert {d.name: d.flow_name for d in deployments} == {n: n for n in found}
 
 

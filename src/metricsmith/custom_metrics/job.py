@@ -70,6 +70,21 @@ def run_custom_metrics_job(*, full_refresh: bool = False, lock_wait_seconds: flo
             status = "COMPLETED" if message is None else ("PARTIAL" if ok else "FAILED")
             joblog.finish(conn, row_id, joblog.Final(status, rows_affected=rows, models_ok=ok, models_failed=failed,
                                                      error_message=message))
+            if status != "FAILED":
+                _invalidate_cached_values(conn)
             return CustomMetricsJobResult(status, ok, failed, rows, message, row_id)
         finally:
             locks.unlock(conn, key)
+
+
+def _invalidate_cached_values(conn: Any) -> None:
+    """Re-runs recompute values of the same versions: drop their cached copies (never fails the job)."""
+    from metricsmith.cache.invalidation import invalidate_periods
+
+    try:
+        slugs = [r[0] for r in conn.execute(
+            "select slug from metricsmith.custom_metric_definitions where status = 'active'").fetchall()]
+        if slugs:
+            invalidate_periods(slugs=slugs)
+    except Exception as exc:  # noqa: BLE001 - the cache is an optimisation; the job's result stands
+        print(f"warning: custom metric cache invalidation failed: {exc}")

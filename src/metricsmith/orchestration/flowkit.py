@@ -40,3 +40,15 @@ def run_job_flow(name: str, *, start: date | None = None, end: date | None = Non
     return {"job": name, "status": result.status, "log_id": result.log_id, "attempts": result.attempts,
             "rows_affected": result.rows_affected, "days": len(result.changed.days),
             "weeks": len(result.changed.weeks), "months": len(result.changed.months)}
+
+
+def run_custom_metrics_step() -> dict[str, Any]:
+    """Compile and run every active custom metric (after the daily job); fails the flow unless COMPLETED."""
+    from metricsmith.custom_metrics.job import run_custom_metrics_job
+
+    result = run_custom_metrics_job()
+    print(f"custom metrics {result.status}: {result.models_ok} models ok, {result.models_failed} failed, "
+          f"{result.rows} value rows")
+    if result.status != "COMPLETED":
+        raise RuntimeError(f"custom-metrics {result.status}: {result.message}")
+    return result.as_dict()

@@ -42,6 +42,8 @@ DEPLOYMENTS: tuple[Deployment, ...] = (
                "Monthly rollup with its data tests, the 2nd of each month 05:00 UTC"),
     Deployment("backfill", "flows/backfill.py:backfill", None,
                "Recompute a date range (parameters start, end); run on demand"),
+    Deployment("custom-metrics", "flows/custom_metrics.py:custom_metrics", None,
+               "Compile and run every active custom metric; runs after each daily-metrics run, or on demand"),
 )
 
 #: job name -> cron (UTC) for the scheduled jobs
