@@ -135,5 +135,6 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         sys.stdout.write(prefect_yaml())
         return 0
     for d in DEPLOYMENTS:
-        print(f"{d.job:<15} {(d.cron + ' ' + TIMEZONE) if d.cron else 'on demand':<16} {d.entrypoint}")
+        when = f"{d.cron} {TIMEZONE}" if d.cron else "on demand"
+        print(f"{d.job:<24} {when:<17} {d.entrypoint}")
     return 0

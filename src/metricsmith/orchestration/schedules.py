@@ -27,6 +27,8 @@ class Deployment:
     entrypoint: str  # relative to the project root
     cron: str | None
     description: str
+    #: writes metrics_aggregation_jobs_log rows, so `metricsmith health` watches it
+    aggregation_job: bool = True
 
     @property
     def flow_name(self) -> str:
@@ -44,10 +46,16 @@ DEPLOYMENTS: tuple[Deployment, ...] = (
                "Recompute a date range (parameters start, end); run on demand"),
     Deployment("custom-metrics", "flows/custom_metrics.py:custom_metrics", None,
                "Compile and run every active custom metric; runs after each daily-metrics run, or on demand"),
+    Deployment("realtime-snapshot", "flows/realtime_snapshot.py:realtime_snapshot", "* * * * *",
+               "Snapshot the realtime metrics from Redis to Postgres (restores an emptied Redis first), every minute",
+               aggregation_job=False),
+    Deployment("realtime-reconciliation", "flows/realtime_reconciliation.py:realtime_reconciliation",
+               "*/15 * * * *", "Recompute today's event counters from raw.events and correct Redis, every 15 minutes",
+               aggregation_job=False),
 )
 
-#: job name -> cron (UTC) for the scheduled jobs
-SCHEDULES: dict[str, str] = {d.job: d.cron for d in DEPLOYMENTS if d.cron}
+#: job name -> cron (UTC) for the scheduled aggregation jobs (the ones health watches)
+SCHEDULES: dict[str, str] = {d.job: d.cron for d in DEPLOYMENTS if d.cron and d.aggregation_job}
 
 
 def load_flow(entrypoint: str) -> Any:
