@@ -158,7 +158,8 @@ def world(test_database: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         # one invalid row (negative revenue is refused by the table, so: occurred far after received)
         conn.execute("insert into raw.events (event_id, occurred_at, received_at, event_type, user_id)"
                      " values (%s, now() + interval '5 days', now(), 'purchase', 'u_bad')", (uuid.uuid4(),))
-    rollups.run_rollups(quiet=True)  # builds stg_events and the marts in this database
+    # a full refresh: earlier tests in this session may have left a rollup watermark past these events
+    rollups.run_rollups(full_refresh=True, quiet=True)  # builds stg_events and the marts in this database
     svc = CustomMetricsService(project_dir=copy_project(tmp_path_factory.mktemp("cmproj")))
     svc.add_user("owner", "org_a", teams=("team_1",))
     svc.add_user("teammate", "org_a", teams=("team_1",))
