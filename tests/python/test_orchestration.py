@@ -68,6 +68,8 @@ def events(test_database: str) -> None:
     with psycopg.connect(test_database, autocommit=True) as conn:
         conn.execute("truncate raw.events, raw.events_quarantine")
         conn.execute("truncate metricsmith.metrics_aggregation_jobs_log")
+        # start from no rollups at all: earlier tests in the session may have left a watermark
+        conn.execute("drop schema if exists analytics cascade")
     generator.generate_to_db(days=DAYS, events_per_day=150, seed=41, start=START)
 
 
