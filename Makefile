@@ -14,7 +14,7 @@ help:
 	@echo "make demo   - install, start the embedded servers, generate a sample year, run the pipeline, print a summary"
 	@echo "make test   - install and run the test suite (against METRICSMITH_* servers, or the embedded default)"
 	@echo "make lint   - ruff + mypy"
-	@echo "make bench  - run the benchmarks in bench/ (prints ratios)"
+	@echo "make bench  - run every benchmark in bench/ (prints ratios; BENCHES=name for one)"
 	@echo "make down   - stop the embedded servers"
 
 $(STAMP): pyproject.toml
@@ -42,8 +42,11 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests flows bench
 	$(BIN)/ruff format src tests flows bench
 
+BENCHES := ingest rollups custom_metrics realtime cache
+
+# every bench in bench/, one after the other (each prints its ratios); one alone: make bench BENCHES=cache
 bench: $(STAMP)
-	$(BIN)/python bench/ingest.py
+	@set -e; for b in $(BENCHES); do echo "=== bench/$$b.py ==="; $(BIN)/python bench/$$b.py; done
 
 down: $(STAMP)
 	$(BIN)/metricsmith down
