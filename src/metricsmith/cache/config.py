@@ -34,6 +34,9 @@ class CacheConfig:
     ack_timeout: float = 5.0
     #: seconds between two flushes of this process's statistics into Redis
     stats_flush_every: float = 1.0
+    #: seconds a process trusts L1/L2 after checking the invalidation fence in PostgreSQL;
+    #: an invalidation that could not reach Redis stops every reader within this time
+    fence_lease: float = 1.0
     #: False turns the cache off (every read goes to Postgres)
     enabled: bool = True
     #: False skips L1 (every hit is an L2 hit): for memory-tight processes and for measuring L2
@@ -41,7 +44,7 @@ class CacheConfig:
 
 
 _FLOATS = ("ttl_realtime", "ttl_open", "ttl_closed", "xfetch_beta", "retry_after", "redis_timeout",
-           "ack_timeout", "stats_flush_every")
+           "ack_timeout", "stats_flush_every", "fence_lease")
 _INTS = ("l1_maxsize", "lock_ms")
 
 
@@ -63,7 +66,7 @@ def load_cache_config(env: dict[str, str] | None = None) -> CacheConfig:
             number: float = int(raw) if name in _INTS else float(raw)
         except ValueError:
             raise ConfigError(f"{var}={raw!r} is not a number") from None
-        if number < 0 or (name in ("l1_maxsize", "lock_ms", "ttl_realtime", "ttl_open", "ttl_closed") and number <= 0):
+        if number < 0 or (name in ("l1_maxsize", "lock_ms", "ttl_realtime", "ttl_open", "ttl_closed", "fence_lease") and number <= 0):
             raise ConfigError(f"{var}={raw!r} must be positive")
         values[name] = number
     return CacheConfig(**values)  # type: ignore[arg-type]

@@ -12,6 +12,13 @@ Reads: L1 -> L2 -> compute (PostgreSQL). Guarantees:
   before deleting keys; a computation that started before it refuses to store its result
   (compare-and-set in Lua). A pub/sub broadcast purges every process's L1, and ``invalidate``
   waits until every live subscriber confirmed (ack counter) before it returns.
+* **Fenced in PostgreSQL**: every invalidation is first recorded in
+  ``metricsmith.cache_invalidations`` (the database the rebuild wrote to); each Redis server
+  keeps in ``<prefix>cache:fence`` the highest record it has applied. A process trusts its L1
+  and Redis only for ``fence_lease`` seconds after checking that no record is missing from
+  Redis (it applies new records to its L1 and delivers missing ones to Redis itself), so an
+  invalidation that could not reach Redis (a hang, an outage) is retried by the first process
+  that reaches Redis again, and no reader serves a value older than the last rebuild.
 * **Fail-open**: any Redis error opens a circuit for ``retry_after`` seconds: reads go straight
   to PostgreSQL, L1 is bypassed and emptied (it can no longer hear invalidations), nothing raises
   to the caller, and :meth:`TwoTierCache.health` reports ``degraded``.
@@ -22,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fnmatch
+import hashlib
 import logging
 import math
 import random
@@ -33,6 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import psycopg
 import redis
 from cachetools import TLRUCache
 
@@ -56,6 +65,16 @@ for i = 3, #KEYS do
 end
 return 1
 """
+
+_FENCE_LUA = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+#: serialises the inserts into metricsmith.cache_invalidations, so ids become visible in order
+FENCE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"metricsmith.cache.fence").digest()[:8], "big", signed=True)
+_FENCE_TABLE = "metricsmith.cache_invalidations"
 
 _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -99,10 +118,17 @@ class InvalidationResult:
     processes_confirmed: int = 0
     ok: bool = True
     error: str | None = None
+    #: id of the record in metricsmith.cache_invalidations (None when PostgreSQL was unreachable)
+    fence_id: int | None = None
+
+    @property
+    def fenced(self) -> bool:
+        """True when the invalidation holds although Redis did not get it (recorded in PostgreSQL)."""
+        return self.fence_id is not None
 
     def render(self) -> str:
         if not self.ok:
-            return f"invalidation FAILED: {self.error}"
+            return f"invalidation {'pending' if self.fenced else 'FAILED'}: {self.error}"
         what = ", ".join([*self.patterns, *(sorted(self.tags)[:6])]) or "nothing"
         more = f" (+{len(self.tags) - 6} tags)" if len(self.tags) > 6 else ""
         return (f"invalidated {self.keys_deleted} key(s) for {what}{more}; "
@@ -138,6 +164,7 @@ class TwoTierCache:
         self.channel = f"{self.root}invalidate"
         self._gen_key = f"{self.root}gen"
         self._stats_key = f"{self.root}stats"
+        self._fence_key = f"{self.root}fence"
         self._redis_url = redis_url
         self._client: redis.Redis | None = None
         self._client_lock = threading.Lock()
@@ -156,6 +183,15 @@ class TwoTierCache:
         self._start_listener = start_listener
         self._store_script: Any = None
         self._release_script: Any = None
+        self._fence_script: Any = None
+        # the fence: until _fence_until (monotonic) this process trusts L1 and L2
+        self._fence_lock = threading.Lock()
+        self._fence_until = 0.0
+        self._fence_seen: int | None = None  # highest record applied to this process's L1
+        self._fence_error: str | None = None
+        self._fence_retry_at = 0.0
+        self._pg: psycopg.Connection[Any] | None = None
+        self._pg_lock = threading.Lock()
         self.stats = CacheStats()
         atexit.register(_flush_at_exit, weakref.ref(self))
 
@@ -174,6 +210,7 @@ class TwoTierCache:
                     )
                     self._store_script = client.register_script(_STORE_LUA)
                     self._release_script = client.register_script(_RELEASE_LUA)
+                    self._fence_script = client.register_script(_FENCE_LUA)
                     self._client = client
         if self._start_listener and (self._listener is None or not self._listener.is_alive()):
             self._start_listener_thread()
@@ -186,6 +223,7 @@ class TwoTierCache:
         first = self._redis_ok()
         self._down_until = time.monotonic() + self.config.retry_after
         self._last_error = f"{type(exc).__name__}: {exc}"
+        self._fence_until = 0.0  # once Redis answers again, check the fence before trusting it
         self.stats.incr("redis_errors")
         self.stats.incr("errors")
         self._drop_l1()
@@ -232,6 +270,8 @@ class TwoTierCache:
         if not self.config.enabled:
             return loader(compute())
         started = time.perf_counter()
+        if time.monotonic() >= self._fence_until and not self.check_fence():
+            return self._compute_direct(compute, started, loader)
         stale: _Entry | None = None
         if self._l1_usable():
             with self._l1_lock:
@@ -446,37 +486,26 @@ class TwoTierCache:
     ) -> InvalidationResult:
         """Drop entries by tag (``week:2024-01-01``), key glob (``daily:*``) or exact key.
 
-        Reaches L2 and the L1 of every process listening; waits (``ack_timeout``) until each one
-        confirmed. On a Redis error the result says so (``ok=False``) instead of raising.
+        First records the invalidation in PostgreSQL (the fence), then reaches L2 and the L1 of
+        every process listening, and waits (``ack_timeout``) until each one confirmed. When
+        Redis does not answer, the record stays undelivered: every process stops trusting its
+        cache within ``fence_lease`` seconds (this call waits that long before returning), and
+        the first one that reaches Redis again delivers it. Never raises on a Redis error: the
+        result says ``ok=False`` and whether the invalidation is fenced.
         """
         tags, patterns, keys = sorted(set(tags)), sorted(set(patterns)), sorted(set(keys))
         result = InvalidationResult(tags=tags, patterns=patterns)
         self.stats.incr("invalidations")
+        fence_id, pg_error = self._record_invalidation(tags, patterns, keys)
+        result.fence_id = fence_id
+        self._apply_invalidation(tags, patterns, keys)
         message_id = secrets.token_hex(8)
         try:
             client = self._redis()
-            doomed: set[bytes] = {self.full_key(k).encode() for k in keys}
-            if tags:
-                pipe = client.pipeline(transaction=False)
-                for tag in tags:
-                    pipe.smembers(self._tag_key(tag))
-                for members in pipe.execute():
-                    doomed.update(members)
-            for pattern in patterns:
-                doomed.update(client.scan_iter(match=self.full_key(pattern), count=1000))
-            pipe = client.pipeline(transaction=True)
-            pipe.incr(self._gen_key)
-            doomed_list = sorted(doomed)
-            for start in range(0, len(doomed_list), 500):
-                pipe.delete(*doomed_list[start : start + 500])
-            tag_keys = [self._tag_key(t) for t in tags]
-            for start in range(0, len(tag_keys), 500):
-                pipe.delete(*tag_keys[start : start + 500])
-            replies = pipe.execute()
-            result.keys_deleted = sum(int(r) for r in replies[1 : 1 + (len(doomed_list) + 499) // 500])
+            current = client.get(self._fence_key) if fence_id is not None else b"0"
+            result.keys_deleted = self._deliver(client, fence_id, current, (tags, patterns, keys))
             ack_key = f"{self.root}ack:{message_id}"
             message = serialization.dumps({"id": message_id, "tags": tags, "patterns": patterns, "keys": keys})
-            self._apply_invalidation(tags, patterns, keys)
             result.processes_notified = int(client.publish(self.channel, message))
             deadline = time.monotonic() + self.config.ack_timeout
             confirmed = 0
@@ -486,13 +515,166 @@ class TwoTierCache:
                     break
                 time.sleep(0.002)
             result.processes_confirmed = confirmed
-        except redis.RedisError as exc:
-            self._mark_down(exc)
+        except (redis.RedisError, psycopg.Error) as exc:
+            if isinstance(exc, redis.RedisError):
+                self._mark_down(exc)
             result.ok = False
-            result.error = f"Redis unreachable ({type(exc).__name__}: {exc}); cached values may be stale until their TTL"
+            reason = f"Redis unreachable ({type(exc).__name__}: {exc})"
+            if fence_id is None:
+                result.error = (f"{reason}; PostgreSQL unreachable too ({pg_error}): "
+                                "cached values may be stale until their TTL")
+            else:
+                # every process that still trusts its cache re-checks the fence within the lease
+                time.sleep(self.config.fence_lease)
+                result.error = (f"{reason}; recorded as invalidation #{fence_id} in PostgreSQL: no process "
+                                "serves the old values, and the first one to reach Redis again delivers it")
             return result
         self.stats.incr("keys_invalidated", result.keys_deleted)
         return result
+
+    def _deliver(
+        self, client: redis.Redis, upto: int | None, current: bytes | str | None,
+        own: tuple[Iterable[str], Iterable[str], Iterable[str]] = ((), (), ()),
+    ) -> int:
+        """Apply to Redis ``own`` plus every recorded invalidation this Redis has not applied
+        yet (ids after its fence, up to ``upto``), in one transaction that also bumps the
+        generation and moves the fence to ``upto``. A Redis without a fence (new, flushed, or
+        from before the fence existed) is cleared. Returns the number of keys deleted."""
+        tags, patterns, keys = set(own[0]), set(own[1]), set(own[2])
+        if upto is not None:
+            if current is None:
+                patterns.add("*")
+            elif int(current) < upto:
+                for row_tags, row_patterns, row_keys in self._fence_rows(int(current), upto):
+                    tags.update(row_tags)
+                    patterns.update(row_patterns)
+                    keys.update(row_keys)
+        doomed: set[bytes] = {self.full_key(k).encode() for k in keys}
+        if tags:
+            pipe = client.pipeline(transaction=False)
+            for tag in sorted(tags):
+                pipe.smembers(self._tag_key(tag))
+            for members in pipe.execute():
+                doomed.update(members)
+        for pattern in sorted(patterns):
+            doomed.update(client.scan_iter(match=self.full_key(pattern), count=1000))
+        pipe = client.pipeline(transaction=True)
+        pipe.incr(self._gen_key)
+        doomed_list = sorted(doomed)
+        for start in range(0, len(doomed_list), 500):
+            pipe.delete(*doomed_list[start : start + 500])
+        tag_keys = [self._tag_key(t) for t in sorted(tags)]
+        for start in range(0, len(tag_keys), 500):
+            pipe.delete(*tag_keys[start : start + 500])
+        if upto is not None:
+            self._fence_script(keys=[self._fence_key], args=[upto], client=pipe)
+        replies = pipe.execute()
+        return sum(int(r) for r in replies[1 : 1 + (len(doomed_list) + 499) // 500])
+
+    # ------------------------------------------------------------------ the fence (PostgreSQL)
+    def _pg_conn(self) -> psycopg.Connection[Any]:
+        if self._pg is None or self._pg.closed:
+            self._pg = db.connect(self.settings, autocommit=True, connect_timeout=3,
+                                  options="-c statement_timeout=3000")
+        return self._pg
+
+    def _pg_broken(self, exc: BaseException) -> None:
+        if self._fence_error is None:
+            log.warning("cache: PostgreSQL unreachable for the invalidation fence (%s: %s); "
+                        "reads bypass the cache", type(exc).__name__, exc)
+        self._fence_error = f"{type(exc).__name__}: {exc}"
+        if self._pg is not None:
+            with contextlib.suppress(Exception):
+                self._pg.close()
+        self._pg = None
+
+    def _record_invalidation(
+        self, tags: list[str], patterns: list[str], keys: list[str],
+    ) -> tuple[int | None, str | None]:
+        """Insert the invalidation into the fence table; ``(id, None)`` or ``(None, why not)``."""
+        prune_after = max(86_400.0, 2 * self.config.ttl_closed + self.config.lock_ms / 1000)
+        for attempt in (1, 2):
+            try:
+                with self._pg_lock:
+                    conn = self._pg_conn()
+                    with conn.transaction():
+                        conn.execute("select pg_advisory_xact_lock(%s)", (FENCE_LOCK_KEY,))
+                        row = conn.execute(
+                            f"insert into {_FENCE_TABLE} (prefix, tags, patterns, keys) values (%s, %s, %s, %s) "
+                            "returning id", (self.root, tags, patterns, keys),
+                        ).fetchone()
+                        # records older than any cached value can be forgotten
+                        conn.execute(f"delete from {_FENCE_TABLE} where prefix = %s and "
+                                     "created_at < now() - make_interval(secs => %s)", (self.root, prune_after))
+                assert row is not None
+                return int(row[0]), None
+            except psycopg.errors.UndefinedTable:
+                if attempt == 2:
+                    return None, f"{_FENCE_TABLE} does not exist"
+                from metricsmith import migrate  # a database migrated before the fence existed
+
+                migrate.upgrade(self.settings)
+            except psycopg.Error as exc:
+                with self._pg_lock:
+                    self._pg_broken(exc)
+                return None, f"{type(exc).__name__}: {exc}"
+        return None, "unreachable"  # pragma: no cover
+
+    def _fence_rows(self, after: int, upto: int | None = None) -> list[tuple[list[str], list[str], list[str]]]:
+        rows = self._fence_query(after, upto)[1]
+        return [(r[1], r[2], r[3]) for r in rows]
+
+    def _fence_query(self, after: int | None, upto: int | None = None) -> tuple[int, list[Any]]:
+        """``(highest id, rows after ``after``)``; with ``after=None`` only the highest id."""
+        with self._pg_lock:
+            try:
+                conn = self._pg_conn()
+                if after is None:
+                    row = conn.execute(f"select coalesce(max(id), 0) from {_FENCE_TABLE} where prefix = %s",
+                                       (self.root,)).fetchone()
+                    return (int(row[0]) if row else 0), []
+                rows = conn.execute(
+                    f"select id, tags, patterns, keys from {_FENCE_TABLE} where prefix = %s and id > %s "
+                    "and id <= %s order by id", (self.root, after, upto if upto is not None else 2**62),
+                ).fetchall()
+            except psycopg.errors.UndefinedTable:
+                return 0, []  # nothing was ever recorded (the database predates the fence)
+            except psycopg.Error as exc:
+                self._pg_broken(exc)
+                raise
+        return (int(rows[-1][0]) if rows else after), rows
+
+    def check_fence(self, renew_before: float = 0.0) -> bool:
+        """Renew this process's trust in L1/L2; False (read PostgreSQL directly) when it cannot.
+
+        Applies to L1 every invalidation recorded since the last check, and delivers to Redis
+        those it has not applied. Called by a read whose lease ran out and, ahead of that, by
+        the listener thread every ``fence_lease / 2`` seconds."""
+        if not self._redis_ok() or time.monotonic() < self._fence_retry_at:
+            return False
+        with self._fence_lock:
+            started = time.monotonic()
+            if started < self._fence_until - renew_before:
+                return True
+            try:
+                latest, rows = self._fence_query(self._fence_seen)
+                for _id, row_tags, row_patterns, row_keys in rows:
+                    self._apply_invalidation(row_tags, row_patterns, row_keys)
+                self._fence_seen = latest
+                client = self._redis()
+                current = client.get(self._fence_key)
+                if current is None or int(current) < latest:
+                    deleted = self._deliver(client, latest, current)
+                    log.info("cache: delivered recorded invalidations up to #%s to Redis (%s keys)", latest, deleted)
+            except psycopg.Error:
+                self._fence_retry_at = time.monotonic() + self.config.retry_after
+                return False
+            except redis.RedisError as exc:
+                self._mark_down(exc)
+                return False
+            self._fence_error = None
+            self._fence_until = started + self.config.fence_lease
+            return True
 
     def clear(self) -> InvalidationResult:
         """Drop every cached value (all keys, every process's L1)."""
@@ -552,6 +734,11 @@ class TwoTierCache:
             self._listener.join(timeout=3)
         if self._client is not None:
             self._client.close()
+        with self._pg_lock:
+            if self._pg is not None:
+                with contextlib.suppress(Exception):
+                    self._pg.close()
+                self._pg = None
 
     # ------------------------------------------------------------------ stats and health
     def flush_stats(self) -> None:
@@ -639,6 +826,8 @@ def _listen(ref: weakref.ReferenceType[TwoTierCache]) -> None:
                         cache._subscribed.set()
                     elif message["type"] == "message":
                         cache._handle_message(message["data"])
+                if cache._subscribed.is_set():
+                    cache.check_fence(renew_before=cache.config.fence_lease / 2)
                 if time.monotonic() - last_flush >= flush_every:
                     cache.flush_stats()
                     last_flush = time.monotonic()
