@@ -162,11 +162,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     except ingest.IngestError as exc:
         raise UserFacingError(f"{exc} (nothing was loaded from it)") from None
     print(summary.render())
-    if summary.quarantined and not args.allow_quarantine:
-        print(f"metricsmith: {summary.quarantined} row(s) quarantined (see raw.events_quarantine); "
-              "pass --allow-quarantine to accept", file=sys.stderr)
-        return 1
-    return 0
+    return ingest.quarantine_exit_status(summary.quarantined, allow=args.allow_quarantine, command="load")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -31,7 +31,9 @@ def _consume(args: argparse.Namespace) -> int:
     if args.progress:
         print(file=sys.stderr)
     print(stats.render())
-    return 0
+    from metricsmith.ingest import quarantine_exit_status
+
+    return quarantine_exit_status(stats.quarantined, allow=args.allow_quarantine, command="realtime consume")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -111,6 +113,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--until-idle", action="store_true", help="stop when the stream is drained")
     p.add_argument("--max-entries", type=int, help="stop after about this many entries")
     p.add_argument("--progress", action="store_true", help="print running totals")
+    p.add_argument("--allow-quarantine", action="store_true",
+                   help="exit 0 even when some entries were quarantined (as `metricsmith load`)")
     retention(p)
     p.set_defaults(handler=_consume)
 

@@ -1,9 +1,15 @@
 """Loading events into ``raw.events``: validation, quarantine, de-duplication, COPY.
 
-Every input row ends in exactly one place: ``raw.events`` (loaded), skipped as a duplicate
-of an ``event_id`` already stored or seen earlier in the same load (counted), or
-``raw.events_quarantine`` with its original text and a reason. Nothing is dropped silently:
-``LoadSummary.total == loaded + duplicates + quarantined`` always holds.
+Every input line ends in exactly one place: ``raw.events`` (loaded), skipped as a duplicate
+of an ``event_id`` already stored or seen earlier in the same load (counted), a blank line
+(counted), or ``raw.events_quarantine`` with its original text and a reason. Nothing is dropped
+silently: ``LoadSummary.total == loaded + duplicates + quarantined + blank`` always holds, and no
+input line can make the loader raise (a line the validator cannot judge is quarantined too).
+The quarantine keeps one row per (source, line content): re-loading a file does not record its
+bad lines again.
+
+The limits of a valid event (revenue, the occurred_at window) come from ``dbt_project.yml``
+``vars: event_rules`` through :mod:`metricsmith.event_rules`; ``stg_events`` applies the same.
 
 Rows travel in batches: each batch is COPY'd into a temporary table, then moved into
 ``raw.events`` with ``on conflict do nothing`` (so concurrent loaders and re-loads are safe),
@@ -13,21 +19,22 @@ and its rejects are COPY'd into the quarantine, all in one transaction.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 import sys
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 import psycopg
 
+from metricsmith import event_rules
 from metricsmith.config import Settings
 from metricsmith.db import connect
 from metricsmith.progress import progress_bar
@@ -41,30 +48,43 @@ REQUIRED = ("event_id", "occurred_at", "event_type")
 OPTIONAL_TEXT = ("user_id", "organization_id", "session_id")
 MAX_PROPERTIES_BYTES = 64 * 1024
 MAX_TEXT_LENGTH = 512
-MAX_FUTURE = timedelta(days=1)
-MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
-MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+RULES = event_rules.load()
+#: documented maximum of revenue_cents per event (vars.event_rules.max_revenue_cents)
+MAX_REVENUE_CENTS = RULES.max_revenue_cents
+#: occurred_at / received_at may not be before this (vars.event_rules.min_occurred_at)
+MIN_TIME = RULES.min_occurred_at
+#: occurred_at may be this much after received_at and after now (vars.event_rules.max_future_seconds)
+MAX_FUTURE = RULES.max_future
 DEFAULT_BATCH = 50_000
+_FUTURE_TEXT = f"{RULES.max_future_seconds:,} s"
 
 #: Every reason a row can be quarantined with, and what it means.
 REASONS: dict[str, str] = {
+    "invalid_utf8": "the line is not valid UTF-8 (raw_text shows the bad bytes as \\xNN)",
     "invalid_json": "the line is not valid JSON",
     "not_an_object": "the JSON value is not an object",
-    "malformed_csv": "the CSV row has a different number of fields than the header",
+    "duplicate_field": "a field name appears twice in one JSON object or CSV header",
+    "malformed_csv": "the line is not one CSV row with as many fields as the header",
+    "truncated_input": "the compressed file ends early (truncated or corrupt); the lines before were read",
     "missing_field": "a required field (event_id, occurred_at, event_type) is missing or null",
     "unknown_field": "a field that raw.events does not have (typo?)",
     "bad_uuid": "event_id is not a UUID",
-    "bad_timestamp": "occurred_at / received_at is not an ISO 8601 timestamp",
-    "timestamp_out_of_range": "a timestamp is before 1970 or after 2200",
-    "occurred_in_future": "occurred_at is more than one day after received_at",
+    "bad_timestamp": "occurred_at / received_at is not an ISO 8601 timestamp (or an impossible date/time)",
+    "timestamp_out_of_range": f"a timestamp is before event_rules.min_occurred_at ({MIN_TIME.date()})",
+    "occurred_in_future": f"occurred_at is more than event_rules.max_future_seconds ({_FUTURE_TEXT}) after "
+                          "received_at or after the load time",
+    "received_in_future": f"received_at is more than event_rules.max_future_seconds ({_FUTURE_TEXT}) after "
+                          "the load time",
     "empty_event_type": "event_type is empty or blank",
     "wrong_type": "a field has the wrong JSON type (e.g. an object where text belongs)",
     "value_too_long": f"a text field is longer than {MAX_TEXT_LENGTH} characters",
     "invalid_characters": "a text field contains a NUL character",
     "negative_revenue": "revenue_cents is below zero",
+    "revenue_too_large": f"revenue_cents is above event_rules.max_revenue_cents ({MAX_REVENUE_CENTS:,})",
     "non_integer_revenue": "revenue_cents is not a whole number",
     "bad_properties": "properties is not a JSON object",
     "oversize_properties": f"properties is larger than {MAX_PROPERTIES_BYTES // 1024} KiB as JSON",
+    "validation_error": "the validator could not judge this row (a bug: please report it); kept here",
 }
 
 
@@ -115,8 +135,9 @@ def _parse_time(name: str, value: Any) -> datetime | Rejection:
         return Rejection("bad_timestamp", f"{name} must be an ISO 8601 string, got {type(value).__name__}")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)  # naive timestamps are UTC (documented)
-    if not MIN_TIME <= parsed < MAX_TIME:
-        return Rejection("timestamp_out_of_range", f"{name}={value!r} is outside 1970..2200")
+    if parsed < MIN_TIME:
+        return Rejection("timestamp_out_of_range", f"{name}={value!r} is before {MIN_TIME.date()} "
+                                                   "(event_rules.min_occurred_at)")
     return parsed
 
 
@@ -160,8 +181,9 @@ def _revenue(value: Any) -> int | Rejection:
         return Rejection("wrong_type", f"revenue_cents must be a number, got {type(value).__name__}")
     if number < 0:
         return Rejection("negative_revenue", f"revenue_cents={number} is negative")
-    if number > 2**63 - 1:
-        return Rejection("wrong_type", "revenue_cents does not fit in bigint")
+    if number > MAX_REVENUE_CENTS:
+        return Rejection("revenue_too_large", f"revenue_cents={number} is above the maximum per event "
+                                              f"{MAX_REVENUE_CENTS} (event_rules.max_revenue_cents)")
     return number
 
 
@@ -169,10 +191,10 @@ def _properties(value: Any) -> str | Rejection:
     if value is None or value == "":
         return "{}"
     if isinstance(value, str):  # CSV cells carry JSON text
-        try:
-            value = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return Rejection("bad_properties", "properties is not valid JSON")
+        value = loads_strict(value)
+        if isinstance(value, Rejection):
+            return value if value.reason == "duplicate_field" else \
+                Rejection("bad_properties", "properties is not valid JSON")
     if not isinstance(value, dict):
         return Rejection("bad_properties", f"properties must be a JSON object, got {type(value).__name__}")
     try:
@@ -189,15 +211,68 @@ def _properties(value: Any) -> str | Rejection:
 _ALLOWED = frozenset(EVENT_COLUMNS)
 
 
+def _pairs_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        counts = Counter(key for key, _ in pairs)
+        raise _RepeatedKey(sorted(key for key, n in counts.items() if n > 1))
+    return result
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(keys)
+        self.keys = keys
+
+
+def loads_strict(data: bytes | str) -> Any:
+    """Parse JSON text like orjson, but refuse invalid UTF-8 and an object that repeats a key.
+
+    Returns the value or a :class:`Rejection` (``invalid_utf8``, ``invalid_json``,
+    ``duplicate_field``). The repeated-key check is exact and cheap: without ``\\u003`` escapes
+    the text has exactly as many ``:`` as the compact re-serialisation of the parsed value iff no
+    key was dropped (a dropped repeat takes its ``:`` and its value's colons with it); otherwise
+    the text is parsed once more with a pairs hook.
+    """
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if isinstance(data, bytes):
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return Rejection("invalid_utf8", f"byte {bad.start}: {bad.reason}")
+        return Rejection("invalid_json", str(exc).split(":", 1)[0])
+    if type(value) is dict or type(value) is list:
+        colon: Any = b":" if isinstance(data, bytes) else ":"
+        escape: Any = b"\\u003" if isinstance(data, bytes) else "\\u003"
+        if escape in data or data.count(colon) != orjson.dumps(value).count(b":"):
+            try:
+                json.loads(data, object_pairs_hook=_pairs_without_repeats)
+            except _RepeatedKey as repeated:
+                return Rejection("duplicate_field", f"field(s) repeated in one object: {', '.join(repeated.keys)}")
+            except ValueError:  # orjson accepted it; a disagreement is judged by orjson's reading
+                pass
+    return value
+
+
+def parse_object(data: bytes | str) -> dict[str, Any] | Rejection:
+    """One JSON object (a line of a JSON Lines file, a stream entry), strictly (:func:`loads_strict`)."""
+    value = loads_strict(data)
+    if isinstance(value, Rejection):
+        return value
+    if type(value) is not dict:
+        return Rejection("not_an_object", f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def validate_record(record: Mapping[str, Any] | str | bytes, *, now: datetime | None = None) -> ValidEvent | Rejection:
     """Check one event (a mapping, or one JSON text) against the raw.events contract."""
     if isinstance(record, str | bytes):
-        try:
-            record = orjson.loads(record)
-        except orjson.JSONDecodeError as exc:
-            return Rejection("invalid_json", str(exc).split(":", 1)[0])
-        if not isinstance(record, dict):
-            return Rejection("not_an_object", f"expected a JSON object, got {type(record).__name__}")
+        obj = parse_object(record)
+        if isinstance(obj, Rejection):
+            return obj
+        record = obj
     unknown = [key for key in record if key not in _ALLOWED]
     if unknown:
         return Rejection("unknown_field", f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
@@ -222,10 +297,14 @@ def validate_record(record: Mapping[str, Any] | str | bytes, *, now: datetime | 
         if isinstance(parsed, Rejection):
             return parsed
         received = parsed
-    reference = received or now or datetime.now(UTC)
-    if occurred - reference > MAX_FUTURE:
-        return Rejection("occurred_in_future", f"occurred_at {occurred.isoformat()} is more than a day after "
-                                               f"received_at {reference.isoformat()}")
+    now = now or datetime.now(UTC)
+    if received is not None and received - now > MAX_FUTURE:
+        return Rejection("received_in_future", f"received_at {received.isoformat()} is more than {_FUTURE_TEXT} "
+                                               f"after the load time {now.isoformat()}")
+    for reference, what in ((received, "received_at"), (now, "the load time")):
+        if reference is not None and occurred - reference > MAX_FUTURE:
+            return Rejection("occurred_in_future", f"occurred_at {occurred.isoformat()} is more than {_FUTURE_TEXT} "
+                                                   f"after {what} {reference.isoformat()}")
 
     event_type = record["event_type"]
     if not isinstance(event_type, str):
@@ -288,10 +367,7 @@ def fast_line(record: Any, now: datetime, now_text: str) -> tuple[str, str] | No
     accepts (tests compare the two).
     """
     if isinstance(record, str | bytes):
-        try:
-            record = orjson.loads(record)
-        except orjson.JSONDecodeError:
-            return None
+        record = parse_object(record)
     if type(record) is not dict or not record.keys() <= _ALLOWED:
         return None
     get = record.get
@@ -304,17 +380,24 @@ def fast_line(record: Any, now: datetime, now_text: str) -> tuple[str, str] | No
     occurred_text = get("occurred_at")
     if type(occurred_text) is not str or not _STRICT_TIME.fullmatch(occurred_text):
         return None
-    occurred = _fromiso(occurred_text)
+    try:  # the pattern admits impossible values (2024-02-30, 23:59:60, +25:00): validate_record names them
+        occurred = _fromiso(occurred_text)
+    except ValueError:
+        return None
+    latest = now + MAX_FUTURE
     received_text = get("received_at")
     if received_text is None:
         received, received_text = now, now_text
     else:
         if type(received_text) is not str or not _STRICT_TIME.fullmatch(received_text):
             return None
-        received = _fromiso(received_text)
-        if not MIN_TIME <= received < MAX_TIME:
+        try:
+            received = _fromiso(received_text)
+        except ValueError:
             return None
-    if not MIN_TIME <= occurred < MAX_TIME or occurred - received > MAX_FUTURE:
+        if not MIN_TIME <= received <= latest:
+            return None
+    if not MIN_TIME <= occurred <= latest or occurred - received > MAX_FUTURE:
         return None
     event_type = get("event_type")
     if type(event_type) is not str or not 0 < len(event_type) <= MAX_TEXT_LENGTH or not event_type.strip() \
@@ -330,7 +413,7 @@ def fast_line(record: Any, now: datetime, now_text: str) -> tuple[str, str] | No
     revenue = get("revenue_cents")
     if revenue is None:
         revenue = 0
-    elif type(revenue) is not int or not 0 <= revenue < 2**63:
+    elif type(revenue) is not int or not 0 <= revenue <= MAX_REVENUE_CENTS:
         return None
     properties = get("properties")
     if properties is None:
@@ -356,6 +439,30 @@ def fast_line(record: Any, now: datetime, now_text: str) -> tuple[str, str] | No
     return event_id, line
 
 
+def judge(record: Mapping[str, Any] | str | bytes, now: datetime, now_text: str
+          ) -> tuple[str, str] | ValidEvent | Rejection:
+    """The one validity decision for a record, shared by the loader and the stream consumer.
+
+    ``(event_id, COPY line)`` from the fast path, else the :class:`ValidEvent` or the
+    :class:`Rejection` of :func:`validate_record`. Never raises: a record the validator cannot
+    judge (a bug) becomes a ``validation_error`` rejection, so one row can never stop a load or
+    wedge the stream.
+    """
+    try:
+        fast = fast_line(record, now, now_text)
+        if fast is not None:
+            return fast
+        return validate_record(record, now=now)
+    except Exception as exc:  # noqa: BLE001 - the whole point: quarantine, never raise
+        return Rejection("validation_error", f"{type(exc).__name__}: {exc}"[:500])
+
+
+def raw_text(raw: bytes | str) -> str:
+    """A line as the quarantine keeps it: the original text; invalid UTF-8 bytes as ``\\xNN``."""
+    text = raw if isinstance(raw, str) else raw.decode("utf-8", "backslashreplace")
+    return text.replace("\x00", "\\0") if "\x00" in text else text
+
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -366,6 +473,8 @@ class LoadSummary:
     duplicates: int = 0
     quarantined_by_reason: Counter[str] = field(default_factory=Counter)
     sources: list[str] = field(default_factory=list)
+    blank: int = 0  # blank lines of a file (read, not rows)
+    already_quarantined: int = 0  # of the quarantined: the same line of the same source was there already
 
     @property
     def quarantined(self) -> int:
@@ -377,15 +486,18 @@ class LoadSummary:
         self.duplicates += other.duplicates
         self.quarantined_by_reason.update(other.quarantined_by_reason)
         self.sources.extend(other.sources)
+        self.blank += other.blank
+        self.already_quarantined += other.already_quarantined
 
     def check(self) -> None:
-        if self.total != self.loaded + self.duplicates + self.quarantined:
+        if self.total != self.loaded + self.duplicates + self.quarantined + self.blank:
             raise AssertionError(f"load summary does not add up: {self}")
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "total": self.total, "loaded": self.loaded, "duplicates": self.duplicates,
-            "quarantined": self.quarantined, "quarantined_by_reason": dict(sorted(self.quarantined_by_reason.items())),
+            "total": self.total, "loaded": self.loaded, "duplicates": self.duplicates, "blank": self.blank,
+            "quarantined": self.quarantined, "already_quarantined": self.already_quarantined,
+            "quarantined_by_reason": dict(sorted(self.quarantined_by_reason.items())),
         }
 
     def render(self) -> str:
@@ -393,8 +505,12 @@ class LoadSummary:
             f"read        {self.total:>12,}",
             f"loaded      {self.loaded:>12,}",
             f"duplicates  {self.duplicates:>12,}  (event_id already stored or repeated in the input; skipped)",
-            f"quarantined {self.quarantined:>12,}" + ("  -> raw.events_quarantine" if self.quarantined else ""),
         ]
+        if self.blank:
+            lines.append(f"blank       {self.blank:>12,}  (empty lines; skipped)")
+        lines.append(f"quarantined {self.quarantined:>12,}" + ("  -> raw.events_quarantine" if self.quarantined else "")
+                     + (f" ({self.already_quarantined:,} of them there already from an earlier load)"
+                        if self.already_quarantined else ""))
         for reason, count in sorted(self.quarantined_by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"  {reason:<24}{count:>8,}  {REASONS[reason]}")
         return "\n".join(lines)
@@ -403,17 +519,30 @@ class LoadSummary:
 # --------------------------------------------------------------------------- writing
 
 
+class _Blank:
+    """The record of a blank line (counted in ``read`` and ``blank``, not a row)."""
+
+
+BLANK = _Blank()
+
+
 @dataclass(slots=True)
 class _Input:
     line_number: int | None
-    raw_text: str
-    record: Mapping[str, Any] | str | Rejection
+    raw: bytes | str  # the original line (without its line break)
+    record: Mapping[str, Any] | bytes | str | Rejection | _Blank
 
 
 _STAGE_DDL = """
 create temporary table if not exists _ms_stage (
     event_id uuid, occurred_at timestamptz, received_at timestamptz, event_type text, user_id text,
     organization_id text, session_id text, revenue_cents bigint, properties jsonb
+) on commit delete rows
+"""
+_QUARANTINE_COLS = "source, line_number, reason, detail, raw_text"
+_QUARANTINE_STAGE_DDL = """
+create temporary table if not exists _ms_quarantine_stage (
+    source text, line_number bigint, reason text, detail text, raw_text text
 ) on commit delete rows
 """
 
@@ -434,15 +563,17 @@ def _prepare(batch: list[_Input], source: str, now: datetime) -> _Prepared:
     now_text = now.isoformat()
     for item in batch:
         record = item.record
-        fast = None if isinstance(record, Rejection) else fast_line(record, now, now_text)
-        if fast is None:
-            result = record if isinstance(record, Rejection) else validate_record(record, now=now)
-            if isinstance(result, Rejection):
-                summary.quarantined_by_reason[result.reason] += 1
-                rejects.append((source, item.line_number, result.reason, result.detail,
-                                item.raw_text.replace("\x00", "\\0")))
-                continue
-            fast = (result.event_id, copy_line(result.row(now)))
+        if record is BLANK:
+            summary.blank += 1
+            continue
+        if isinstance(record, bytes | str):
+            record = parse_object(record)
+        result = record if isinstance(record, Rejection) else judge(record, now, now_text)  # type: ignore[arg-type]
+        if isinstance(result, Rejection):
+            summary.quarantined_by_reason[result.reason] += 1
+            rejects.append((source, item.line_number, result.reason, result.detail, raw_text(item.raw)))
+            continue
+        fast = result if isinstance(result, tuple) else (result.event_id, copy_line(result.row(now)))
         if fast[0] in seen:
             summary.duplicates += 1
         else:
@@ -455,7 +586,11 @@ _COLS = ", ".join(EVENT_COLUMNS)
 
 
 def _store(conn: psycopg.Connection[Any], prepared: _Prepared) -> LoadSummary:
-    """Write one prepared batch in one transaction; ids already stored count as duplicates."""
+    """Write one prepared batch in one transaction; ids already stored count as duplicates.
+
+    Rejects go to the quarantine once per (source, line content): a line already there (an
+    earlier load of the same file) is counted in ``already_quarantined`` and not written again.
+    """
     summary, lines = prepared.summary, prepared.lines
     with conn.transaction():
         if lines:
@@ -477,11 +612,18 @@ def _store(conn: psycopg.Connection[Any], prepared: _Prepared) -> LoadSummary:
             summary.loaded = loaded
             summary.duplicates += len(lines) - loaded
         if prepared.rejects:
-            with conn.cursor().copy(
-                "copy raw.events_quarantine (source, line_number, reason, detail, raw_text) from stdin"
-            ) as copy:
+            conn.execute(_QUARANTINE_STAGE_DDL)
+            with conn.cursor().copy(f"copy _ms_quarantine_stage ({_QUARANTINE_COLS}) from stdin") as copy:
                 for reject in prepared.rejects:
                     copy.write_row(reject)
+            # one row per (source, line): the first line number of a repeated line is kept
+            cur = conn.execute(
+                f"insert into raw.events_quarantine ({_QUARANTINE_COLS}) "
+                f"select distinct on (source, raw_text) {_QUARANTINE_COLS} from _ms_quarantine_stage "
+                "order by source, raw_text, line_number "
+                "on conflict (source, content_hash) do nothing")
+            summary.already_quarantined += len(prepared.rejects) - cur.rowcount
+            conn.execute("truncate _ms_quarantine_stage")
     summary.check()
     return summary
 
@@ -546,9 +688,7 @@ def load_events(
 
     def inputs() -> Iterator[_Input]:
         for number, record in enumerate(records, start=1):
-            if isinstance(record, bytes):
-                record = record.decode("utf-8", errors="replace")
-            raw = record if isinstance(record, str) else _mapping_text(record)
+            raw = record if isinstance(record, str | bytes) else _mapping_text(record)
             yield _Input(number, raw, record)
 
     return _write_inputs(inputs(), source, settings=settings, batch_size=batch_size)
@@ -559,6 +699,18 @@ def _mapping_text(record: Mapping[str, Any]) -> str:
         return json.dumps(record, default=str, ensure_ascii=False)
     except (TypeError, ValueError):
         return repr(record)
+
+
+def quarantine_exit_status(quarantined: int, *, allow: bool, command: str) -> int:
+    """The one rule for ``load`` and ``realtime consume``: rows quarantined -> exit 1, unless allowed.
+
+    Prints the one-line explanation on stderr; returns the exit status (0 or 1).
+    """
+    if quarantined and not allow:
+        print(f"metricsmith {command}: {quarantined:,} row(s) quarantined (see raw.events_quarantine); "
+              "pass --allow-quarantine to accept", file=sys.stderr)
+        return 1
+    return 0
 
 
 # --------------------------------------------------------------------------- files
@@ -575,50 +727,164 @@ def _detect_format(name: str, fmt: str) -> str:
     raise IngestError(f"{name}: cannot tell the format from the name; pass --format jsonl or --format csv")
 
 
-def _jsonl_inputs(stream: IO[str]) -> Iterator[_Input]:
-    for number, line in enumerate(stream, start=1):
-        text = line.rstrip("\r\n")
-        if not text.strip():
+@dataclass(frozen=True, slots=True)
+class _Truncated:
+    """The end of a compressed input that could not be read: the partial last line, and why."""
+
+    partial: bytes
+    detail: str
+
+
+_BOM = b"\xef\xbb\xbf"
+_CHUNK = 1 << 20
+
+
+def _plain_lines(stream: Iterable[bytes | _Truncated]) -> Iterator[bytes | _Truncated]:
+    """Physical lines (split at \\n only; a \\r before it is dropped), without the line break;
+    a UTF-8 byte order mark at the start of the input is dropped."""
+    first = True
+    for line in stream:
+        if type(line) is not bytes:
+            yield line
             continue
-        yield _Input(number, text, text)
+        if line.endswith(b"\n"):
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        elif line.endswith(b"\r"):
+            line = line[:-1]
+        if first:
+            first = False
+            if line.startswith(_BOM):
+                line = line[3:]
+        yield line
 
 
-def _csv_inputs(stream: IO[str]) -> Iterator[_Input]:
-    reader = csv.reader(stream)
-    try:
-        header = next(reader)
-    except StopIteration:
+def _gzip_lines(stream: IO[bytes]) -> Iterator[bytes | _Truncated]:
+    """Like :func:`_plain_lines` over a gzip file (several members allowed); a truncated or corrupt
+    file yields its readable lines, then one :class:`_Truncated` with the partial last line."""
+
+    def chunks() -> Iterator[bytes | _Truncated]:
+        decoder = zlib.decompressobj(wbits=31)
+        started = False
+        while True:
+            data = stream.read(_CHUNK)
+            if not data:
+                break
+            while data:
+                started = True
+                try:
+                    out = decoder.decompress(data)
+                except zlib.error as exc:
+                    yield _Truncated(b"", f"the gzip data is corrupt ({exc})")
+                    return
+                if out:
+                    yield out
+                if decoder.eof:
+                    data = decoder.unused_data
+                    decoder = zlib.decompressobj(wbits=31)
+                    started = bool(data)
+                else:
+                    data = b""
+        if started and not decoder.eof:
+            try:
+                tail = decoder.flush()
+            except zlib.error:
+                tail = b""
+            if tail:
+                yield tail
+            yield _Truncated(b"", "the gzip file ends before its end marker (truncated)")
+
+    yield from _plain_lines(_split_lines(chunks()))
+
+
+def _split_lines(chunks: Iterator[bytes | _Truncated]) -> Iterator[bytes | _Truncated]:
+    rest = b""
+    for chunk in chunks:
+        if isinstance(chunk, _Truncated):
+            yield _Truncated(rest, chunk.detail)
+            return
+        parts = (rest + chunk).split(b"\n")
+        rest = parts.pop()
+        for part in parts:
+            yield part + b"\n"
+    if rest:
+        yield rest
+
+
+def _line_inputs(lines: Iterator[bytes | _Truncated], csv_format: bool) -> Iterator[_Input]:
+    """Number the physical lines and turn each into an input (one line = one input)."""
+    numbered = enumerate(lines, start=1)
+    if csv_format:
+        yield from _csv_inputs(numbered)
         return
-    header = [h.strip() for h in header]
-    for row in reader:
-        if not row or row == [""]:
+    for number, line in numbered:
+        if type(line) is bytes:
+            yield _Input(number, line, line if line.strip() else BLANK)
+        else:
+            yield _truncated_input(number, line)  # type: ignore[arg-type]
+
+
+def _truncated_input(number: int, tail: _Truncated) -> _Input:
+    return _Input(number, tail.partial, Rejection("truncated_input", tail.detail))
+
+
+def _csv_inputs(numbered: Iterator[tuple[int, bytes | _Truncated]]) -> Iterator[_Input]:
+    """CSV with a header line; one row per physical line (a line break inside a quoted field is not
+    supported: that line is quarantined as ``malformed_csv`` and the next line is read as a row)."""
+    header: list[str] | None = None
+    header_problem: Rejection | None = None
+    for number, line in numbered:
+        if type(line) is not bytes:
+            yield _truncated_input(number, line)  # type: ignore[arg-type]
+            return
+        if header is None:
+            header_problem = None
+            cells = _csv_row(line)
+            if isinstance(cells, Rejection):
+                header, header_problem = [], Rejection("malformed_csv", f"the header line cannot be read: {cells.detail}")
+            else:
+                header = [h.strip() for h in cells]
+                counts = Counter(header)
+                repeated = sorted(name for name, n in counts.items() if n > 1)
+                if repeated:
+                    header_problem = Rejection("duplicate_field", f"the header repeats {', '.join(repeated)}")
             continue
-        raw = _csv_text(row)
-        number = reader.line_num
-        if len(row) != len(header):
-            yield _Input(number, raw, Rejection("malformed_csv", f"{len(row)} fields, header has {len(header)}"))
+        if not line.strip():
+            yield _Input(number, line, BLANK)
             continue
-        record = {key: (value if value != "" else None) for key, value in zip(header, row, strict=True)}
-        yield _Input(number, raw, record)
+        if header_problem is not None:
+            yield _Input(number, line, header_problem)
+            continue
+        row = _csv_row(line)
+        if isinstance(row, Rejection):
+            yield _Input(number, line, row)
+        elif len(row) != len(header):
+            yield _Input(number, line, Rejection("malformed_csv", f"{len(row)} fields, header has {len(header)}"))
+        else:
+            yield _Input(number, line, {key: (value if value != "" else None)
+                                        for key, value in zip(header, row, strict=True)})
 
 
-def _csv_text(row: list[str]) -> str:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="").writerow(row)
-    return out.getvalue()
+def _csv_row(line: bytes) -> list[str] | Rejection:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection("invalid_utf8", f"byte {exc.start}: {exc.reason}")
+    if '"' not in text and "\r" not in text:
+        return text.split(",")
+    try:
+        rows = list(csv.reader((text,), strict=True))
+    except csv.Error as exc:
+        return Rejection("malformed_csv", f"not one CSV row: {exc}")
+    return rows[0] if rows else [""]
 
 
-def _open(name: str) -> tuple[IO[str], int | None]:
+def _open(name: str) -> IO[bytes]:
     if name == "-":
-        return sys.stdin, None
+        return sys.stdin.buffer
     path = Path(name)
     if not path.is_file():
         raise IngestError(f"{name}: no such file")
-    if name.endswith(".gz"):
-        import gzip
-
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline=""), None
-    return open(path, encoding="utf-8", errors="replace", newline=""), path.stat().st_size
+    return open(path, "rb")
 
 
 def load_files(
@@ -629,19 +895,24 @@ def load_files(
     progress: bool = False,
     batch_size: int = DEFAULT_BATCH,
 ) -> LoadSummary:
-    """Load JSON Lines / CSV files ('-' is stdin). Each file is its own source in the quarantine."""
+    """Load JSON Lines / CSV files ('-' is stdin; ``.gz`` files are decompressed). Each file is its
+    own source in the quarantine. Never raises for the content of a file (see the module doc)."""
     names = list(names) or ["-"]
     formats = {name: _detect_format(name, fmt) for name in names}  # fail before loading anything
+    for name in names:
+        if name != "-" and not Path(name).is_file():
+            raise IngestError(f"{name}: no such file")
     total = LoadSummary()
     for name in names:
-        stream, size = _open(name)
+        stream = _open(name)
         try:
-            items = _csv_inputs(stream) if formats[name] == "csv" else _jsonl_inputs(stream)
+            lines = _gzip_lines(stream) if name.endswith(".gz") else _plain_lines(stream)
+            items = _line_inputs(lines, formats[name] == "csv")
             source = "stdin" if name == "-" else str(Path(name).name)
             with progress_bar(f"loading {source}", None, enabled=progress) as advance:
                 result = _write_inputs(items, source, settings=settings, batch_size=batch_size, on_batch=advance)
         finally:
-            if stream is not sys.stdin:
+            if stream is not sys.stdin.buffer:
                 stream.close()
         total.add(result)
     total.check()

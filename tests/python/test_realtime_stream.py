@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
@@ -275,9 +275,18 @@ def test_cli_consume_export_reconcile_snapshot(empty_events: psycopg.Connection[
     monkeypatch.setenv("METRICSMITH_REDIS_PREFIX", settings.redis_prefix)
     events = make_events(300, seed=10)
     track_many([*events, "{oops"], settings=settings)
-    assert main(["realtime", "consume", "--until-idle"]) == 0
-    out = capsys.readouterr().out
-    assert "raw.events loaded 300" in out and "quarantined 1" in out
+    # quarantined entries: exit 1, like `metricsmith load` (the same rule and flag)
+    assert main(["realtime", "consume", "--until-idle"]) == 1
+    captured = capsys.readouterr()
+    assert "raw.events loaded 300" in captured.out and "quarantined 1" in captured.out
+    assert captured.err.strip().splitlines()[-1] == (
+        "metricsmith realtime consume: 1 row(s) quarantined (see raw.events_quarantine); "
+        "pass --allow-quarantine to accept")
+    track_many(["{oops again"], settings=settings)
+    assert main(["realtime", "consume", "--until-idle", "--allow-quarantine"]) == 0
+    assert "quarantined 1" in capsys.readouterr().out
+    assert main(["realtime", "consume", "--until-idle"]) == 0  # nothing quarantined
+    capsys.readouterr()
     assert main(["realtime", "export", "--no-extra"]) == 0
     text = capsys.readouterr().out
     expected = expected_from(events, settings.timezone)
@@ -293,3 +302,63 @@ def test_cli_consume_export_reconcile_snapshot(empty_events: psycopg.Connection[
         main(["realtime", "reconcile", "--day", "not-a-date"])
     assert bad.value.code == 2
     assert "'not-a-date' is not a date (YYYY-MM-DD)" in capsys.readouterr().err
+
+
+POISON: list[tuple[Any, str]] = [
+    ({"event_id": str(uuid.uuid4()), "occurred_at": "2024-02-30T10:00:00Z", "event_type": "x"}, "bad_timestamp"),
+    ({"event_id": str(uuid.uuid4()), "occurred_at": "2025-13-40T99:00:00Z", "event_type": "x"}, "bad_timestamp"),
+    ({"event_id": str(uuid.uuid4()), "occurred_at": "0000-01-01T00:00:00Z", "event_type": "x"}, "bad_timestamp"),
+    ({"event_id": str(uuid.uuid4()), "occurred_at": "2024-06-30T23:59:60Z", "event_type": "x"}, "bad_timestamp"),
+    ({"event_id": str(uuid.uuid4()), "occurred_at": "2024-03-01T10:00:00+25:00", "event_type": "x"}, "bad_timestamp"),
+    (b'{"event_id": "%s", "occurred_at": "2024-03-01T10:00:00Z", "event_type": "caf\xe9"}'
+     % str(uuid.uuid4()).encode(), "invalid_utf8"),
+    (f'{{"event_id": "{uuid.uuid4()}", "occurred_at": "2024-03-01T10:00:00Z", "event_type": "a", "event_type": "b"}}',
+     "duplicate_field"),
+    ({"event_id": str(uuid.uuid4()), "occurred_at": "2199-01-01T00:00:00Z", "received_at": "2199-01-01T00:00:00Z",
+      "event_type": "x"}, "received_in_future"),
+    ({"event_id": str(uuid.uuid4()), "occurred_at": "1999-01-01T00:00:00Z", "event_type": "x"},
+     "timestamp_out_of_range"),
+    ({"event_id": str(uuid.uuid4()), "occurred_at": "2024-03-01T10:00:00Z", "event_type": "purchase",
+      "revenue_cents": 2**63 - 1}, "revenue_too_large"),
+]
+
+
+@pytest.mark.parametrize(("poison", "reason"), POISON, ids=[f"{r}-{i}" for i, (_, r) in enumerate(POISON)])
+def test_poison_entry_is_quarantined_once_and_the_stream_goes_on(empty_events: psycopg.Connection[Any],
+                                                                  poison: Any, reason: str) -> None:
+    settings = private_settings()
+    good = make_events(50, seed=21)
+    track_many([*good[:25], poison, *good[25:]], settings=settings)
+    # a consumer reads the batch and dies before doing anything: all 51 entries are pending
+    dead = StreamConsumer(settings, name="restarting", log=lambda _: None)
+    assert len(dead._read(">")) == 51
+    dead.close()
+    # the restart under the same name re-reads its pending entries: all applied, the poison quarantined
+    stats = consume(settings, name="restarting")
+    assert (stats.entries, stats.loaded, stats.quarantined) == (51, 50, 1)
+    again = StreamConsumer(settings, name="restarting", log=lambda _: None)
+    try:
+        assert again._pending_count() == 0
+        assert again.redis.xlen(again.keys.stream) == 0
+    finally:
+        again.close()
+    assert empty_events.execute("select count(*) from raw.events").fetchone() == (50,)
+    rows = empty_events.execute("select reason, source from raw.events_quarantine").fetchall()
+    assert rows == [(reason, "stream")]
+    assert_matches(RealtimeMetricsService(settings), expected_from(good, settings.timezone), empty_events)
+
+
+def test_revenue_counter_cannot_overflow(empty_events: psycopg.Connection[Any]) -> None:
+    settings = private_settings()
+    now = datetime.now(UTC).isoformat()
+    huge = [{"event_id": str(uuid.uuid4()), "occurred_at": now, "event_type": "purchase",
+             "revenue_cents": 2**63 - 1} for _ in range(2)]
+    most = [{"event_id": str(uuid.uuid4()), "occurred_at": now, "event_type": "purchase",
+             "revenue_cents": 10**12} for _ in range(3)]
+    track_many([*huge, *most], settings=settings)
+    stats = consume(settings)
+    assert (stats.loaded, stats.quarantined) == (3, 2)
+    svc = RealtimeMetricsService(settings)
+    day = datetime.now(settings.tz).date().isoformat()
+    stored = empty_events.execute("select sum(revenue_cents) from raw.events").fetchone()
+    assert svc.get_counter(REVENUE_TOTAL.name, {"day": day}) == 3 * 10**12 == stored[0]  # type: ignore[index]

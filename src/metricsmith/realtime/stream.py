@@ -2,8 +2,10 @@
 
 Per batch the consumer
 
-1. validates every entry with the loader's rules (:func:`metricsmith.ingest.fast_line` /
-   :func:`metricsmith.ingest.validate_record`);
+1. validates every entry with the loader's rules (:func:`metricsmith.ingest.parse_object` and
+   :func:`metricsmith.ingest.judge`: the same decision as ``metricsmith load``, which never raises,
+   so a malformed entry - invalid UTF-8, a repeated key, an impossible date - is quarantined once,
+   acked, and the stream goes on);
 2. under the apply lock, runs ONE Lua script that, for each valid event whose event_id is not in
    the day's ``seen`` set, adds it there and applies all its metric updates (events by type,
    revenue, active users, purchase histogram, events/s rate) - atomically for the whole batch;
@@ -45,9 +47,10 @@ from metricsmith.ingest import (
     LoadSummary,
     Rejection,
     copy_line,
-    fast_line,
+    judge,
+    parse_object,
+    raw_text,
     store_lines,
-    validate_record,
 )
 from metricsmith.realtime.registry import (
     ACTIVE_USERS,
@@ -471,46 +474,44 @@ class StreamConsumer:
         batch = _Batch()
         now_text = now.isoformat()
         seen: set[str] = set()
-        args = batch.args
         for entry_id, fields in entries:
             batch.ids.append(entry_id)
-            entry = entry_id.decode()
+            entry = entry_id.decode("utf-8", "backslashreplace")
             payload = fields.get(FIELD)
             if payload is None:
                 batch.rejects.append((entry, repr(fields), Rejection("invalid_json", "stream entry has no 'e' field")))
                 continue
             try:
-                record: Any = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                batch.rejects.append((entry, payload.decode("utf-8", "replace"),
-                                      Rejection("invalid_json", str(exc).split(":", 1)[0])))
-                continue
-            if type(record) is not dict:
-                batch.rejects.append((entry, payload.decode("utf-8", "replace"), Rejection(
-                    "not_an_object", f"expected a JSON object, got {type(record).__name__}")))
-                continue
-            fast = fast_line(record, now, now_text)
-            if fast is not None:
-                event_id, line = fast
-                day = self._day(record["occurred_at"])
-                event_type = record["event_type"]
-                user = record.get("user_id") or ""
-                revenue = record.get("revenue_cents") or 0
-            else:
-                result = validate_record(record, now=now)
-                if isinstance(result, Rejection):
-                    batch.rejects.append((entry, payload.decode("utf-8", "replace"), result))
-                    continue
-                event_id, line = result.event_id, copy_line(result.row(now))
-                day = result.occurred_at.astimezone(self.tz).date().isoformat()
-                event_type, user, revenue = result.event_type, result.user_id or "", result.revenue_cents
-            batch.valid += 1
-            args.extend((event_id, day, event_type, user, revenue,
-                         str(bucket_index(PURCHASE_BUCKETS_CENTS, revenue)) if event_type == PURCHASE else ""))
-            if event_id not in seen:
-                seen.add(event_id)
-                batch.lines.append(line)
+                self._prepare_one(batch, seen, entry, payload, now, now_text)
+            except Exception as exc:  # noqa: BLE001 - one entry must never wedge the stream
+                batch.rejects.append((entry, raw_text(payload), Rejection(
+                    "validation_error", f"{type(exc).__name__}: {exc}"[:500])))
         return batch
+
+    def _prepare_one(self, batch: _Batch, seen: set[str], entry: str, payload: bytes, now: datetime,
+                     now_text: str) -> None:
+        record = parse_object(payload)
+        result = record if isinstance(record, Rejection) else judge(record, now, now_text)
+        if isinstance(result, Rejection):
+            batch.rejects.append((entry, raw_text(payload), result))
+            return
+        if isinstance(result, tuple):  # the fast path accepted the record as it is
+            assert isinstance(record, dict)
+            event_id, line = result
+            day = self._day(record["occurred_at"])
+            event_type = record["event_type"]
+            user = record.get("user_id") or ""
+            revenue = record.get("revenue_cents") or 0
+        else:
+            event_id, line = result.event_id, copy_line(result.row(now))
+            day = result.occurred_at.astimezone(self.tz).date().isoformat()
+            event_type, user, revenue = result.event_type, result.user_id or "", result.revenue_cents
+        bucket = str(bucket_index(PURCHASE_BUCKETS_CENTS, revenue)) if event_type == PURCHASE else ""
+        batch.valid += 1
+        batch.args.extend((event_id, day, event_type, user, revenue, bucket))
+        if event_id not in seen:
+            seen.add(event_id)
+            batch.lines.append(line)
 
     def process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> ConsumeStats:
         """Apply one batch: Redis (atomic, de-duplicated), Postgres, then XACK. Safe to repeat."""
@@ -555,8 +556,7 @@ class StreamConsumer:
                     "insert into metricsmith.realtime_stream_rejects (stream, entry_id) "
                     "select %s, unnest(%s::text[]) on conflict do nothing returning entry_id",
                     (self.keys.stream, [entry for entry, _, _ in batch.rejects])).fetchall()}
-                rejects = [("stream", None, why.reason, f"{why.detail} (stream entry {entry})",
-                            raw.replace("\x00", "\\0"))
+                rejects = [("stream", None, why.reason, f"{why.detail} (stream entry {entry})", raw)
                            for entry, raw, why in batch.rejects if entry in fresh]
             return store_lines(conn, batch.lines, rejects)
 
