@@ -78,7 +78,7 @@ with parts as (
         m.month_start,
         sum(cast(part ->> 'days_in_month' as {{ dbt.type_bigint() }})) as days_with_data,
         sum(cast(part ->> 'total_events' as {{ dbt.type_bigint() }})) as total_events,
-        sum(cast(part ->> 'revenue_cents' as {{ dbt.type_bigint() }})) as revenue_cents,
+        sum(cast(part ->> 'revenue_cents' as {{ metricsmith.type_cents() }})) as revenue_cents,
         max(cast(part ->> 'active_users' as {{ dbt.type_bigint() }})) as max_part_users,
         sum(cast(part ->> 'active_users' as {{ dbt.type_bigint() }})) as sum_part_users,
         bool_and(cast(part ->> 'week_start' as date) = {{ metricsmith.week_start("cast(part ->> 'week_start' as date)") }}) as weeks_are_mondays

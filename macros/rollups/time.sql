@@ -99,9 +99,12 @@
 {%- endmacro %}
 
 
-{#- growth in percent: 100 * (current - previous) / previous, null when previous is null or 0 -#}
+{#- growth in percent: 100 * (current - previous) / previous, null when previous is null or 0;
+    computed in numeric (no bigint overflow) with 20 decimals before rounding to 4 (Postgres
+    keeps only ~16 significant digits in a quotient otherwise) -#}
 {% macro growth_pct(current, previous) -%}
-    round(100.0 * ({{ current }} - {{ previous }}) / nullif({{ previous }}, 0), 4)
+    cast(round(100 * cast(cast({{ current }} as numeric) - {{ previous }} as numeric(65, 20)) / nullif({{ previous }}, 0), 4)
+         as {{ metricsmith.type_growth_pct() }})
 {%- endmacro %}
 
 

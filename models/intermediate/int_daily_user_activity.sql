@@ -44,7 +44,7 @@ final as (
         cast(coalesce(t.total_events, 0) as {{ dbt.type_bigint() }}) as total_events,
         cast(coalesce(t.signups, 0) as {{ dbt.type_bigint() }}) as signups,
         cast(coalesce(t.purchases, 0) as {{ dbt.type_bigint() }}) as purchases,
-        cast(coalesce(t.revenue_cents, 0) as {{ dbt.type_bigint() }}) as revenue_cents,
+        cast(coalesce(t.revenue_cents, 0) as {{ metricsmith.type_cents() }}) as revenue_cents,
         cast(coalesce(u.active, 0) as {{ dbt.type_bigint() }}) as active_users,
         cast(coalesce(u.first_in_week, 0) as {{ dbt.type_bigint() }}) as users_first_in_week,
         cast(coalesce(u.first_in_month, 0) as {{ dbt.type_bigint() }}) as users_first_in_month,

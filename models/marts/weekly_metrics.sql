@@ -57,10 +57,10 @@ measures as (
         cast(sum(sessions_first_in_week) as {{ dbt.type_bigint() }}) as sessions,
         cast(sum(signups) as {{ dbt.type_bigint() }}) as signups,
         cast(sum(purchases) as {{ dbt.type_bigint() }}) as purchases,
-        cast(sum(revenue_cents) as {{ dbt.type_bigint() }}) as revenue_cents,
-        round(avg(cast(total_events as {{ dbt.type_numeric() }})), 4) as avg_daily_events,
-        round(avg(cast(active_users as {{ dbt.type_numeric() }})), 4) as avg_daily_active_users,
-        round(avg(cast(revenue_cents as {{ dbt.type_numeric() }})), 4) as avg_daily_revenue_cents
+        cast(sum(revenue_cents) as {{ metricsmith.type_cents() }}) as revenue_cents,
+        {{ metricsmith.average('total_events') }} as avg_daily_events,
+        {{ metricsmith.average('active_users') }} as avg_daily_active_users,
+        {{ metricsmith.average('revenue_cents') }} as avg_daily_revenue_cents
     from activity
     group by week_start
 

@@ -120,6 +120,11 @@ def run_rollups(
             raise UserFacingError(f"backfill start {start} is after end {end}")
         vars_.update({"backfill_start": start.isoformat(), "backfill_end": end.isoformat()})
         mode = "backfill" if not full_refresh else mode
+    if not full_refresh and outdated_tables(settings):
+        # tables built by an older metricsmith with other column types: an incremental run
+        # would stop with "schema changed" (on_schema_change: fail); rebuild them once
+        full_refresh = True
+        mode = "full rebuild (tables were missing or from an older version)"
     args = ["build" if test else "run", "--select", *ROLLUP_SELECTORS]
     if quiet:
         args.append("--quiet")
@@ -144,6 +149,35 @@ def run_rollups(
         result.mode = "full rebuild (tables were missing or from an older version)"
 
     return result
+
+
+_PCT = ("total_events", "active_users", "new_users", "revenue_cents")
+_AVG = ("avg_daily_events", "avg_daily_active_users", "avg_daily_revenue_cents")
+#: column types this version builds where older versions built others (bigint revenue sums,
+#: numeric without precision): a table that differs is rebuilt by the next run
+BUILT_TYPES: dict[str, dict[str, str]] = {
+    "int_daily_user_activity": {"revenue_cents": "numeric(38,0)"},
+    "daily_metrics": {"revenue_cents": "numeric(38,0)"},
+    "weekly_metrics": {"revenue_cents": "numeric(38,0)", **dict.fromkeys(_AVG, "numeric(42,4)"),
+                       **{f"{c}_wow_pct": "numeric(46,4)" for c in _PCT}},
+    "monthly_metrics": {"revenue_cents": "numeric(38,0)", **dict.fromkeys(_AVG, "numeric(42,4)"),
+                        **{f"{c}_{g}_pct": "numeric(46,4)" for c in _PCT for g in ("mom", "yoy")}},
+}
+
+
+def outdated_tables(settings: Settings | None = None) -> list[str]:
+    """Rollup tables that exist with column types other than this version builds."""
+    with db.connect(settings, autocommit=True) as conn:
+        rows = conn.execute(
+            "select c.relname, a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a "
+            "join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace "
+            "where n.nspname = %s and c.relname = any(%s) and a.attnum > 0 and not a.attisdropped",
+            (SCHEMA, list(BUILT_TYPES))).fetchall()
+    found: dict[str, dict[str, str]] = {}
+    for table, column, type_ in rows:
+        found.setdefault(table, {})[column] = type_
+    return sorted(t for t, cols in found.items()
+                  if any(cols.get(c) != expected for c, expected in BUILT_TYPES[t].items()))
 
 
 #: pg advisory lock key held for the duration of a rollup run ("msrollup")

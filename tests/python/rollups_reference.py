@@ -7,10 +7,13 @@ import io
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
+
+from metricsmith import event_rules
+from metricsmith.event_rules import EventRules
 
 Q = Decimal("0.0001")
 MEASURES = ("total_events", "active_users", "new_users", "active_organizations", "sessions",
@@ -30,9 +33,13 @@ class Event:
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
-def is_valid(e: Event) -> bool:
-    return (e.occurred_at is not None and e.occurred_at <= e.received_at + timedelta(days=1)
-            and e.event_type.strip() != "" and e.revenue_cents >= 0)
+def is_valid(e: Event, rules: EventRules | None = None) -> bool:
+    """The valid-event rule with the project's declared limits (dbt_project.yml event_rules)."""
+    rules = rules or event_rules.load()
+    return (e.occurred_at is not None and e.occurred_at >= rules.min_occurred_at
+            and e.occurred_at <= e.received_at + rules.max_future
+            and e.occurred_at <= datetime.now(UTC) + rules.max_future
+            and e.event_type.strip() != "" and 0 <= e.revenue_cents <= rules.max_revenue_cents)
 
 
 def insert_events(conn: Any, events: list[Event]) -> int:
@@ -90,13 +97,13 @@ def _measures(evs: list[tuple[date, Event]], days: list[date], first_seen: dict[
     }
 
 
-def reference(events: list[Event], tz: str) -> dict[str, list[dict[str, Any]]]:
+def reference(events: list[Event], tz: str, rules: EventRules | None = None) -> dict[str, list[dict[str, Any]]]:
     """daily_metrics, weekly_metrics and monthly_metrics as lists of row dicts, by key."""
     zone = ZoneInfo(tz)
     seen: dict[str, Event] = {}
     for e in events:  # duplicates by event_id are skipped on load: the first one wins
         seen.setdefault(e.event_id, e)
-    dated = [(e.occurred_at.astimezone(zone).date(), e) for e in seen.values() if is_valid(e) and e.occurred_at]
+    dated = [(e.occurred_at.astimezone(zone).date(), e) for e in seen.values() if is_valid(e, rules) and e.occurred_at]
     if not dated:
         return {"daily_metrics": [], "weekly_metrics": [], "monthly_metrics": []}
     by_day: dict[date, list[tuple[date, Event]]] = defaultdict(list)
