@@ -127,7 +127,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_env(args: argparse.Namespace) -> int:
     settings = load_settings()
-    env = db.dbt_env(settings)
+    # the dbt profile follows METRICSMITH_DATABASE_URL; METRICSMITH_PG* would override it (stale in a shell)
+    env = {k: v for k, v in db.dbt_env(settings).items() if not k.startswith("METRICSMITH_PG")}
     env["METRICSMITH_DATABASE_URL"] = db.database_url(settings)
     env["METRICSMITH_REDIS_URL"] = db.redis_url(settings)
     params = db.postgres_params(settings)
