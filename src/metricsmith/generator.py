@@ -9,6 +9,10 @@ whatever the batch size. What the data looks like:
 * ~90 % of users belong to one of many organizations; 1–3 sessions per user and day;
 * ~6 % anonymous events (``user_id`` null, own sessions); ~2–4 % purchases with log-normal
   revenue; a small share of late-arriving events (received hours to 10 days later);
+* never a time in the future: ``occurred_at <= received_at <= now`` (the generation time). A late
+  arrival whose delay would reach past now is received now instead (so a range ending within the
+  last ten days depends on when it is generated; an older range never does). A range past today
+  is refused; today's events that would occur after now occur now.
 * event ids are UUIDv7-like (time-ordered), which keeps the primary-key index append-mostly.
 
 Columns are produced with numpy per day and streamed into ``raw.events`` with COPY.
@@ -77,15 +81,22 @@ class GenerateResult:
 class EventGenerator:
     """Deterministic event source; iterate :meth:`days` for per-day numpy batches."""
 
-    def __init__(self, *, days: int, events_per_day: int, seed: int, start: date | None = None) -> None:
+    def __init__(self, *, days: int, events_per_day: int, seed: int, start: date | None = None,
+                 now: datetime | None = None) -> None:
         if days < 1:
             raise ValueError("--days must be at least 1")
         if events_per_day < 1:
             raise ValueError("--events-per-day must be at least 1")
+        self.now = now or datetime.now(UTC)
+        self.now_ms = int(self.now.timestamp() * 1000)
         self.days = days
         self.events_per_day = events_per_day
         self.seed = seed
-        self.start = start or (datetime.now(UTC).date() - timedelta(days=days))
+        self.start = start or (self.now.date() - timedelta(days=days))
+        last = self.start + timedelta(days=days - 1)
+        if last > self.now.date():
+            raise ValueError(f"--start {self.start} with --days {days} reaches {last}, after today "
+                             f"({self.now.date()} UTC): the generator writes no future events")
         plan = np.random.default_rng([seed, 0])
         offsets = np.arange(days)
         growth = np.exp(np.log(1.8) * offsets / 365.0)
@@ -138,7 +149,9 @@ class EventGenerator:
         delay = (rng.exponential(2.5, n) * 1000).astype(np.int64)
         late = rng.random(n) < LATE_SHARE
         delay[late] = (rng.uniform(3600, 10 * 86400, int(late.sum())) * 1000).astype(np.int64)
-        received_ms = occurred_ms + delay
+        # nothing in the future: occurred_at <= received_at <= now (generation time)
+        np.minimum(occurred_ms, self.now_ms, out=occurred_ms)
+        received_ms = np.minimum(occurred_ms + delay, self.now_ms)
         # sessions: 1-3 per user and day; anonymous visitors have their own
         slot = rng.integers(0, 3, n)
         anon_visitor = rng.integers(0, max(1, n // 8), n)

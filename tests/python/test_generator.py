@@ -94,3 +94,38 @@ def test_bad_arguments() -> None:
         EventGenerator(days=0, events_per_day=10, seed=1)
     with pytest.raises(ValueError, match="--events-per-day"):
         EventGenerator(days=1, events_per_day=0, seed=1)
+
+
+def test_no_time_is_in_the_future(empty_events: psycopg.Connection[Any]) -> None:
+    from datetime import UTC, timedelta
+
+    start = datetime.now(UTC).date() - timedelta(days=3)
+    result = generate_to_db(days=4, events_per_day=5_000, seed=12, start=start)  # up to and including today
+    after = datetime.now(UTC)
+    row = empty_events.execute(
+        "select max(received_at), max(occurred_at), count(*) filter (where received_at < occurred_at), "
+        "count(*) filter (where received_at - occurred_at > interval '1 hour'), count(*) from raw.events").fetchone()
+    assert row is not None
+    max_received, max_occurred, backwards, late, count = row
+    assert count == result.events
+    assert max_received <= after and max_occurred <= after
+    assert backwards == 0
+    assert late > 0, "late arrivals are still generated (received up to now)"
+    # the records (for the loader and tests) agree: received_at <= generation time, >= occurred_at
+    now = datetime.now(UTC)
+    gen = EventGenerator(days=4, events_per_day=2_000, seed=12, start=start, now=now)
+    for batch in gen.days_iter():
+        for e in EventGenerator.records(batch):
+            occurred = datetime.fromisoformat(e["occurred_at"])
+            received = datetime.fromisoformat(e["received_at"])
+            assert occurred <= received <= now
+
+
+def test_a_range_past_today_is_refused() -> None:
+    from datetime import UTC, timedelta
+
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    with pytest.raises(ValueError, match="no future events"):
+        EventGenerator(days=1, events_per_day=10, seed=1, start=tomorrow)
+    with pytest.raises(ValueError, match="no future events"):
+        EventGenerator(days=3, events_per_day=10, seed=1, start=tomorrow - timedelta(days=2))
