@@ -362,3 +362,26 @@ def test_revenue_counter_cannot_overflow(empty_events: psycopg.Connection[Any]) 
     day = datetime.now(settings.tz).date().isoformat()
     stored = empty_events.execute("select sum(revenue_cents) from raw.events").fetchone()
     assert svc.get_counter(REVENUE_TOTAL.name, {"day": day}) == 3 * 10**12 == stored[0]  # type: ignore[index]
+
+
+def test_realtime_demo_keeps_its_synthetic_events_out_of_the_sample_data(
+        empty_events: psycopg.Connection[Any], capsys: Any, monkeypatch: Any) -> None:
+    from metricsmith import db
+    from metricsmith.config import load_settings
+    from metricsmith.realtime import demo
+
+    monkeypatch.setenv("METRICSMITH_REDIS_PREFIX", private_settings().redis_prefix)
+    demo.step_realtime()
+    out = capsys.readouterr().out
+    assert "sandbox: database" in out and "stays out of the sample year's raw.events" in out
+    assert empty_events.execute("select count(*) from raw.events").fetchone() == (0,)
+    assert empty_events.execute("select count(*) from raw.events_quarantine").fetchone() == (0,)
+    sandbox = demo.sandbox_settings(load_settings())
+    assert sandbox.database_url != db.database_url(load_settings())
+    try:
+        with db.connect(sandbox) as conn:
+            assert conn.execute("select count(*) from raw.events").fetchone() == (demo.DEMO_EVENTS,)
+            assert conn.execute("select count(*) from raw.events_quarantine").fetchone() == (2,)
+    finally:
+        name = (sandbox.database_url or "").rsplit("/", 1)[1]
+        empty_events.execute(f'drop database if exists "{name}" with (force)')

@@ -1,13 +1,26 @@
-"""Demo step: a few thousand events through the stream, consumed, read back, exported."""
+"""Demo step: a few thousand events through the stream, consumed, read back, exported.
+
+The realtime step runs in a sandbox: its own database on the same server (``<database>_realtime_demo``)
+and its own Redis key prefix (``<prefix>realtime-demo:``). Its synthetic traffic (3,000 events of
+the last ten minutes, by 400 made-up users with no sessions) goes through the real path - the
+stream, the consumer, Redis and ``raw.events`` - but never into the ``raw.events`` of the sample
+year, where it would make today look like a day of new users without sessions.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
 
-from metricsmith import db
-from metricsmith.config import load_settings
+import psycopg
+from psycopg import sql
+
+from metricsmith import db, migrate
+from metricsmith.config import Settings, load_settings
 
 DEMO_EVENTS = 3_000
 _NAMESPACE = uuid.UUID("6a1f3c2e-9d4b-4c1e-8f0a-5b7d2e3c4a10")
@@ -38,13 +51,34 @@ def demo_events(day_key: str, n: int = DEMO_EVENTS) -> list[dict[str, object]]:
     return events
 
 
+SANDBOX_DATABASE_SUFFIX = "_realtime_demo"
+SANDBOX_REDIS_PREFIX = "realtime-demo:"
+
+
+def sandbox_settings(settings: Settings) -> Settings:
+    """The realtime demo's own database (created and migrated when missing) and Redis prefix."""
+    url = db.database_url(settings)
+    parts = urlsplit(url)
+    name = (parts.path.lstrip("/") or "postgres") + SANDBOX_DATABASE_SUFFIX
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is None:
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):  # a concurrent demo created it
+                conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    sandbox = dataclasses.replace(settings, database_url=urlunsplit(parts._replace(path=f"/{name}")),
+                                  redis_prefix=settings.redis_prefix + SANDBOX_REDIS_PREFIX)
+    migrate.upgrade(sandbox)
+    return sandbox
+
+
 def step_realtime() -> None:
     from metricsmith.realtime import RealtimeMetricsService, StreamConsumer, track_many
     from metricsmith.realtime.exposition import export_text
     from metricsmith.realtime.persistence import snapshot
     from metricsmith.realtime.reconcile import reconcile
 
-    settings = load_settings()
+    settings = sandbox_settings(load_settings())
+    print(f"sandbox: database {urlsplit(settings.database_url or '').path.lstrip('/')}, Redis prefix "
+          f"{settings.redis_prefix} (the synthetic stream traffic stays out of the sample year's raw.events)")
     today = datetime.now(settings.tz).date()
     events = demo_events(today.isoformat())
     with db.connect(settings) as conn:
