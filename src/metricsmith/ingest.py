@@ -78,7 +78,8 @@ REASONS: dict[str, str] = {
     "empty_event_type": "event_type is empty or blank",
     "wrong_type": "a field has the wrong JSON type (e.g. an object where text belongs)",
     "value_too_long": f"a text field is longer than {MAX_TEXT_LENGTH} characters",
-    "invalid_characters": "a text field contains a NUL character",
+    "invalid_characters": "a text field contains a NUL character or a lone surrogate, or event_type a control "
+                          "character",
     "negative_revenue": "revenue_cents is below zero",
     "revenue_too_large": f"revenue_cents is above event_rules.max_revenue_cents ({MAX_REVENUE_CENTS:,})",
     "non_integer_revenue": "revenue_cents is not a whole number",
@@ -135,6 +136,10 @@ def _parse_time(name: str, value: Any) -> datetime | Rejection:
         return Rejection("bad_timestamp", f"{name} must be an ISO 8601 string, got {type(value).__name__}")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)  # naive timestamps are UTC (documented)
+    try:  # stored as UTC: PostgreSQL reads offsets only up to 15:59, Python up to 23:59
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:
+        return Rejection("bad_timestamp", f"{name}={value!r} is outside the calendar in UTC")
     if parsed < MIN_TIME:
         return Rejection("timestamp_out_of_range", f"{name}={value!r} is before {MIN_TIME.date()} "
                                                    "(event_rules.min_occurred_at)")
@@ -151,9 +156,19 @@ def _text(name: str, value: Any, *, required: bool) -> str | None | Rejection:
         return Rejection("value_too_long", f"{name} has {len(text)} characters (max {MAX_TEXT_LENGTH})")
     if "\x00" in text:
         return Rejection("invalid_characters", f"{name} contains a NUL character")
+    if not text.isascii() and not _encodable(text):
+        return Rejection("invalid_characters", f"{name} contains a lone surrogate (not UTF-8 text)")
     if not required and text == "":
         return None  # empty optional ids are treated as absent
     return text
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _revenue(value: Any) -> int | Rejection:
@@ -209,6 +224,8 @@ def _properties(value: Any) -> str | Rejection:
 
 
 _ALLOWED = frozenset(EVENT_COLUMNS)
+#: event_type is a metric label (Redis field part, Prometheus label): no control characters
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _pairs_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -314,6 +331,9 @@ def validate_record(record: Mapping[str, Any] | str | bytes, *, now: datetime | 
     checked_type = _text("event_type", event_type, required=True)
     if isinstance(checked_type, Rejection):
         return checked_type
+    if _CONTROL.search(event_type):
+        return Rejection("invalid_characters", f"event_type={event_type!r} contains a control character "
+                                               "(it is a metric label)")
 
     texts: dict[str, str | None] = {}
     for name in OPTIONAL_TEXT:
@@ -333,8 +353,11 @@ def validate_record(record: Mapping[str, Any] | str | bytes, *, now: datetime | 
 
 
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-#: ISO 8601 extended form with an explicit offset: PostgreSQL reads these exactly as Python does
-_STRICT_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})")
+#: ISO 8601 extended form with an explicit offset of at most 14:59 (PostgreSQL reads offsets up to
+#: 15:59 only) and ASCII digits: PostgreSQL reads these exactly as Python does. The pattern still
+#: admits impossible values (2024-02-30, 23:59:60): ``datetime.fromisoformat`` refuses those.
+_STRICT_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-](?:0[0-9]|1[0-4]):[0-5][0-9])")
 _fromiso = datetime.fromisoformat
 _NULL = "\\N"
 
@@ -400,15 +423,14 @@ def fast_line(record: Any, now: datetime, now_text: str) -> tuple[str, str] | No
     if not MIN_TIME <= occurred <= latest or occurred - received > MAX_FUTURE:
         return None
     event_type = get("event_type")
-    if type(event_type) is not str or not 0 < len(event_type) <= MAX_TEXT_LENGTH or not event_type.strip() \
-            or "\x00" in event_type:
+    if type(event_type) is not str or not event_type.strip() or _CONTROL.search(event_type):
         return None
     user_id = get("user_id")
     org_id = get("organization_id")
     session_id = get("session_id")
-    for value in (user_id, org_id, session_id):
+    for value in (event_type, user_id, org_id, session_id):
         if value is not None and (type(value) is not str or not 0 < len(value) <= MAX_TEXT_LENGTH
-                                  or "\x00" in value):
+                                  or "\x00" in value or not value.isascii() and not _encodable(value)):
             return None
     revenue = get("revenue_cents")
     if revenue is None:
@@ -458,8 +480,11 @@ def judge(record: Mapping[str, Any] | str | bytes, now: datetime, now_text: str
 
 
 def raw_text(raw: bytes | str) -> str:
-    """A line as the quarantine keeps it: the original text; invalid UTF-8 bytes as ``\\xNN``."""
+    """Text as the quarantine keeps it (PostgreSQL text): the original; invalid UTF-8 bytes as
+    ``\\xNN``, lone surrogates as ``\\udNNN``, NUL as ``\\0``. Idempotent."""
     text = raw if isinstance(raw, str) else raw.decode("utf-8", "backslashreplace")
+    if not text.isascii() and not _encodable(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text.replace("\x00", "\\0") if "\x00" in text else text
 
 
@@ -614,8 +639,8 @@ def _store(conn: psycopg.Connection[Any], prepared: _Prepared) -> LoadSummary:
         if prepared.rejects:
             conn.execute(_QUARANTINE_STAGE_DDL)
             with conn.cursor().copy(f"copy _ms_quarantine_stage ({_QUARANTINE_COLS}) from stdin") as copy:
-                for reject in prepared.rejects:
-                    copy.write_row(reject)
+                for source, line_number, reason, detail, text in prepared.rejects:
+                    copy.write_row((raw_text(source), line_number, reason, raw_text(detail), raw_text(text)))
             # one row per (source, line): the first line number of a repeated line is kept
             cur = conn.execute(
                 f"insert into raw.events_quarantine ({_QUARANTINE_COLS}) "

@@ -542,3 +542,24 @@ def test_quarantine_is_idempotent_per_source_and_line(empty_events: psycopg.Conn
     hashes = empty_events.execute("select count(*) from raw.events_quarantine "
                                   "where content_hash = sha256(convert_to(raw_text, 'UTF8'))").fetchone()
     assert hashes == (len(bad) + 1,)
+
+
+def test_inputs_found_by_fuzzing(empty_events: psycopg.Connection[Any]) -> None:
+    """Each of these made the old loader raise (a whole batch refused by PostgreSQL, or a
+    traceback); each is now one quarantined or loaded row, and the rest of the batch loads."""
+    good = ev()
+    records: list[Any] = [
+        good,
+        json.dumps(ev(occurred_at="2024-03-01T10:00:00+16:00")),  # Python reads it, PostgreSQL refuses
+        json.dumps(ev(occurred_at="2024-03-01T10:00:00-23:59")),
+        ev(user_id="lone \ud800 surrogate"),  # cannot be sent as UTF-8
+        {"event_id": str(uuid.uuid4()), "occurred_at": "2024-03-01T10:00:00Z", "event_type": "a",
+         "bad\x00key\udc80": 1},  # unknown field whose name cannot be stored as text
+        json.dumps(ev(event_type="label\x1fseparator")),  # would break the realtime label keys
+    ]
+    summary = load_events(records, batch_size=100)
+    assert summary.loaded == 3, summary
+    assert dict(summary.quarantined_by_reason) == {"invalid_characters": 2, "unknown_field": 1}
+    stored = {r[0] for r in empty_events.execute("select occurred_at from raw.events")}
+    assert datetime(2024, 3, 1, 10, 0, tzinfo=UTC) - timedelta(hours=16) in stored
+    assert datetime(2024, 3, 1, 10, 0, tzinfo=UTC) + timedelta(hours=23, minutes=59) in stored
