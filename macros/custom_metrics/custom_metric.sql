@@ -1,13 +1,34 @@
 {#-
-    Custom metrics (docs/custom_metrics.md). Every generated model in models/custom/generated/
-    is a thin call of `custom_metric(...)`; the expressions it receives were validated and
-    canonically quoted by metricsmith (sqlglot) before the file was written.
+    Custom metrics (docs/custom_metrics.md). Every generated model (written by
+    `metricsmith metrics compile` under METRICSMITH_HOME/generated/<database>/) is a thin call of
+    `custom_metric(...)` that carries identifiers only: the metric id and version, the source,
+    column names, grain, type. The expressions (validated and re-serialized by metricsmith with
+    sqlglot) are read from metricsmith.custom_metric_models by (metric_id, version) when dbt runs
+    the model, so no user-supplied text is ever part of a file that dbt renders.
     Output: period_start date, dimensions jsonb, value numeric, source_watermark timestamptz,
     computed_at timestamptz. Incremental (late data included) when the source has an arrival
     column: the periods touched by rows that arrived since the stored watermark (minus the
     rollups' safety lag) are recomputed whole; `--vars '{custom_metrics_backfill: {start: D, end: D}}'`
     adds the periods of that date range.
 -#}
+
+{#- the checked expressions of one metric version, by id (at parse time: placeholders) -#}
+{% macro custom_metric_checked(metric_id, version) -%}
+    {%- set placeholder = {'type': 'COUNT', 'expression': none, 'filter': none, 'percentile': none} -%}
+    {%- if not execute -%}
+        {{ return({'expression': none, 'filter': none, 'numerator': placeholder, 'denominator': placeholder}) }}
+    {%- endif -%}
+    {%- set query -%}
+        select definition::text from metricsmith.custom_metric_models
+        where metric_id = {{ metric_id | int }} and version = {{ version | int }}
+    {%- endset -%}
+    {%- set rows = run_query(query).rows -%}
+    {%- if rows | length == 0 -%}
+        {{ exceptions.raise_compiler_error("custom metric " ~ (metric_id | int) ~ " version " ~ (version | int)
+            ~ " has no checked definition in metricsmith.custom_metric_models; run `metricsmith metrics compile`") }}
+    {%- endif -%}
+    {{ return(fromjson(rows[0][0])) }}
+{%- endmacro %}
 
 {% macro custom_metric_period(grain, column) -%}
     {{ return(adapter.dispatch('custom_metric_period', 'metricsmith')(grain, column)) }}
@@ -80,8 +101,13 @@
 {%- endmacro %}
 
 
-{% macro custom_metric(source, time_column, grain, metric_type, expression=none, filter=none, dimensions=[],
-                       percentile=none, numerator=none, denominator=none, change_column=none) -%}
+{% macro custom_metric(metric_id, version, source, time_column, grain, metric_type, dimensions=[],
+                       percentile=none, change_column=none) -%}
+{%- set checked = metricsmith.custom_metric_checked(metric_id, version) -%}
+{%- set expression = checked.expression -%}
+{%- set filter = checked.filter -%}
+{%- set numerator = checked.numerator -%}
+{%- set denominator = checked.denominator -%}
 {%- set period = metricsmith.custom_metric_period(grain, adapter.quote(time_column)) -%}
 {%- set incremental = change_column is not none and is_incremental() -%}
 {%- set backfill = var('custom_metrics_backfill', none) -%}
@@ -133,8 +159,14 @@ group by {{ period }}
 {%- endmacro %}
 
 
-{#- analytics.custom_metric_values: all generated models, with the previous period and growth. -#}
-{% macro custom_metric_values(inputs) -%}
+{#- analytics.custom_metric_values: all generated models (but those whose last run failed), with the previous
+    period and growth. -#}
+{% macro custom_metric_values(all_inputs) -%}
+{#- a model not built yet (e.g. a metric created after the last run, when only some metrics run) is left out -#}
+{%- set inputs = [] -%}
+{%- for item in all_inputs -%}
+    {%- if not execute or load_relation(item.relation) is not none -%}{%- do inputs.append(item) -%}{%- endif -%}
+{%- endfor -%}
 {%- if inputs | length == 0 %}
 select
     cast(null as text) as metric_slug,

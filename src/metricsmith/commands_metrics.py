@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--version", type=int)
     q = add("archive", "archive a metric (its generated model is removed at the next compile)", cmd_archive)
     q.add_argument("slug")
-    add("compile", "write models/custom/generated/ from the active metrics", cmd_compile, user=False)
+    add("compile", "write the generated models (.metricsmith/generated/<database>/) from the active metrics", cmd_compile, user=False)
     q = add("run", "compile, then dbt run the generated models and analytics.custom_metric_values", cmd_run,
             user=False)
     q.add_argument("--full-refresh", action="store_true")
@@ -105,8 +105,9 @@ def _out(args: argparse.Namespace, data: Any, text: str) -> int:
 
 
 def _def_line(d: Any) -> str:
+    failed = " (last run FAILED)" if d.run_status == "error" else ""
     return (f"{d.slug:<32} v{d.current_version:<3} {d.spec.get('type', ''):<15} {d.spec.get('grain', 'day'):<6} "
-            f"{d.visibility:<13} owner={d.owner_id} {d.status}")
+            f"{d.visibility:<13} owner={d.owner_id} {d.status}{failed}")
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -147,7 +148,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     svc = _service()
     d = svc.show(_user(args), args.slug, args.version)
     versions = svc.versions(_user(args), args.slug)
-    lines = [_def_line(d), f"name: {d.name}", f"model: {d.model}", "spec:"]
+    lines = [_def_line(d), f"name: {d.name}", f"model: {d.model}"]
+    if d.run_status:
+        lines.append(f"last run: {d.run_status}" + (f": {d.run_error}" if d.run_error else ""))
+    lines.append("spec:")
     lines += [f"  {k}: {json.dumps(v)}" for k, v in d.spec.items()]
     lines += ["versions: " + ", ".join(f"v{v['version']} by {v['created_by']} at {v['created_at']:%Y-%m-%d %H:%M}"
                                         f" cost {v['estimated_cost']:,.0f}" for v in versions)]
@@ -173,7 +177,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"metricsmith: {exc}", file=sys.stderr)
         return 1
     status = run.node_status
-    return _out(args, status, "\n".join(f"{k.split('.')[-1]:<48} {v}" for k, v in sorted(status.items())))
+    _out(args, {"nodes": status, "failures": [f.as_dict() for f in run.failures]},
+         "\n".join(f"{k.split('.')[-1]:<48} {v}" for k, v in sorted(status.items())))
+    for f in run.failures:
+        print(f"metricsmith: custom metric {f.slug} version {f.version} failed (the others were published): "
+              f"{f.error}", file=sys.stderr)
+    return 1 if run.failures else 0
 
 
 def _fmt(v: Any) -> str:
@@ -181,7 +190,12 @@ def _fmt(v: Any) -> str:
 
 
 def cmd_values(args: argparse.Namespace) -> int:
-    rows = _service().values(_user(args), args.slug, version=args.version, start=args.start, end=args.end)
+    svc = _service()
+    d = svc.show(_user(args), args.slug, args.version)
+    if d.run_status == "error":
+        print(f"metricsmith: {d.model} failed at its last run, so it has no values: {d.run_error}", file=sys.stderr)
+        return 1
+    rows = svc.values(_user(args), args.slug, version=args.version, start=args.start, end=args.end)
     lines = [f"{'period_start':<12} {'dimensions':<32} {'value':>16} {'previous':>16} {'growth %':>9}"]
     lines += [f"{r['period_start']!s:<12} {json.dumps(r['dimensions']):<32} {_fmt(r['value']):>16} "
               f"{_fmt(r['previous_value']):>16} {_fmt(r['growth_pct']):>9}" for r in rows]
@@ -194,8 +208,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     except DbtError as exc:
         print(f"metricsmith: {exc}", file=sys.stderr)
         return 1
-    return _out(args, run.node_status, f"backfilled {args.slug} {args.start}..{args.end}: "
-                                       + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in run.node_status.items()))
+    _out(args, run.node_status, f"backfilled {args.slug} {args.start}..{args.end}: "
+                                + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in run.node_status.items()))
+    for f in run.failures:
+        print(f"metricsmith: custom metric {f.slug} version {f.version} failed: {f.error}", file=sys.stderr)
+    return 1 if run.failures else 0
 
 
 def cmd_user(args: argparse.Namespace) -> int:

@@ -1,8 +1,9 @@
 """Custom metrics end to end: stored definitions -> generated dbt models -> values.
 
-Every generated model is compiled into a temporary copy of the dbt project (never into the
-real models/custom/generated/), and all metrics run in ONE dbt invocation per phase. Values
-are compared with an independent plain-Python computation over the same raw events.
+Generated models go to this test database's own folder (.metricsmith/generated/<database>/,
+never the source tree), dbt runs in a temporary copy of the project, and all metrics run in ONE
+dbt invocation per phase. Values are compared with an independent plain-Python computation over
+the same raw events.
 """
 
 from __future__ import annotations

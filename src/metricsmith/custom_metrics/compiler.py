@@ -1,22 +1,78 @@
 """Validated metric -> generated dbt model text (and the equivalent SQL for EXPLAIN).
 
 A generated model is a thin call of the ``metricsmith.custom_metric`` macro. Its text is
-deterministic (same spec -> same bytes) and its name stable: ``cm_<slug>__v<version>``.
+deterministic (same spec -> same bytes) and its name stable: ``cm_<slug>__v<version>``. It
+carries identifiers only; the validated expressions are read from PostgreSQL by id when dbt
+runs the model, so no user-supplied text is ever placed into a file that dbt renders.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
+from metricsmith.custom_metrics import identifiers as ids
 from metricsmith.custom_metrics.errors import ExpressionError, MetricSpecError
 from metricsmith.custom_metrics.registry import DataSource
-from metricsmith.custom_metrics.spec import MetricSpec, Part
+from metricsmith.custom_metrics.spec import GRAINS, METRIC_TYPES, MetricSpec, Part
 from metricsmith.custom_metrics.validation import BOOLEAN, NUMERIC, check_expression
 
 GENERATED_TAG = "metricsmith_custom_metric"
+
+#: analytics.custom_metric_values' description and contract, written into the generated
+#: folder's _generated__models.yml next to the model (it exists only where metrics are compiled)
+VALUES_MODEL_YAML = """\
+models:
+  - name: custom_metric_values
+    description: >
+      Every custom metric's values: one row per metric version, period and combination of
+      dimension values, with the previous period's value (same metric version and dimensions)
+      and the growth against it. Rebuilt from the generated per-metric models by
+      `metricsmith metrics run` (a metric version whose last run failed is left out); read access goes through `metricsmith metrics values`, which
+      enforces each metric's visibility.
+    config:
+      contract:
+        enforced: true
+    columns:
+      - name: metric_slug
+        data_type: text
+        description: Stable identifier of the metric (custom_metric_definitions.slug).
+        data_tests: [not_null]
+      - name: metric_version
+        data_type: integer
+        description: Version of the metric definition these values were computed with.
+        data_tests: [not_null]
+      - name: grain
+        data_type: text
+        description: day, week (ISO, Monday start) or month.
+        data_tests:
+          - accepted_values:
+              arguments:
+                values: [day, week, month]
+      - name: period_start
+        data_type: date
+        description: First day of the period, in the reporting time zone (var metrics_timezone).
+        data_tests: [not_null]
+      - name: dimensions
+        data_type: jsonb
+        description: Dimension values of this row as a JSON object; '{}' when the metric has no dimensions.
+      - name: value
+        data_type: numeric
+        description: The metric's value for the period and dimensions (NULL e.g. for a RATIO with a zero denominator).
+      - name: previous_value
+        data_type: numeric
+        description: Value of the previous period (same metric version and dimensions); NULL when it has no row.
+      - name: growth_pct
+        data_type: numeric
+        description: 100 * (value - previous_value) / previous_value; NULL when the previous value is missing or 0.
+      - name: computed_at
+        data_type: timestamptz
+        description: When the generated model computed this row.
+"""
+VALUES_MODEL_DOC: dict[str, Any] = yaml.safe_load(VALUES_MODEL_YAML)["models"][0]
 _NUMERIC_TYPES = ("SUM", "AVERAGE", "PERCENTILE", "MAX", "MIN")
 
 
@@ -97,60 +153,86 @@ def check_metric(spec: MetricSpec, source: DataSource, cats: dict[str, str],
                          numerator=parts[0], denominator=parts[1])
 
 
-def _jinja(value: Any) -> str:
-    """A Jinja literal for ``value`` (strings JSON-escaped, which Jinja reads back exactly)."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=True)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_jinja(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_jinja(k)}: {_jinja(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no Jinja literal for {type(value).__name__}")
+def definition(metric: CheckedMetric) -> dict[str, Any]:
+    """The checked definition stored in ``metricsmith.custom_metric_models`` (read by the model by id).
+
+    Expressions are the re-serialized validated ASTs (canonical, quoted SQL from sqlglot), never
+    the text the user typed; the name, description and owner are not part of it.
+    """
+    spec, src = metric.spec, metric.source
+    return {"source": src.name, "source_kind": src.resource_type, "source_name": src.source_name,
+            "time_column": src.time_column, "change_column": src.change_column, "grain": spec.grain,
+            "type": spec.type, "dimensions": list(spec.dimensions), "percentile": spec.percentile,
+            "expression": metric.expression, "filter": metric.filter,
+            "numerator": metric.numerator.as_dict() if metric.numerator else None,
+            "denominator": metric.denominator.as_dict() if metric.denominator else None}
 
 
-def render_model(metric: CheckedMetric, slug: str, version: int, owner: str) -> str:
-    """The generated model file's text (deterministic)."""
-    spec = metric.spec
-    src = metric.source
-    incremental = src.change_column is not None
-    config = [
-        f"materialized={_jinja('incremental' if incremental else 'table')}",
-        f"tags=[{_jinja(GENERATED_TAG)}, {_jinja('custom_metric:' + slug)}]",
-    ]
-    if incremental:
+def _source_ref(d: dict[str, Any]) -> str:
+    name = ids.name(d["source"], "data source")
+    if d.get("source_kind") == "source":
+        return f"source('{ids.name(d['source_name'], 'source')}', '{name}')"
+    return f"ref('{name}')"
+
+
+def render_model(metric_id: int, slug: str, version: int, d: dict[str, Any]) -> str:
+    """The generated model file's text (deterministic).
+
+    It holds only validated identifiers (slug, version, metric id, column and model names),
+    enums and numbers; every value is checked again here, so a stored definition that does not
+    pass cannot reach a file that dbt renders. The expressions are read by id when dbt runs it.
+    """
+    ids.slug(slug)
+    ids.version(version)
+    if isinstance(metric_id, bool) or not isinstance(metric_id, int) or metric_id < 1:
+        raise ids.InvalidIdentifier(f"metric id {metric_id!r} is not a positive integer")
+    if d.get("grain") not in GRAINS or d.get("type") not in METRIC_TYPES:
+        raise ids.InvalidIdentifier(f"stored definition of {slug} v{version} has an unknown grain or type")
+    dims = [ids.name(x, "dimension") for x in d.get("dimensions") or []]
+    change = d.get("change_column")
+    percentile = d.get("percentile")
+    if percentile is not None:
+        percentile = float(percentile)
+        if not 0.0 <= percentile <= 1.0:
+            raise ids.InvalidIdentifier(f"stored definition of {slug} v{version} has percentile {percentile!r}")
+    config = ["materialized='incremental'" if change else "materialized='table'",
+              f"tags=['{GENERATED_TAG}', 'custom_metric:{slug}']"]
+    if change:
         config += ["incremental_strategy='delete+insert'", "unique_key='period_start'", "on_schema_change='fail'"]
     args = [
-        ("source", src.ref_jinja()),
-        ("time_column", _jinja(src.time_column)),
-        ("change_column", _jinja(src.change_column)),
-        ("grain", _jinja(spec.grain)),
-        ("metric_type", _jinja(spec.type)),
-        ("expression", _jinja(metric.expression)),
-        ("filter", _jinja(metric.filter)),
-        ("dimensions", _jinja(list(spec.dimensions))),
-        ("percentile", _jinja(spec.percentile)),
-        ("numerator", _jinja(metric.numerator.as_dict() if metric.numerator else None)),
-        ("denominator", _jinja(metric.denominator.as_dict() if metric.denominator else None)),
+        ("metric_id", str(metric_id)),
+        ("version", str(version)),
+        ("source", _source_ref(d)),
+        ("time_column", f"'{ids.name(d['time_column'], 'time column')}'"),
+        ("change_column", f"'{ids.name(change, 'change column')}'" if change else "none"),
+        ("grain", f"'{d['grain']}'"),
+        ("metric_type", f"'{d['type']}'"),
+        ("dimensions", "[" + ", ".join(f"'{x}'" for x in dims) + "]"),
+        ("percentile", "none" if percentile is None else repr(percentile)),
     ]
-    header = (f"{{#- generated by `metricsmith metrics compile`; do not edit.\n"
-              f"    metric {slug} version {version}: {spec.name.replace('#}', '# }')} (owner {owner}) -#}}\n")
+    header = (f"{{#- generated by `metricsmith metrics compile`; do not edit. Metric {slug} version {version}:\n"
+              f"    its definition is read from metricsmith.custom_metric_models (metric_id {metric_id}) -#}}\n")
     body = ",\n".join(f"    {k}={v}" for k, v in args)
     return (header + "{{ config(" + ", ".join(config) + ") }}\n\n"
             + "{{ metricsmith.custom_metric(\n" + body + "\n) }}\n")
 
 
+def model_description(metric_id: int, slug: str, version: int) -> str:
+    """The generated YAML's description of a model: identifiers only (the name and owner stay in PostgreSQL)."""
+    return (f"Custom metric {ids.slug(slug)} version {ids.version(version)} (metric_id {int(metric_id)}); its name,"
+            " description and owner are in metricsmith.custom_metric_definitions. Generated; do not edit.")
+
+
 def render_values_model(inputs: list[tuple[str, int, str]]) -> str:
     """analytics.custom_metric_values over the generated models: (slug, version, grain) each."""
-    items = [f"    {{'slug': {_jinja(s)}, 'version': {v}, 'grain': {_jinja(g)}, "
-             f"'relation': ref({_jinja(model_name(s, v))})}}" for s, v, g in sorted(inputs)]
+    items = []
+    for s, v, g in sorted(inputs):
+        if g not in GRAINS:
+            raise ids.InvalidIdentifier(f"grain {g!r} of {s} is unknown")
+        items.append(f"    {{'slug': '{ids.slug(s)}', 'version': {ids.version(v)}, 'grain': '{g}', "
+                     f"'relation': ref('{model_name(s, v)}')}}")
     listing = "[\n" + ",\n".join(items) + "\n]" if items else "[]"
-    return ("{#- generated by `metricsmith metrics compile`; do not edit. See models/custom/_custom__models.yml -#}\n"
+    return ("{#- generated by `metricsmith metrics compile`; do not edit. Described in _generated__models.yml -#}\n"
             "{{ config(materialized='table', tags=['metricsmith_custom_metric_values']) }}\n\n"
             "{{ metricsmith.custom_metric_values(" + listing + ") }}\n")
 

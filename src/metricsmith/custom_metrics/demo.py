@@ -40,7 +40,10 @@ def step_custom_metrics() -> None:
             print(f"metric {d.slug}: created v{d.current_version} ({d.spec['type']}, {d.spec.get('grain', 'day')})")
     t0 = time.perf_counter()
     run = svc.run()
-    print(f"compiled {svc.generated_dir.relative_to(svc.project_dir)} and ran {len(run.results)} models "
+    where = svc.generated_dir
+    if where.is_relative_to(svc.project_dir):
+        where = where.relative_to(svc.project_dir)
+    print(f"compiled {where} and ran {len(run.results)} models "
           f"in {time.perf_counter() - t0:.1f} s")
     for d in svc.list_metrics(DEMO_USER):
         if d.owner_id != DEMO_USER:

@@ -9,6 +9,10 @@ class MetricSpecError(UserFacingError):
     """The spec is malformed (missing field, unknown type, bad grain ...)."""
 
 
+class InvalidIdentifier(MetricSpecError):
+    """An id, slug or name is outside its strict character set (or free text too long)."""
+
+
 class ExpressionError(UserFacingError):
     """An ``expression`` / ``filter`` is refused; the message names the offending token."""
 

@@ -2,8 +2,9 @@
 
 Scheduled after the daily run. Uses the orchestration job log
 (``metricsmith.metrics_aggregation_jobs_log``, job name ``custom-metrics``) and its
-one-at-a-time advisory lock; a failing generated model ends the job FAILED (or PARTIAL when
-other models succeeded) with dbt's message.
+one-at-a-time advisory lock. A generated model that fails at run time is isolated (the others
+publish into analytics.custom_metric_values): the job ends PARTIAL with each failed model's
+error, FAILED when every model failed or dbt itself failed, else COMPLETED.
 """
 
 from __future__ import annotations
@@ -52,22 +53,22 @@ def run_custom_metrics_job(*, full_refresh: bool = False, lock_wait_seconds: flo
             joblog.mark_stale(conn, JOB_NAME)
             row_id = joblog.start(conn, JOB_NAME, attempt=1, timeout_seconds=3600,
                                   details={"full_refresh": full_refresh})
+            published = False
             try:
                 run = svc.run(full_refresh=full_refresh)
-                statuses = run.node_status
-                failures: list[tuple[str, str]] = []
             except DbtError as exc:
-                statuses, failures = {}, exc.failures
+                ok, failed = 0, len(exc.failures) or 1
                 message: str | None = str(exc)
             else:
-                message = None
-            ok = sum(1 for s in statuses.values() if s == "success")
-            failed = len(failures) or (1 if message else 0)
+                published = True
+                ok = sum(1 for s in run.models.node_status.values() if s == "success")
+                failed = len(run.failures)
+                message = "; ".join(f"{f.model}: {f.error}" for f in run.failures) or None
             rows = 0
-            if message is None:
+            if published:
                 got = conn.execute("select count(*) from analytics.custom_metric_values").fetchone()
                 rows = int(got[0]) if got else 0
-            status = "COMPLETED" if message is None else ("PARTIAL" if ok else "FAILED")
+            status = "COMPLETED" if published and not failed else ("PARTIAL" if published and ok else "FAILED")
             joblog.finish(conn, row_id, joblog.Final(status, rows_affected=rows, models_ok=ok, models_failed=failed,
                                                      error_message=message))
             if status != "FAILED":

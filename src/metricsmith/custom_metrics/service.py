@@ -6,29 +6,32 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 
 from metricsmith import db
-from metricsmith.config import Settings, load_settings, project_root
-from metricsmith.custom_metrics import access, compiler, registry
+from metricsmith.config import ENV_DATABASE_URL, Settings, load_settings, project_root
+from metricsmith.custom_metrics import access, compiler, project, registry
+from metricsmith.custom_metrics import identifiers as ids
 from metricsmith.custom_metrics.errors import (
     AccessDenied,
     CostBudgetExceeded,
+    InvalidIdentifier,
     MetricNotFound,
     MetricSpecError,
 )
 from metricsmith.custom_metrics.spec import MetricSpec, parse_spec, slugify
 from metricsmith.dbt_runner import DbtError, DbtRun
+from metricsmith.errors import UserFacingError
 
 ENV_PROJECT_DIR = "METRICSMITH_DBT_PROJECT_DIR"
 ENV_COST_BUDGET = "METRICSMITH_CUSTOM_METRIC_COST_BUDGET"
 DEFAULT_COST_BUDGET = 50_000_000.0
-GENERATED_SUBDIR = Path("models") / "custom" / "generated"
 VALUES_MODEL = "custom_metric_values"
 VALUES_TAG = "metricsmith_custom_metric_values"
 
@@ -60,9 +63,53 @@ class MetricDefinition:
     updated_at: datetime
     spec: dict[str, Any]
     model: str
+    run_status: str | None = None
+    run_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class ModelFailure:
+    model: str
+    slug: str
+    version: int
+    error: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class CustomMetricsRun:
+    """One ``metrics run``: the generated models' dbt run, then custom_metric_values'."""
+
+    models: DbtRun
+    values: DbtRun
+    failures: list[ModelFailure]
+
+    @property
+    def success(self) -> bool:
+        return not self.failures
+
+    @property
+    def results(self) -> list[Any]:
+        return [*self.models.results, *self.values.results]
+
+    @property
+    def node_status(self) -> dict[str, str]:
+        return self.models.node_status | self.values.node_status
+
+
+def _one_line(message: str) -> str:
+    """dbt's multi-line node message as one line (without the model header and compiled-code path)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("compiled code at")]
+    if len(lines) > 1 and " in model " in lines[0]:
+        lines = lines[1:]
+    text = " ".join(lines)
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 @dataclass(frozen=True)
@@ -71,6 +118,7 @@ class CompileResult:
     removed: list[str]
     unchanged: list[str]
     models: list[str]
+    refused: list[str] = field(default_factory=list)
 
 
 class CustomMetricsService:
@@ -79,7 +127,7 @@ class CustomMetricsService:
         self.settings = settings or load_settings()
         env_dir = os.environ.get(ENV_PROJECT_DIR)
         self.project_dir = Path(project_dir or env_dir or project_root()).resolve()
-        self.generated_dir = self.project_dir / GENERATED_SUBDIR
+        self.generated_dir = project.generated_dir(self.settings, self.project_dir)
         budget = cost_budget if cost_budget is not None else os.environ.get(ENV_COST_BUDGET)
         self.cost_budget = float(budget) if budget is not None else DEFAULT_COST_BUDGET
 
@@ -90,13 +138,19 @@ class CustomMetricsService:
             return Path(os.environ["DBT_TARGET_PATH"])
         return self.project_dir / "target"
 
-    def run_dbt(self, args: list[str], *, vars: dict[str, Any] | None = None) -> DbtRun:
+    def run_dbt(self, args: list[str], *, vars: dict[str, Any] | None = None,
+                raise_on_failure: bool = True) -> DbtRun:
         """``dbt <args>`` in this service's project directory (through the process-wide dbt lock)."""
         from dbt.cli.main import dbtRunner
 
         from metricsmith import dbt_runner
 
         dbt_runner.prepare_environment(self.settings)
+        # dbt_project.yml's model-paths name the generated folder from this setting: the same as ours
+        if self.settings.database_url is None:
+            os.environ.pop(ENV_DATABASE_URL, None)
+        else:
+            os.environ[ENV_DATABASE_URL] = self.settings.database_url
         full = [*args, "--project-dir", str(self.project_dir), "--profiles-dir", str(self.project_dir / "profiles"),
                 "--target-path", str(self.target_path)]
         if vars:
@@ -105,7 +159,7 @@ class CustomMetricsService:
             result = dbtRunner().invoke(full)
         results = list(getattr(result.result, "results", None) or []) if result.result is not None else []
         run = DbtRun(args=full, success=bool(result.success), results=results, raw=result)
-        if not run.success:
+        if result.exception is not None or (raise_on_failure and not run.success):
             if result.exception is not None:
                 raise DbtError(f"dbt {' '.join(args)} failed: {result.exception}") from result.exception
             details = "; ".join(f"{n}: {m}" for n, m in run.failures) or "see dbt log"
@@ -147,15 +201,18 @@ class CustomMetricsService:
 
     def _definition(self, conn: Any, row: dict[str, Any], version: int | None = None) -> MetricDefinition:
         version = version or row["current_version"]
-        spec = conn.execute("select spec from metricsmith.custom_metric_versions where metric_id = %s and version = %s",
-                            (row["metric_id"], version)).fetchone()
+        spec = conn.execute(
+            "select v.spec, m.run_status, m.run_error from metricsmith.custom_metric_versions v"
+            " left join metricsmith.custom_metric_models m using (metric_id, version)"
+            " where v.metric_id = %s and v.version = %s", (row["metric_id"], version)).fetchone()
         if spec is None:
             raise MetricNotFound(f"metric {row['slug']} has no version {version}")
         return MetricDefinition(
             slug=row["slug"], name=row["name"], description=row["description"], owner_id=row["owner_id"],
             team_id=row["team_id"], organization_id=row["organization_id"], visibility=row["visibility"],
             current_version=row["current_version"], status=row["status"], created_at=row["created_at"],
-            updated_at=row["updated_at"], spec=spec[0], model=compiler.model_name(row["slug"], version))
+            updated_at=row["updated_at"], spec=spec[0], model=compiler.model_name(row["slug"], version),
+            run_status=spec[1], run_error=spec[2])
 
     # -- validation and cost -------------------------------------------------------------------
     def _check(self, conn: Any, who: access.Principal, spec: MetricSpec) -> compiler.CheckedMetric:
@@ -177,7 +234,14 @@ class CustomMetricsService:
         if not exists or exists[0] is None:
             raise MetricSpecError(f"data source {checked.source.name} is not built in the database yet "
                                   "(run the rollups / dbt first) so its cost cannot be estimated")
-        plan = conn.execute("explain (format json) " + sql).fetchone()[0]  # noqa: S608 - validated, quoted
+        try:
+            with conn.transaction():  # a savepoint: the caller's transaction stays usable
+                plan = conn.execute("explain (format json) " + sql).fetchone()[0]  # noqa: S608 - validated, quoted
+        except psycopg.Error as exc:
+            # PostgreSQL folds constants while planning: 1/0 or cast('x' as int) fail here, before any row
+            reason = (exc.diag.message_primary or str(exc)).splitlines()[0]
+            raise MetricSpecError(f"the metric's query cannot be planned: {reason} (is a constant part of an"
+                                  " expression or filter invalid, e.g. 1/0 or cast('x' as int)?)") from None
         top = (plan[0] if isinstance(plan, list) else json.loads(plan)[0])["Plan"]
         return CostEstimate(cost=float(top["Total Cost"]), rows=float(top["Plan Rows"]), budget=self.cost_budget,
                             sql=sql)
@@ -200,11 +264,40 @@ class CustomMetricsService:
         cost = self._estimate(conn, checked)
         if not cost.within_budget:
             raise CostBudgetExceeded(cost.cost, cost.rows, cost.budget)
-        text = compiler.render_model(checked, slug, version, who.user_id)
         conn.execute(
             "insert into metricsmith.custom_metric_versions (metric_id, version, spec, compiled_sql, estimated_cost,"
             " estimated_rows, created_by) values (%s, %s, %s, %s, %s, %s, %s)",
-            (metric_id, version, json.dumps(spec.to_dict()), text, cost.cost, cost.rows, who.user_id))
+            (metric_id, version, json.dumps(spec.to_dict()), cost.sql, cost.cost, cost.rows, who.user_id))
+        self._store_checked(conn, metric_id, version, slug, checked)
+
+    def _store_checked(self, conn: Any, metric_id: int, version: int, slug: str,
+                       checked: compiler.CheckedMetric) -> None:
+        definition = compiler.definition(checked)
+        compiler.render_model(metric_id, slug, version, definition)  # every identifier passes, or this raises
+        conn.execute("insert into metricsmith.custom_metric_models (metric_id, version, definition)"
+                     " values (%s, %s, %s) on conflict (metric_id, version) do nothing",
+                     (metric_id, version, json.dumps(definition)))
+
+    def _check_stored_versions(self, conn: Any) -> list[str]:
+        """Versions stored before checked definitions existed: check them now (as their creator).
+
+        Returns one line per version that no longer passes (it gets no model)."""
+        rows = conn.execute(
+            "select d.metric_id, d.slug, v.version, v.spec, v.created_by from metricsmith.custom_metric_definitions d"
+            " join metricsmith.custom_metric_versions v using (metric_id)"
+            " left join metricsmith.custom_metric_models m using (metric_id, version)"
+            " where d.status = 'active' and m.metric_id is null order by d.slug, v.version").fetchall()
+        refused: list[str] = []
+        for metric_id, slug, version, spec, created_by in rows:
+            try:
+                who = access.principal(conn, created_by)
+                self._store_checked(conn, metric_id, version, slug, self._check(conn, who, parse_spec(spec)))
+                conn.commit()
+            except UserFacingError as exc:
+                conn.rollback()
+                refused.append(f"{compiler.model_name(slug, version) if ids.SLUG.fullmatch(slug) else repr(slug)}:"
+                               f" not compiled: {exc}")
+        return refused
 
     def _team_for(self, conn: Any, who: access.Principal, spec: MetricSpec,
                   current: str | None = None) -> str | None:
@@ -248,6 +341,8 @@ class CustomMetricsService:
             row = self._writable(conn, who, slug)
             conn.execute("select 1 from metricsmith.custom_metric_definitions where metric_id = %s for update",
                          (row["metric_id"],))
+            # read again under the row lock: a concurrent update may have stored a version meanwhile
+            row = self._writable(conn, who, slug)
             team = self._team_for(conn, who, spec, row["team_id"])
             version = row["current_version"] + 1
             self._new_version(conn, who, row["metric_id"], version, slug, spec)
@@ -310,29 +405,40 @@ class CustomMetricsService:
 
     # -- compile and run (operator actions: they act on every active metric) -------------------
     def compile(self) -> CompileResult:
-        """Write one model per version of every active metric, plus custom_metric_values."""
+        """Write one model per version of every active metric, plus custom_metric_values.
+
+        The files carry identifiers only (see :func:`compiler.render_model`); names,
+        descriptions and owners stay in PostgreSQL."""
         with self._conn() as conn:
+            refused = self._check_stored_versions(conn)
             rows = conn.execute(
-                "select d.slug, v.version, v.spec->>'grain', v.compiled_sql, d.name, d.description, d.owner_id"
-                " from metricsmith.custom_metric_definitions d join metricsmith.custom_metric_versions v"
-                " using (metric_id) where d.status = 'active' order by d.slug, v.version").fetchall()
+                "select d.metric_id, d.slug, v.version, m.definition, m.run_status"
+                " from metricsmith.custom_metric_definitions d"
+                " join metricsmith.custom_metric_versions v using (metric_id)"
+                " join metricsmith.custom_metric_models m using (metric_id, version)"
+                " where d.status = 'active' order by d.slug, v.version").fetchall()
         self.generated_dir.mkdir(parents=True, exist_ok=True)
         wanted: dict[str, str] = {}
         inputs: list[tuple[str, int, str]] = []
         docs: list[dict[str, Any]] = []
-        for slug, version, grain, text, name, description, owner in rows:
+        for metric_id, slug, version, definition, run_status in rows:
+            try:
+                text = compiler.render_model(metric_id, slug, version, definition)
+            except InvalidIdentifier as exc:
+                refused.append(f"metric id {metric_id} version {version}: not compiled: {exc}")
+                continue
             model = compiler.model_name(slug, version)
             wanted[f"{model}.sql"] = text
-            inputs.append((slug, version, grain))
-            docs.append({"name": model, "description": f"Custom metric {slug} version {version}: {name}. "
-                         f"{description}".strip() + f" Owner: {owner}. Generated; do not edit.",
+            if run_status != "error":
+                inputs.append((slug, version, definition["grain"]))
+            docs.append({"name": model, "description": compiler.model_description(metric_id, slug, version),
                          "config": {"tags": [compiler.GENERATED_TAG]}})
         wanted[f"{VALUES_MODEL}.sql"] = compiler.render_values_model(inputs)
-        if docs:
-            import yaml
+        import yaml
 
-            wanted["_generated__models.yml"] = ("# generated by `metricsmith metrics compile`; do not edit\n"
-                                                + yaml.safe_dump({"version": 2, "models": docs}, sort_keys=False))
+        docs.append(compiler.VALUES_MODEL_DOC)
+        wanted["_generated__models.yml"] = ("# generated by `metricsmith metrics compile`; do not edit\n"
+                                            + yaml.safe_dump({"version": 2, "models": docs}, sort_keys=False))
         written, unchanged, removed = [], [], []
         for name, text in sorted(wanted.items()):
             path = self.generated_dir / name
@@ -347,19 +453,49 @@ class CustomMetricsService:
             if path.name not in wanted and path.suffix in (".sql", ".yml"):
                 path.unlink()
                 removed.append(path.name)
-        return CompileResult(written, removed, unchanged, sorted(n[:-4] for n in wanted if n.endswith(".sql")))
+        return CompileResult(written, removed, unchanged, sorted(n[:-4] for n in wanted if n.endswith(".sql")),
+                             refused)
 
     def run(self, *, full_refresh: bool = False, slugs: list[str] | None = None,
-            vars: dict[str, Any] | None = None) -> DbtRun:
-        """Compile, then one ``dbt run`` of the generated models and custom_metric_values."""
+            vars: dict[str, Any] | None = None) -> CustomMetricsRun:
+        """Compile; ``dbt run`` the generated models; then custom_metric_values over those that succeeded.
+
+        A metric whose model fails at run time (division by zero, overflow, a bad cast on some
+        row) does not block the others: its model version is marked (``run_status = 'error'``
+        and ``run_error`` in metricsmith.custom_metric_models), it is reported in
+        :attr:`CustomMetricsRun.failures`, and custom_metric_values is built without it.
+        Raises :class:`DbtError` only when dbt itself fails (not one model)."""
         self.compile()
         selectors = [f"tag:custom_metric:{s}" for s in slugs] if slugs else [f"tag:{compiler.GENERATED_TAG}"]
-        args = ["run", "--select", *selectors, f"tag:{VALUES_TAG}"]
-        if full_refresh:
-            args.append("--full-refresh")
-        return self.run_dbt(args, vars=vars)
+        refresh = ["--full-refresh"] if full_refresh else []
+        models = self.run_dbt(["run", "--select", *selectors, *refresh], vars=vars, raise_on_failure=False)
+        failures = self._record_runs(models)
+        self.compile()  # custom_metric_values leaves out the model versions that just failed
+        values = self.run_dbt(["run", "--select", f"tag:{VALUES_TAG}", *refresh], vars=vars)
+        return CustomMetricsRun(models=models, values=values, failures=failures)
 
-    def backfill(self, user_id: str, slug: str, start: date, end: date) -> DbtRun:
+    def _record_runs(self, run: DbtRun) -> list[ModelFailure]:
+        """Store each generated model's outcome; return the failures (one line of dbt's message each)."""
+        failures: list[ModelFailure] = []
+        with self._conn() as conn:
+            for r in run.results:
+                node = getattr(r, "node", None)
+                name = str(getattr(node, "name", ""))
+                status = str(r.status)
+                if not name.startswith("cm_") or "__v" not in name or status not in ("success", "error"):
+                    continue
+                slug, _, version_text = name[3:].rpartition("__v")
+                error = None if status == "success" else _one_line(str(r.message))
+                conn.execute(
+                    "update metricsmith.custom_metric_models m set run_status = %s, run_error = %s, run_at = now()"
+                    " from metricsmith.custom_metric_definitions d where d.metric_id = m.metric_id"
+                    " and d.slug = %s and m.version = %s", (status, error, slug, int(version_text)))
+                if error is not None:
+                    failures.append(ModelFailure(name, slug, int(version_text), error))
+            conn.commit()
+        return failures
+
+    def backfill(self, user_id: str, slug: str, start: date, end: date) -> CustomMetricsRun:
         """Recompute the periods of [start, end] of every version of ``slug`` (owner / org admin)."""
         if end < start:
             raise MetricSpecError("--end is before --start")

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from metricsmith.custom_metrics import identifiers as ids
 from metricsmith.custom_metrics.errors import MetricSpecError
 
 METRIC_TYPES = ("COUNT", "SUM", "AVERAGE", "DISTINCT_COUNT", "PERCENTILE", "RATIO", "MAX", "MIN")
@@ -19,7 +20,6 @@ VISIBILITIES = ("PRIVATE", "TEAM", "ORGANIZATION", "PUBLIC")
 _AGGREGATION_METHODS = {"sum": "SUM", "count": "COUNT", "avg": "AVERAGE", "average": "AVERAGE", "mean": "AVERAGE",
                         "count_distinct": "DISTINCT_COUNT", "distinct_count": "DISTINCT_COUNT", "max": "MAX",
                         "min": "MIN", "percentile": "PERCENTILE", "ratio": "RATIO"}
-_SLUG = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
 _KNOWN_KEYS = {"name", "slug", "description", "type", "source", "grain", "expression", "filter", "dimensions",
                "percentile", "numerator", "denominator", "visibility", "team",
                "metric_type", "data_source", "calculation_formula", "aggregation_method"}
@@ -156,8 +156,14 @@ def parse_spec(source: str | dict[str, Any]) -> MetricSpec:
         raise MetricSpecError("dimensions must not repeat")
     expression = _str(data, "expression") or _str(data, "calculation_formula")
     slug = _str(data, "slug")
-    if slug is not None and not _SLUG.match(slug):
-        raise MetricSpecError(f"slug {slug!r} must match {_SLUG.pattern}")
+    if slug is not None:
+        ids.slug(slug)
+    team = _str(data, "team")
+    if team is not None:
+        ids.principal_id(team, "team id")
+    description = _str(data, "description", "") or ""
+    ids.free_text(name, "name", ids.MAX_NAME_LENGTH, newlines=False)
+    ids.free_text(description, "description", ids.MAX_DESCRIPTION_LENGTH, newlines=True)
     numerator = denominator = None
     if kind == "RATIO":
         if "numerator" not in data or "denominator" not in data:
@@ -178,4 +184,4 @@ def parse_spec(source: str | dict[str, Any]) -> MetricSpec:
     return MetricSpec(name=name.strip(), type=kind, source=source_name, grain=grain, expression=expression,
                       filter=_str(data, "filter"), dimensions=tuple(dims), percentile=percentile,
                       numerator=numerator, denominator=denominator, visibility=visibility,
-                      team=_str(data, "team"), description=_str(data, "description", "") or "", slug=slug)
+                      team=team, description=description, slug=slug)

@@ -22,6 +22,8 @@ from metricsmith.custom_metrics.errors import ExpressionError
 
 DIALECT = "postgres"
 MAX_EXPRESSION_LENGTH = 2000
+#: Jinja delimiters: refused in the text given and in the SQL re-serialized from it
+TEMPLATE_MARKERS = ("{{", "}}", "{%", "%}", "{#", "#}")
 
 #: type categories of columns (from the manifest / catalog) and of expressions
 NUMERIC, TEXT, BOOLEAN, DATE, TIMESTAMP, JSON, UUID, UNKNOWN = (
@@ -95,7 +97,7 @@ def check_expression(text: str, columns: dict[str, str], *, field: str,
         raise ExpressionError(field, "must be a non-empty SQL expression")
     if len(text) > MAX_EXPRESSION_LENGTH:
         raise ExpressionError(field, f"is longer than {MAX_EXPRESSION_LENGTH} characters")
-    for marker in ("{{", "}}", "{%", "%}", "{#", "#}"):
+    for marker in TEMPLATE_MARKERS:
         if marker in text:
             raise ExpressionError(field, "template markers are not allowed", marker)
     if "\x00" in text:
@@ -124,8 +126,12 @@ def check_expression(text: str, columns: dict[str, str], *, field: str,
         raise ExpressionError(field, f"a filter must be a boolean condition, this is {category}", _token_text(tree))
     if want == NUMERIC and category not in (NUMERIC, UNKNOWN):
         raise ExpressionError(field, f"must be numeric for this metric type, this is {category}", _token_text(tree))
-    return CheckedExpression(sql=tree.sql(DIALECT, identify=True), category=category,
-                             columns=tuple(dict.fromkeys(used)))
+    sql = tree.sql(DIALECT, identify=True)
+    # what is stored and run is this re-serialized AST, never ``text``; it too must be template-free
+    for marker in TEMPLATE_MARKERS:
+        if marker in sql:
+            raise ExpressionError(field, "template markers are not allowed", marker)
+    return CheckedExpression(sql=sql, category=category, columns=tuple(dict.fromkeys(used)))
 
 
 def _need(node: Any, got: str, allowed: tuple[str, ...], field: str) -> None:
