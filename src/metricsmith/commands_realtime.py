@@ -7,6 +7,7 @@ import sys
 from datetime import date, datetime, timedelta
 
 from metricsmith.config import load_settings
+from metricsmith.errors import int_at_least, port_number
 
 
 def _consume(args: argparse.Namespace) -> int:
@@ -100,18 +101,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     rt.required = True
 
     def retention(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--retention-days", type=int, default=3,
+        p.add_argument("--retention-days", type=int_at_least(1), default=3,
                        help="days of per-day series (and de-duplication sets) kept in Redis (default 3)")
 
     p = rt.add_parser("consume", help="run a stream consumer (Redis metrics + raw.events, exactly-once effect)")
     p.add_argument("--consumer", help="consumer name (default host-pid; reuse it to resume its own pending entries)")
-    p.add_argument("--batch-size", type=int, default=5000)
-    p.add_argument("--block-ms", type=int, default=1000, help="how long one read waits for new entries")
-    p.add_argument("--claim-idle-ms", type=int, default=30_000,
+    p.add_argument("--batch-size", type=int_at_least(1), default=5000)
+    p.add_argument("--block-ms", type=int_at_least(0), default=1000, help="how long one read waits for new entries")
+    p.add_argument("--claim-idle-ms", type=int_at_least(0), default=30_000,
                    help="claim other consumers' entries pending longer than this (XAUTOCLAIM)")
-    p.add_argument("--lock-ttl-ms", type=int, default=10_000, help="expiry of the apply lock if a consumer dies")
+    p.add_argument("--lock-ttl-ms", type=int_at_least(1), default=10_000, help="expiry of the apply lock if a consumer dies")
     p.add_argument("--until-idle", action="store_true", help="stop when the stream is drained")
-    p.add_argument("--max-entries", type=int, help="stop after about this many entries")
+    p.add_argument("--max-entries", type=int_at_least(1), help="stop after about this many entries")
     p.add_argument("--progress", action="store_true", help="print running totals")
     p.add_argument("--allow-quarantine", action="store_true",
                    help="exit 0 even when some entries were quarantined (as `metricsmith load`)")
@@ -124,17 +125,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = rt.add_parser("serve", help="serve GET /metrics over HTTP for Prometheus")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9464)
+    p.add_argument("--port", type=port_number, default=9464)
     p.add_argument("--no-extra", action="store_true")
     p.set_defaults(handler=_serve)
 
     p = rt.add_parser("snapshot", help="write the Redis values to metricsmith.realtime_metrics_cache")
-    p.add_argument("--keep-days", type=int, default=7, help="delete snapshots older than this")
+    p.add_argument("--keep-days", type=int_at_least(1), default=7, help="delete snapshots older than this")
     retention(p)
     p.set_defaults(handler=_snapshot)
 
     p = rt.add_parser("reconcile", help="recompute event metrics from raw.events, correct Redis, record drift")
-    p.add_argument("--days", type=int, default=1, help="today and the N-1 days before (default 1: today)")
+    p.add_argument("--days", type=int_at_least(1), default=1, help="today and the N-1 days before (default 1: today)")
     p.add_argument("--day", action="append", type=_day_arg, help="a specific day YYYY-MM-DD (repeatable)")
     p.add_argument("--fail-on-drift", action="store_true", help="exit status 1 when anything was corrected")
     retention(p)

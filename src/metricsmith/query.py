@@ -232,8 +232,11 @@ class MetricsQueryService:
         if self._pool is None:
             with self._pool_lock:
                 if self._pool is None:
+                    url = db.database_url(self.settings)
+                    # fail fast with the server's own reason (the pool would retry for 30 s, logging each try)
+                    psycopg.connect(url, autocommit=True, connect_timeout=10).close()
                     pool: ConnectionPool[Any] = ConnectionPool(
-                        db.database_url(self.settings), min_size=1, max_size=4, open=False,
+                        url, min_size=1, max_size=4, open=False,
                         kwargs={"autocommit": True, "connect_timeout": 10},
                     )
                     pool.open(wait=True, timeout=30)

@@ -579,10 +579,10 @@ class TwoTierCache:
         return self._pg
 
     def _pg_broken(self, exc: BaseException) -> None:
-        if self._fence_error is None:
-            log.warning("cache: PostgreSQL unreachable for the invalidation fence (%s: %s); "
-                        "reads bypass the cache", type(exc).__name__, exc)
-        self._fence_error = f"{type(exc).__name__}: {exc}"
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if self._fence_error is None:  # info, not warning: the read that follows reports the outage itself
+            log.info("cache: PostgreSQL unreachable for the invalidation fence (%s); reads bypass the cache", reason)
+        self._fence_error = reason
         if self._pg is not None:
             with contextlib.suppress(Exception):
                 self._pg.close()
@@ -793,6 +793,7 @@ class TwoTierCache:
             "redis": "unreachable" if self.degraded else "ok",
             "l1_listening": self._subscribed.is_set(),
             "last_error": self._last_error,
+            "fence_error": self._fence_error,
             "detail": ("Redis unreachable: reads go straight to PostgreSQL" if self.degraded
                        else "two tiers active"),
         }
