@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--columns", help="comma-separated columns for --format table (default: a compact set)")
         p.add_argument("--no-cache", action="store_true", help="read PostgreSQL directly")
         p.add_argument("--schema", default="analytics", help="schema of the dbt marts (default: analytics)")
+        p.add_argument("--currency", action="store_true",
+                       help="revenue in currency units (revenue_cents / 100, columns named revenue*) instead of "
+                            "cents (the marts' unit, the default)")
 
     p = qsub.add_parser("daily", help="one row per day")
     p.add_argument("--start", type=_date, help="first day (default: 29 days before --end)")
@@ -113,9 +116,37 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _cell(value: Any) -> str:
+#: the marts keep money in cents (integers); ``--currency`` shows it in currency units
+_CENTS = "revenue_cents"
+_CENT = Decimal("0.01")
+
+
+def _currency_name(name: str) -> str:
+    return name.replace(_CENTS, "revenue")
+
+
+def _in_currency(value: Any, name: str) -> Any:
+    """``value`` of column ``name`` with cents turned into currency units (growth % unchanged)."""
+    if isinstance(value, dict):
+        if name.endswith("_pct"):  # e.g. a summary's yoy_pct: percentages keyed by measure
+            return {_currency_name(k): v for k, v in value.items()}
+        return {_currency_name(k): _in_currency(v, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_in_currency(v, name) for v in value]
+    if name.endswith(_CENTS) and isinstance(value, (int, Decimal)) and not isinstance(value, bool):
+        return (Decimal(value) / 100).quantize(_CENT)
+    return value
+
+
+def _is_money(column: str, currency: bool) -> bool:
+    return currency and column.startswith(("revenue", "avg_daily_revenue")) and not column.endswith("_pct")
+
+
+def _cell(value: Any, money: bool = False) -> str:
     if value is None:
         return ""
+    if money and isinstance(value, Decimal):
+        return f"{value:,.2f}"
     if isinstance(value, Decimal):
         return f"{value:.2f}"
     if isinstance(value, bool):
@@ -128,11 +159,16 @@ def _cell(value: Any) -> str:
 
 
 def render_rows(rows: Sequence[Any], kind: str, fmt: str, columns: str | None = None,
-                footer: list[str] | None = None) -> str:
+                footer: list[str] | None = None, *, currency: bool = False) -> str:
+    """Rows as a table, JSON or CSV. Money is in cents (``revenue_cents``), or with ``currency``
+    in currency units (``revenue``, two decimals) - in every format alike."""
     dicts = [dataclasses.asdict(r) for r in rows]
+    all_columns = [f.name for f in dataclasses.fields(rows[0])] if rows else TABLE_COLUMNS[kind]
+    if currency and kind != "custom":  # custom metric values carry their own unit
+        dicts = [_in_currency(d, "") for d in dicts]
+        all_columns = [_currency_name(c) for c in all_columns]
     if fmt == "json":
         return json.dumps(_plain(dicts), indent=2)
-    all_columns = [f.name for f in dataclasses.fields(rows[0])] if rows else TABLE_COLUMNS[kind]
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -142,10 +178,13 @@ def render_rows(rows: Sequence[Any], kind: str, fmt: str, columns: str | None = 
                                                     else d[c]) for c in all_columns])
         return out.getvalue().rstrip("\n")
     wanted = [c.strip() for c in columns.split(",")] if columns else TABLE_COLUMNS[kind]
+    if currency and kind != "custom":
+        wanted = [_currency_name(c) for c in wanted]
     unknown = [c for c in wanted if c not in all_columns]
     if unknown:
         raise UserFacingError(f"unknown column(s) {', '.join(unknown)}; available: {', '.join(all_columns)}")
-    table = [wanted] + [[_cell(d[c]) for c in wanted] for d in dicts]
+    money = {c: _is_money(c, currency and kind != "custom") for c in wanted}
+    table = [wanted] + [[_cell(d[c], money[c]) for c in wanted] for d in dicts]
     widths = [max(len(row[i]) for row in table) for i in range(len(wanted))]
     lines = ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True)))
              for row in table]
@@ -161,13 +200,19 @@ def _service(args: argparse.Namespace) -> Any:
     return MetricsQueryService(use_cache=not args.no_cache, schema=args.schema)
 
 
+def _total(measure: str, value: int, currency: bool) -> str:
+    if currency and measure == _CENTS:
+        return f"{_currency_name(measure)}={value / 100:,.2f}"
+    return f"{measure}={value:,}"
+
+
 # ---------------------------------------------------------------- query handlers
 def cmd_query_daily(args: argparse.Namespace) -> int:
     with _service(args) as svc:
         end = args.end or svc.today()
         start = args.start or end - timedelta(days=29)
         rows = svc.get_daily_metrics(start, end)
-    print(render_rows(rows, "daily", args.format, args.columns))
+    print(render_rows(rows, "daily", args.format, args.columns, currency=args.currency))
     return 0
 
 
@@ -179,9 +224,9 @@ def cmd_query_weekly(args: argparse.Namespace) -> int:
         start = args.start or week_start(end) - timedelta(weeks=11)
         summary = svc.get_weekly_metrics_summary(start, end)
     footer = [f"{len(summary.weeks)} week(s), {summary.complete_weeks} complete; totals: "
-              + ", ".join(f"{k}={v:,}" for k, v in summary.totals.items())]
+              + ", ".join(_total(k, v, args.currency) for k, v in summary.totals.items())]
     print(render_rows(summary.weeks, "weekly", args.format, args.columns,
-                      footer if args.format == "table" else None))
+                      footer if args.format == "table" else None, currency=args.currency))
     return 0
 
 
@@ -190,15 +235,19 @@ def cmd_query_monthly(args: argparse.Namespace) -> int:
         year = args.year or svc.today().year
         summary = svc.get_monthly_metrics_summary(year)
     if args.format == "json":
-        print(json.dumps(_plain(dataclasses.asdict(summary)), indent=2))
+        data = dataclasses.asdict(summary)
+        print(json.dumps(_plain(_in_currency(data, "") if args.currency else data), indent=2))
         return 0
     footer = [f"{year} ({len(summary.months)} month(s)) vs the same months of {year - 1}:"]
     for measure, total in summary.totals.items():
         yoy = summary.yoy_pct[measure]
-        footer.append(f"  {measure:<14} {total:>16,}  vs {summary.previous_year_totals[measure]:>16,}"
-                      f"  YoY {'n/a' if yoy is None else f'{yoy:+.2f}%'}")
+        name, now, before = measure, f"{total:>16,}", f"{summary.previous_year_totals[measure]:>16,}"
+        if args.currency and measure == _CENTS:
+            name = _currency_name(measure)
+            now, before = f"{total / 100:>16,.2f}", f"{summary.previous_year_totals[measure] / 100:>16,.2f}"
+        footer.append(f"  {name:<14} {now}  vs {before}  YoY {'n/a' if yoy is None else f'{yoy:+.2f}%'}")
     print(render_rows(summary.months, "monthly", args.format, args.columns,
-                      footer if args.format == "table" else None))
+                      footer if args.format == "table" else None, currency=args.currency))
     return 0
 
 

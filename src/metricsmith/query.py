@@ -176,6 +176,13 @@ _MONTHLY_COLUMNS = [f.name for f in dataclasses.fields(MonthlyMetrics)]
 _CUSTOM_COLUMNS = [f.name for f in dataclasses.fields(CustomMetricValue)]
 
 R = TypeVar("R")
+#: integer columns of the marts (whatever SQL type a contract gives them, e.g. numeric(38,0) sums)
+_COUNTS = frozenset({*MEASURES, "days_with_data"})
+
+
+def _typed(columns: list[str], row: Any) -> list[Any]:
+    """One mart row as stored in the cache: counts as int, other numerics as Decimal."""
+    return [int(v) if c in _COUNTS and v is not None else _num(v) for c, v in zip(columns, row, strict=False)]
 
 
 def _num(value: Any) -> Any:
@@ -292,7 +299,7 @@ class MetricsQueryService:
         def compute() -> list[list[Any]]:
             rows = self._fetch(self._select("daily_metrics", _DAILY_COLUMNS, "metric_date between %s and %s",
                                             "metric_date"), (start, end), "daily_metrics")
-            return [list(r) for r in rows]
+            return [_typed(_DAILY_COLUMNS, r) for r in rows]
 
         def tags() -> list[str]:
             return [periods.day_tag(d) for d in periods.days_between(start, end)]
@@ -310,7 +317,7 @@ class MetricsQueryService:
         def compute() -> list[list[Any]]:
             rows = self._fetch(self._select("weekly_metrics", _WEEKLY_COLUMNS, "week_start between %s and %s",
                                             "week_start"), (first, end), "weekly_metrics")
-            return [[_num(v) for v in r] for r in rows]
+            return [_typed(_WEEKLY_COLUMNS, r) for r in rows]
 
         # growth of the first week depends on the week before it
         def tags() -> list[str]:
@@ -335,9 +342,9 @@ class MetricsQueryService:
                                             "month_start"), (first, end), "monthly_metrics")
             out = []
             for r in rows:
-                values = [_num(v) for v in r[:-1]]
-                breakdown = [[date.fromisoformat(str(b["week_start"])), b["days_in_month"], b["total_events"],
-                              b["active_users"], b["revenue_cents"]] for b in (r[-1] or [])]
+                values = _typed(_MONTHLY_COLUMNS[:-1], r[:-1])
+                breakdown = [[date.fromisoformat(str(b["week_start"])), int(b["days_in_month"]), int(b["total_events"]),
+                              int(b["active_users"]), int(b["revenue_cents"])] for b in (r[-1] or [])]
                 out.append([*values, breakdown])
             return out
 

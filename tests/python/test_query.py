@@ -327,3 +327,65 @@ def test_custom_metric_values_with_visibility_enforced(marts: Marts, svc: Metric
     result = warm_cache(svc, today=TODAY)
     assert "custom cq_public v2 (3 values)" in result.warmed
     conn.execute("delete from metricsmith.custom_metric_definitions where slug like 'cq\\_%'")
+
+
+# ---------------------------------------------------------------- money: cents or currency units
+def test_cli_money_in_cents_or_currency_units(marts: Marts, cache: TwoTierCache,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+    import io
+    import json
+
+    from metricsmith.cli import main
+
+    base = ["--schema", marts.schema]
+    day = date(2024, 3, 1)
+    cents = marts.daily[day]["revenue_cents"]
+    # default: cents, and the header says so
+    assert main(["query", "daily", "--start", "2024-03-01", "--end", "2024-03-01", *base]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[-1] == "revenue_cents" and table[2].split()[-1] == f"{cents:,}"
+    # --currency: currency units with two decimals, in a column named revenue
+    assert main(["query", "daily", "--start", "2024-03-01", "--end", "2024-03-01", "--currency", *base]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[-1] == "revenue" and table[2].split()[-1] == f"{cents / 100:,.2f}"
+    assert main(["query", "daily", "--start", "2024-03-01", "--end", "2024-03-01", "--currency",
+                 "--format", "csv", *base]) == 0
+    row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert "revenue_cents" not in row and Decimal(row["revenue"]) == Decimal(cents) / 100
+
+    week = date(2024, 3, 4)
+    assert main(["query", "weekly", "--start", "2024-03-04", "--end", "2024-03-04", "--currency",
+                 "--format", "json", *base]) == 0
+    w = json.loads(capsys.readouterr().out)[0]
+    expected = marts.weekly[week]
+    assert w["revenue"] == pytest.approx(expected["revenue_cents"] / 100)
+    assert w["avg_daily_revenue"] == pytest.approx(float(expected["avg_daily_revenue_cents"]) / 100, abs=0.005)
+    assert w["revenue_wow_pct"] == pytest.approx(float(expected["revenue_cents_wow_pct"]), abs=1e-4)  # a ratio: unchanged
+
+    assert main(["query", "monthly", "--year", "2024", "--currency", "--format", "json", *base]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    year_cents = sum(marts.monthly[date(2024, m, 1)]["revenue_cents"] for m in range(1, 13))
+    before = sum(marts.monthly[date(2023, m, 1)]["revenue_cents"] for m in range(1, 13))
+    assert summary["totals"]["revenue"] == pytest.approx(year_cents / 100)
+    assert summary["yoy_pct"]["revenue"] == pytest.approx(float(pct(year_cents, before)), abs=1e-4)
+    assert summary["months"][0]["weekly_breakdown"][0]["revenue"] == pytest.approx(
+        marts.monthly[date(2024, 1, 1)]["weekly_breakdown"][0]["revenue_cents"] / 100)
+    # --columns takes either name
+    assert main(["query", "monthly", "--year", "2024", "--currency", "--columns", "month_start,revenue_cents",
+                 *base]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["month_start", "revenue"]
+    assert out[2].split()[1] == f"{marts.monthly[date(2024, 1, 1)]['revenue_cents'] / 100:,.2f}"
+    assert any(line.split()[0] == "revenue" for line in out[3:])  # the YoY block too
+
+
+def test_counts_stay_integers_whatever_the_sql_type(marts: Marts, conn: psycopg.Connection[Any]) -> None:
+    """The marts may declare sums as numeric(38,0) (overflow-safe): the service still returns int."""
+    conn.execute(f"alter table {marts.schema}.daily_metrics alter column revenue_cents type numeric(38,0)")
+    try:
+        with MetricsQueryService(use_cache=False, schema=marts.schema, today=TODAY) as direct:
+            row = direct.get_daily_metrics(date(2024, 3, 1), date(2024, 3, 1))[0]
+        assert type(row.revenue_cents) is int and row.revenue_cents == marts.daily[date(2024, 3, 1)]["revenue_cents"]
+    finally:
+        conn.execute(f"alter table {marts.schema}.daily_metrics alter column revenue_cents type bigint")

@@ -36,7 +36,7 @@ def step_cache() -> None:
         warm = sorted(timings)[len(timings) // 2]
         after = cache.local_stats().counters
     total = sum(r.revenue_cents for r in rows)
-    print(f"daily metrics {start} .. {end}: {len(rows)} rows, revenue {total:,} cents")
+    print(f"daily metrics {start} .. {end}: {len(rows)} rows, revenue {total / 100:,.2f} ({total:,} cents)")
     print(f"  cold read (PostgreSQL, then stored in Redis + L1): {cold * 1e3:8.2f} ms")
     print(f"  warm read (L1, this process), median of 1000:      {warm * 1e6:8.1f} us  ({cold / warm:,.0f}x faster)")
     print(f"  this step: {after['computations'] - before['computations']} computation(s), "
