@@ -190,6 +190,7 @@ class TwoTierCache:
         self._fence_seen: int | None = None  # highest record applied to this process's L1
         self._fence_error: str | None = None
         self._fence_retry_at = 0.0
+        self._outage_warned = False
         self._pg: psycopg.Connection[Any] | None = None
         self._pg_lock = threading.Lock()
         self.stats = CacheStats()
@@ -227,7 +228,8 @@ class TwoTierCache:
         self.stats.incr("redis_errors")
         self.stats.incr("errors")
         self._drop_l1()
-        if first:
+        if first and not self._outage_warned:  # once per outage, not once per probe
+            self._outage_warned = True
             log.warning("cache: Redis unreachable (%s); serving from PostgreSQL (degraded)", self._last_error)
 
     def _drop_l1(self) -> None:
@@ -823,6 +825,7 @@ def _listen(ref: weakref.ReferenceType[TwoTierCache]) -> None:
                     return
                 if message is not None:
                     if message["type"] == "subscribe":
+                        cache._outage_warned = False  # Redis answers again
                         cache._drop_l1()  # anything cached before we listened might have missed a purge
                         cache._subscribed.set()
                     elif message["type"] == "message":
