@@ -11,7 +11,7 @@ from datetime import UTC, date
 from typing import Any
 
 from metricsmith import db
-from metricsmith.errors import UserFacingError
+from metricsmith.errors import UserFacingError, int_at_least, port_number
 
 OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
                "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "PREFECT_UI_ENABLED": "true"}
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     log = jsub.add_parser("log", help="the newest rows of metricsmith.metrics_aggregation_jobs_log")
     log.add_argument("--job", choices=list(JOBS))
     log.add_argument("--status", choices=["RUNNING", "COMPLETED", "FAILED", "PARTIAL"])
-    log.add_argument("--limit", type=int, default=10)
+    log.add_argument("--limit", type=int_at_least(1), default=10)
     log.add_argument("--json", action="store_true")
     log.set_defaults(handler=cmd_log)
 
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     u = sub.add_parser("ui", help="start the local Prefect server and its UI (offline, analytics off)")
     u.add_argument("--host", default="127.0.0.1")
-    u.add_argument("--port", type=int, default=4200)
+    u.add_argument("--port", type=port_number, default=4200)
     u.set_defaults(handler=cmd_ui)
 
     sc = sub.add_parser("schedules", help="list the job schedules (UTC) or print prefect.yaml")

@@ -7,7 +7,7 @@ from datetime import date
 
 from metricsmith import db, rollups
 from metricsmith.dbt_runner import DbtError
-from metricsmith.errors import UserFacingError
+from metricsmith.errors import UserFacingError, int_at_least
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--show", action="store_true", help="print the latest weeks and months afterwards")
     run.set_defaults(handler=cmd_run)
     status = rsub.add_parser("status", help="the last runs from the ledger and the latest periods")
-    status.add_argument("--runs", type=int, default=5, help="ledger rows to show (default 5)")
+    status.add_argument("--runs", type=int_at_least(1), default=5, help="ledger rows to show (default 5)")
     status.set_defaults(handler=cmd_status)
 
     b = sub.add_parser("backfill", help="recompute a date range of the rollups and the weeks/months above it")
