@@ -156,6 +156,9 @@ def test_pipe_into_head_in_a_shell(marts: Marts) -> None:
     ["backfill", "--start", "2024-02-30", "--end", "2024-03-01"],
     ["generate", "--start", "2024-13-01"],
     ["jobs", "run", "nope"],
+    ["jobs", "log", "--limit", "-1"],
+    ["ui", "--port", "99999"],
+    ["rollups", "status", "--runs", "0"],
     ["nope"],
 ])
 def test_bad_arguments_are_usage_errors(args: list[str]) -> None:
