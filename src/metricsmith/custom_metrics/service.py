@@ -105,7 +105,7 @@ class CustomMetricsRun:
 def _one_line(message: str) -> str:
     """dbt's multi-line node message as one line (without the model header and compiled-code path)."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    lines = [line for line in lines if not line.startswith("compiled code at")]
+    lines = [line for line in lines if not line.startswith(("compiled code at", "CONTEXT:"))]
     if len(lines) > 1 and " in model " in lines[0]:
         lines = lines[1:]
     text = " ".join(lines)
