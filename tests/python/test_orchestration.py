@@ -268,3 +268,98 @@ def test_concurrent_second_run_waits_for_the_first(events: None, conn: psycopg.C
     assert result.status == "COMPLETED" and not result.skipped
     rows = joblog.recent(conn, "monthly-rollup", limit=5)
     assert rows[0]["id"] == result.log_id and rows[0]["status"] == "COMPLETED"
+
+
+def _terminate_when_dbt_blocks(dsn: str, keep: set[int], ready: Any, done: list[int], timeout: float = 300.0) -> None:
+    """Hold an exclusive lock on daily_metrics until dbt's query on it waits for the lock (so the
+    kill always lands mid-run), then terminate every backend connected to the database
+    (except ``keep``): what clients see when PostgreSQL restarts."""
+    with psycopg.connect(dsn) as locker, psycopg.connect(dsn, autocommit=True) as admin:
+        # two connections: pg_stat_activity is a snapshot per transaction, so poll outside the lock's
+        me = [r[0] for c in (locker, admin) for r in c.execute("select pg_backend_pid()").fetchall()]
+        locker.execute("lock table analytics.daily_metrics in access exclusive mode")
+        ready.set()
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                row = admin.execute(
+                    "select count(*) from pg_stat_activity where datname = current_database() "
+                    "and wait_event_type = 'Lock' and pid <> all(%s)", (me,)).fetchone()
+                if row and row[0]:
+                    victims = [int(r[0]) for r in admin.execute(
+                        "select pid from pg_stat_activity where datname = current_database() and pid <> all(%s)",
+                        ([*me, *keep],)).fetchall()]
+                    for pid in victims:  # one by one: SQL would not promise to filter before terminating
+                        admin.execute("select pg_terminate_backend(%s)", (pid,))
+                    done.extend(victims)
+                    return
+                time.sleep(0.05)
+        finally:
+            locker.rollback()
+
+
+def test_connections_terminated_mid_job_still_completes_its_own_row(
+        events: None, conn: psycopg.Connection[Any]) -> None:
+    """A PostgreSQL restart mid-job (every backend of the database terminated while dbt runs):
+    the run reconnects, keeps its own RUNNING row (never marks it stale) and ends COMPLETED
+    with the failed attempt recorded; health counts it a success."""
+    import threading
+
+    from metricsmith.health import get_metrics_aggregation_health
+
+    _add_late_events(conn, START + timedelta(days=30), 5, "restart")
+    mine = conn.execute("select pg_backend_pid()").fetchone()
+    assert mine is not None
+    killed: list[int] = []
+    ready = threading.Event()
+    errors: list[BaseException] = []
+
+    def kill() -> None:
+        try:
+            _terminate_when_dbt_blocks(conn.info.dsn, {mine[0]}, ready, killed)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            ready.set()
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    assert ready.wait(60)
+    try:
+        result = run_job("daily-metrics", policy=FAST, lock_wait_seconds=30)
+    finally:
+        killer.join()
+    assert not errors, errors
+    assert killed, f"dbt never waited for daily_metrics: nothing was terminated ({result.render()})"
+    assert result.status == "COMPLETED" and result.attempts >= 2 and result.stale_marked == []
+    row = _log(conn, result.log_id)
+    assert row["status"] == "COMPLETED" and row["attempt"] == result.attempts and row["error_message"] is None
+    assert "stale" not in row["details"]
+    tries = row["details"]["attempts"]
+    assert [t["attempt"] for t in tries] == list(range(1, result.attempts)) and all(t["transient"] for t in tries)
+    assert row["details"]["owner"]["pid"] == os.getpid()
+    assert _daily(conn) == _expected_daily(conn)
+    statuses = [r["status"] for r in joblog.recent(conn, "daily-metrics", limit=50)]
+    assert "RUNNING" not in statuses
+    daily = next(j for j in get_metrics_aggregation_health().jobs if j.job_name == "daily-metrics")
+    assert daily.last_run_status == "COMPLETED" and daily.consecutive_failures == 0
+
+
+def test_stale_repair_spares_live_owners(events: None, conn: psycopg.Connection[Any]) -> None:
+    """mark_stale never touches the caller's own row nor a row whose owner process is alive on
+    this host; a row of a dead process is marked (with the job's lock held)."""
+    key = locks.job_lock_key("weekly-rollup")
+    with psycopg.connect(conn.info.dsn, autocommit=True) as holder:
+        assert locks.try_lock(holder, key, 5)
+        own = joblog.new_owner()
+        mine = joblog.start(holder, "weekly-rollup", attempt=1, timeout_seconds=7200, owner=own)
+        alive = joblog.start(holder, "weekly-rollup", attempt=1, timeout_seconds=7200)  # this process: alive
+        dead_proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                   text=True, check=True)
+        dead_owner = {**joblog.new_owner(), "pid": int(dead_proc.stdout), "pid_start": None}
+        dead = joblog.start(holder, "weekly-rollup", attempt=1, timeout_seconds=7200, owner=dead_owner)
+        legacy = joblog.start(holder, "weekly-rollup", attempt=1, timeout_seconds=7200, owner={})
+        assert joblog.mark_stale(holder, "weekly-rollup", own_token=own["token"]) == sorted([dead, legacy])
+        assert [_log(conn, i)["status"] for i in (mine, alive, dead, legacy)] == ["RUNNING", "RUNNING", "FAILED", "FAILED"]
+        for i in (mine, alive):
+            joblog.finish(holder, i, joblog.Final("COMPLETED"))
+        locks.unlock(holder, key)

@@ -5,8 +5,11 @@ Per run:
 
 1. connect and take the job's advisory lock (wait at most ``lock_wait_seconds``; if another
    run still holds it, log a FAILED row marked ``skipped`` and stop: no double work);
-2. mark abandoned RUNNING rows of this job FAILED (their process is gone, we hold the lock);
-3. insert this run's RUNNING row;
+2. mark abandoned RUNNING rows of this job FAILED (we hold the lock; never our own row, nor
+   one whose owner process is still alive on this host - see :func:`joblog.mark_stale`);
+3. insert this run's RUNNING row, with its owner (token, host, pid, lock backend pid). After a
+   lost connection (PostgreSQL restart) the retry reconnects, takes the lock again and keeps
+   updating the same row; if another run took the lock meanwhile, this run ends its row FAILED;
 4. up to ``RetryPolicy.attempts`` attempts of the dbt build (through PrefectDbtRunner, under
    the rollups' advisory lock so CLI rollup runs and other jobs do not interleave). Transient
    failures (database unreachable, lock timeout, serialization failure) are retried after an
@@ -209,6 +212,9 @@ def run_job(
         result.attempt_errors.append({"attempt": attempt, "at": datetime.now(UTC).isoformat(),
                                       "transient": transient, "error": message[:2000]})
 
+    # who this run is: its own row is never taken for an abandoned one (e.g. after a reconnect)
+    owner = joblog.new_owner()
+
     try:
         for attempt in range(1, policy.attempts + 1):
             result.attempts = attempt
@@ -216,17 +222,23 @@ def run_job(
                 if lock_conn is None or lock_conn.closed or lock_conn.broken:
                     lock_conn = db.connect(settings, autocommit=True)
                     if not locks.try_lock(lock_conn, key, lock_wait_seconds):
+                        if result.log_id is not None:  # we lost the lock with our connection; someone took over
+                            return _lost_lock(result, lock_conn, key, settings, spec, common_details, began, log)
                         return _refuse(result, lock_conn, key, spec, common_details, lock_wait_seconds, began, log)
-                    result.stale_marked += joblog.mark_stale(lock_conn, name)
-                    for stale in result.stale_marked:
+                    backend = lock_conn.execute("select pg_backend_pid()").fetchone()
+                    owner["backend_pid"] = int(backend[0]) if backend else None
+                    marked = joblog.mark_stale(lock_conn, name, own_token=owner["token"])
+                    result.stale_marked += marked
+                    for stale in marked:
                         log.warning("job log row %s of %s was still RUNNING from a run that died: marked FAILED",
                                     stale, name)
                 if result.log_id is None:
                     result.log_id = joblog.start(lock_conn, name, attempt=attempt, timeout_seconds=spec.timeout_seconds,
                                                  period_start=start, period_end=end, flow_run_id=_flow_run_id(),
-                                                 details=common_details)
+                                                 details=common_details, owner=owner)
                 else:
-                    joblog.update_attempt(lock_conn, result.log_id, attempt, {"attempts": result.attempt_errors})
+                    joblog.update_attempt(lock_conn, result.log_id, attempt,
+                                          {"attempts": result.attempt_errors, "owner": owner})
                 log.info("%s attempt %d/%d: dbt %s", name, attempt, policy.attempts, " ".join(args))
                 with _rollup_lock(lock_conn, lock_wait_seconds):
                     outcome = dbt_exec.invoke(args, vars=vars_, settings=settings, attempt=attempt)
@@ -267,6 +279,14 @@ def run_job(
         result.seconds = time.perf_counter() - began
         _finish(result, lock_conn, settings, spec, common_details, log)
         return result
+    except BaseException as exc:  # interrupted (e.g. Ctrl-C, flow cancelled): the row must not stay RUNNING
+        if result.log_id is not None and result.status == "RUNNING":
+            result.status = "FAILED"
+            result.error_message = f"interrupted: {type(exc).__name__}: {exc}".strip()
+            result.seconds = time.perf_counter() - began
+            with contextlib.suppress(Exception):
+                _finish(result, lock_conn, settings, spec, common_details, log)
+        raise
     finally:
         if lock_conn is not None and not lock_conn.closed:
             with contextlib.suppress(psycopg.Error):
@@ -348,6 +368,22 @@ def _finish(result: JobResult, conn: psycopg.Connection[Any] | None, settings: S
             log.error("could not write the job log (%s); result: %s", exc, result.render())
             conn = None
     (log.info if result.ok else log.error)(result.render())
+
+
+def _lost_lock(result: JobResult, conn: psycopg.Connection[Any], key: int, settings: Settings, spec: JobSpec,
+               common: dict[str, Any], began: float, log: Any) -> JobResult:
+    """Our connection (and with it the job lock) was lost and another run took the lock before
+    we reconnected: stop, and end our own row FAILED with its attempts (never left RUNNING)."""
+    pid = locks.holder_pid(conn, key)
+    result.status = "FAILED"
+    result.error_message = (f"lost the connection during attempt {result.attempts - 1} and another run of "
+                            f"{spec.name} took the job lock meanwhile (backend pid {pid}); stopped without finishing")
+    result.seconds = time.perf_counter() - began
+    try:
+        _finish(result, conn, settings, spec, common, log)
+    finally:
+        conn.close()
+    return result
 
 
 def _refuse(result: JobResult, conn: psycopg.Connection[Any], key: int, spec: JobSpec, common: dict[str, Any],
