@@ -101,7 +101,7 @@ def main() -> int:
             svc.create("bench", spec(kind))
         run = svc.run(full_refresh=True)
         node_times = {r.node.name: r.execution_time for r in run.results}
-        compiled_dir = svc.target_path / "compiled" / "metricsmith" / "models" / "custom" / "generated"
+        compiled_dir = svc.target_path / "compiled" / "metricsmith" / svc.generated_dir.relative_to(svc.project_dir)
         print(f"{'type':<16} {'generated s':>12} {'hand s':>9} {'ratio':>7} {'dbt node s':>11}")
         worst = 0.0
         with psycopg.connect(url, autocommit=True) as conn:
