@@ -1,12 +1,20 @@
 """Job health: ``get_metrics_aggregation_health()`` and ``metricsmith health [--json]``.
 
 Per scheduled job: last success, last failure, consecutive failures, whether it is overdue
-against its cron (no successful run since the last scheduled time + grace), and data
-freshness (latest metric_date / week_start / month_start vs what the schedule promises).
+against its cron, and data freshness (latest metric_date / week_start / month_start vs what
+the schedule promises).
 
-Job state: ``failing`` = 2+ consecutive failures, or the last run failed and the job is
-overdue; ``degraded`` = one failure, overdue, never ran, stale data, or a run RUNNING past
-its timeout; else ``healthy``. Overall = the worst job; exit status 0 / 1 / 2.
+Overdue-ness and freshness are judged from the data, not from one job's own runs: a job's
+mart counts as built by the last successful run of *any* path that builds it - the job
+itself, every other job whose dbt selection includes that mart (the daily job builds all
+three marts; :data:`metricsmith.orchestration.jobs.JOBS` ``marts`` says which), and
+``metricsmith rollups run`` / ``backfill`` (a row in the rollup ledger ``int_rollup_ledger``,
+which dbt writes only after all three marts were built). A job is overdue when nothing built
+its mart since its last scheduled time + grace.
+
+Job state: ``failing`` = 2+ consecutive failures of the job, or its last run failed and it is
+overdue; ``degraded`` = one failure, overdue, never built by any path, stale data, or a run
+RUNNING past its timeout; else ``healthy``. Overall = the worst job; exit status 0 / 1 / 2.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from cronsim import CronSim
 from metricsmith import db
 from metricsmith.config import Settings, load_settings
 from metricsmith.orchestration.joblog import TABLE
+from metricsmith.orchestration.jobs import JOBS
 from metricsmith.orchestration.schedules import SCHEDULES
 
 #: a run may finish this long after its scheduled time before the job counts as overdue
@@ -27,6 +36,8 @@ GRACE = timedelta(hours=2)
 STATES = ("healthy", "degraded", "failing")
 EXIT_STATUS = {"healthy": 0, "degraded": 1, "failing": 2}
 
+#: the path name of a rollup-ledger row (``metricsmith rollups run`` / ``backfill`` / any flow)
+LEDGER_PATH = "rollups ledger"
 #: job -> (mart, key column, promised period for a run at scheduled time t)
 FRESHNESS: dict[str, tuple[str, str]] = {
     "daily-metrics": ("daily_metrics", "metric_date"),
@@ -55,6 +66,9 @@ class JobHealth:
     last_run_status: str | None
     last_run_started_at: datetime | None
     last_success_at: datetime | None
+    #: the last successful build of this job's mart by any path, and which path it was
+    last_built_at: datetime | None
+    last_built_by: str | None
     last_failure_at: datetime | None
     last_error: str | None
     consecutive_failures: int
@@ -96,10 +110,11 @@ class AggregationHealth:
             return "never" if v is None else f"{v.astimezone(UTC):%Y-%m-%d %H:%M}"
 
         lines = [f"metrics aggregation: {self.status.upper()}  (checked {ts(self.checked_at)} UTC)"]
-        lines.append(f"{'job':<15} {'state':<9} {'last success':<17} {'last failure':<17} {'fails':>5}  "
+        lines.append(f"{'job':<15} {'state':<9} {'last built (by)':<33} {'last failure':<17} {'fails':>5}  "
                      f"{'latest data':<11} {'promised':<11} next run (UTC)")
         for j in self.jobs:
-            lines.append(f"{j.job_name:<15} {j.state:<9} {ts(j.last_success_at):<17} {ts(j.last_failure_at):<17} "
+            built = ts(j.last_built_at) + (f" {j.last_built_by}" if j.last_built_by else "")
+            lines.append(f"{j.job_name:<15} {j.state:<9} {built:<33} {ts(j.last_failure_at):<17} "
                          f"{j.consecutive_failures:>5}  {str(j.latest_period or '-'):<11} {str(j.promised_period):<11} "
                          f"{ts(j.next_scheduled_at)}")
             for reason in j.reasons:
@@ -113,6 +128,32 @@ def _latest_period(conn: Any, schema: str, mart: str, column: str) -> date | Non
         return None
     value = conn.execute(f"select max({column}) from {schema}.{mart}").fetchone()
     return value[0] if value else None
+
+
+def builders(mart: str) -> list[str]:
+    """Every job whose run builds ``mart`` (from the jobs' own declarations)."""
+    return [name for name, spec in JOBS.items() if mart in spec.marts]
+
+
+def _last_built(conn: Any, mart: str, now: datetime, schema: str) -> tuple[datetime | None, str | None]:
+    """The newest successful build of ``mart`` before ``now`` by any path: a COMPLETED run of a
+    job that builds it, or a row of the rollup ledger (written only once all marts are built)."""
+    best: tuple[datetime | None, str | None] = (None, None)
+    row = conn.execute(
+        f"""select finished_at, job_name from {TABLE}
+            where status = 'COMPLETED' and job_name = any(%s) and finished_at <= %s
+            order by finished_at desc limit 1""",
+        (builders(mart), now),
+    ).fetchone()
+    if row:
+        best = (row[0], str(row[1]))
+    exists = conn.execute("select to_regclass(%s) is not null", (f"{schema}.int_rollup_ledger",)).fetchone()
+    if exists and exists[0]:
+        ledger = conn.execute(f"select max(finished_at) from {schema}.int_rollup_ledger where finished_at <= %s",
+                              (now,)).fetchone()
+        if ledger and ledger[0] is not None and (best[0] is None or ledger[0] > best[0]):
+            best = (ledger[0], LEDGER_PATH)
+    return best
 
 
 def _job_health(conn: Any, job: str, cron: str, now: datetime, schema: str) -> JobHealth:
@@ -136,8 +177,9 @@ def _job_health(conn: Any, job: str, cron: str, now: datetime, schema: str) -> J
     running = [r for r in runs if r[0] == "RUNNING"]
     stuck = [r for r in running if r[5]]
     last_ok_time = last_success[2] if last_success else None
-    overdue = now >= prev + GRACE and (last_ok_time is None or last_ok_time < prev)
     mart, column = FRESHNESS[job]
+    built_at, built_by = _last_built(conn, mart, now, schema)
+    overdue = now >= prev + GRACE and (built_at is None or built_at < prev)
     latest = _latest_period(conn, schema, mart, column)
     promised = promised_period(job, prev if now >= prev + GRACE else next(CronSim(cron, prev, reverse=True)))
     fresh = latest is not None and latest >= promised
@@ -150,12 +192,13 @@ def _job_health(conn: Any, job: str, cron: str, now: datetime, schema: str) -> J
     elif consecutive == 1:
         state = "degraded"
         reasons.append(f"last run {final[0][0]}: {(final[0][3] or '')[:300]}")
-    if not final and not running:
+    if built_at is None and not running:
         state = _worse(state, "degraded")
-        reasons.append("never ran")
-    if overdue:
+        reasons.append(f"never ran: no run of {', '.join(builders(mart))} (nor rollups run) has built {mart}")
+    elif overdue:
         state = _worse(state, "degraded")
-        reasons.append(f"overdue: no successful run since the scheduled time {prev:%Y-%m-%d %H:%M} UTC (+{GRACE})")
+        reasons.append(f"overdue: {mart} not built since the scheduled time {prev:%Y-%m-%d %H:%M} UTC (+{GRACE}); "
+                       f"last built {built_at:%Y-%m-%d %H:%M} UTC by {built_by}")
     if stuck:
         state = _worse(state, "degraded")
         reasons.append(f"a run started {stuck[0][1]:%Y-%m-%d %H:%M} is RUNNING past its timeout")
@@ -165,7 +208,7 @@ def _job_health(conn: Any, job: str, cron: str, now: datetime, schema: str) -> J
     return JobHealth(
         job_name=job, schedule=f"{cron} UTC", state=state,
         last_run_status=runs[0][0] if runs else None, last_run_started_at=runs[0][1] if runs else None,
-        last_success_at=last_ok_time, last_failure_at=last_failure[2] if last_failure else None,
+        last_success_at=last_ok_time, last_built_at=built_at, last_built_by=built_by, last_failure_at=last_failure[2] if last_failure else None,
         last_error=last_failure[3] if last_failure else None, consecutive_failures=consecutive,
         previous_scheduled_at=prev, next_scheduled_at=nxt, overdue=overdue, running=bool(running),
         latest_period=latest, promised_period=promised, data_fresh=fresh, reasons=reasons,

@@ -94,6 +94,50 @@ def test_failing_after_consecutive_failures(job_log: psycopg.Connection[Any]) ->
     assert get_metrics_aggregation_health(schema=MARTS, now=NOW).jobs[1].state == "degraded"
 
 
+def _ledger(conn: psycopg.Connection[Any], finished: datetime) -> None:
+    """A row of the rollup ledger, as `metricsmith rollups run` writes it (all marts built)."""
+    conn.execute(f"create table if not exists {MARTS}.int_rollup_ledger (finished_at timestamptz)")
+    conn.execute(f"insert into {MARTS}.int_rollup_ledger values (%s)", (finished,))
+
+
+def test_marts_built_by_the_daily_job_make_weekly_and_monthly_healthy(job_log: psycopg.Connection[Any]) -> None:
+    # right after `make demo`: only the daily job ran (it builds every mart), data is fresh
+    _row(job_log, "daily-metrics", "COMPLETED", datetime(2026, 3, 11, 2, 0, tzinfo=UTC))
+    health = get_metrics_aggregation_health(schema=MARTS, now=NOW)
+    assert health.status == "healthy" and health.exit_status == 0, health.render()
+    for j in health.jobs:
+        assert j.state == "healthy" and not j.overdue and j.reasons == []
+        assert j.last_built_at == datetime(2026, 3, 11, 2, 5, tzinfo=UTC) and j.last_built_by == "daily-metrics"
+    weekly = health.jobs[1]
+    assert weekly.last_success_at is None and weekly.last_run_status is None  # its own runs: none
+    assert "2026-03-11 02:05 daily-metrics" in health.render()
+
+
+def test_marts_built_by_rollups_run_count(job_log: psycopg.Connection[Any]) -> None:
+    # no job ever ran, but `metricsmith rollups run` wrote the ledger an hour ago
+    _ledger(job_log, NOW - timedelta(hours=1))
+    health = get_metrics_aggregation_health(schema=MARTS, now=NOW)
+    assert health.status == "healthy", health.render()
+    assert {j.last_built_by for j in health.jobs} == {"rollups ledger"}
+    # a ledger row older than the weekly schedule (Monday 04:00 UTC) does not satisfy it
+    job_log.execute(f"update {MARTS}.int_rollup_ledger set finished_at = %s", (datetime(2026, 3, 8, 12, tzinfo=UTC),))
+    health = get_metrics_aggregation_health(schema=MARTS, now=NOW)
+    daily, weekly, monthly = health.jobs
+    assert daily.overdue and weekly.overdue and not monthly.overdue and health.status == "degraded"
+    assert any("last built 2026-03-08 12:00 UTC by rollups ledger" in r for r in weekly.reasons)
+    assert monthly.state == "healthy"
+
+
+def test_never_built_by_any_path_is_degraded(job_log: psycopg.Connection[Any]) -> None:
+    # a failed weekly run and a refused one do not build anything
+    _row(job_log, "weekly-rollup", "FAILED", datetime(2026, 3, 9, 4, 0, tzinfo=UTC), error="boom")
+    health = get_metrics_aggregation_health(schema=MARTS, now=NOW)
+    assert health.status == "failing"  # weekly: its one run failed and it is overdue
+    monthly = health.jobs[2]
+    assert monthly.state == "degraded" and monthly.last_built_at is None
+    assert any(r.startswith("never ran") and "monthly_metrics" in r for r in monthly.reasons)
+
+
 def test_stale_data_and_stuck_run(job_log: psycopg.Connection[Any]) -> None:
     _healthy_history(job_log)
     job_log.execute(f"update {MARTS}.daily_metrics set metric_date = '2026-03-08'")
