@@ -6,7 +6,7 @@ import argparse
 from datetime import date
 
 from metricsmith import db, rollups
-from metricsmith.dbt_runner import DbtError
+from metricsmith.dbt_runner import DbtError, set_verbose
 from metricsmith.errors import UserFacingError, int_at_least
 
 
@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="rebuild every rollup table from raw.events (needed after changing METRICSMITH_TIMEZONE)")
     run.add_argument("--test", action="store_true", help="dbt build: also run the data tests and unit tests")
     run.add_argument("--show", action="store_true", help="print the latest weeks and months afterwards")
+    run.add_argument("-v", "--verbose", action="store_true", help="show dbt's log (default: the summary only)")
     run.set_defaults(handler=cmd_run)
     status = rsub.add_parser("status", help="the last runs from the ledger and the latest periods")
     status.add_argument("--runs", type=int_at_least(1), default=5, help="ledger rows to show (default 5)")
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("backfill", help="recompute a date range of the rollups and the weeks/months above it")
     b.add_argument("--start", required=True, type=_day, help="first day, YYYY-MM-DD")
     b.add_argument("--end", required=True, type=_day, help="last day, YYYY-MM-DD (inclusive)")
+    b.add_argument("-v", "--verbose", action="store_true", help="show dbt's log (default: the summary only)")
     b.set_defaults(handler=cmd_backfill)
 
 
@@ -52,6 +54,7 @@ def _run(**kwargs: object) -> rollups.RollupRunResult:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    set_verbose(args.verbose)
     result = _run(full_refresh=args.full_refresh, test=args.test)
     print(result.render())
     if args.show:
@@ -62,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_backfill(args: argparse.Namespace) -> int:
     if args.start > args.end:
         raise UserFacingError(f"--start {args.start} is after --end {args.end}")
+    set_verbose(args.verbose)
     result = _run(backfill=(args.start, args.end))
     print(result.render())
     return 0

@@ -3,6 +3,11 @@
 dbt-core does not support two invocations at once in one process, so every invocation
 goes through one process-wide lock. The profile in ``profiles/`` reads the environment
 that :func:`metricsmith.db.dbt_env` produces; it is set before each invocation.
+
+dbt's console log is off by default (``DBT_QUIET``: errors only; the commands print their own
+summary); ``-v/--verbose`` (:func:`set_verbose`, or ``METRICSMITH_VERBOSE=1``) shows it. The
+log file (``logs/dbt.log``) is written either way. Every path that runs dbt calls
+:func:`prepare_environment`, so this one switch governs all of them.
 """
 
 from __future__ import annotations
@@ -17,6 +22,18 @@ from metricsmith import db
 from metricsmith.config import Settings, load_settings, project_root
 
 _DBT_LOCK = threading.Lock()
+
+ENV_VERBOSE = "METRICSMITH_VERBOSE"
+
+
+def set_verbose(on: bool) -> None:
+    """Show dbt's log in this process (and the processes it starts) - the commands' ``-v``."""
+    if on:
+        os.environ[ENV_VERBOSE] = "1"
+
+
+def verbose() -> bool:
+    return os.environ.get(ENV_VERBOSE, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class DbtError(RuntimeError):
@@ -53,8 +70,9 @@ def dbt_base_args() -> list[str]:
 
 
 def prepare_environment(settings: Settings | None = None) -> dict[str, str]:
-    """Export the profile's variables (and dbt's no-tracking flags) into this process."""
-    env = db.dbt_env(settings or load_settings())
+    """Export the profile's variables (and dbt's no-tracking flags) into this process, and
+    dbt's console verbosity (quiet unless :func:`verbose`)."""
+    env = {**db.dbt_env(settings or load_settings()), "DBT_QUIET": "false" if verbose() else "true"}
     os.environ.update(env)
     return env
 

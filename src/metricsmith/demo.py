@@ -63,4 +63,12 @@ def run_demo() -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline on the configured servers and print a summary")
-    p.set_defaults(handler=lambda args: run_demo())
+    p.add_argument("-v", "--verbose", action="store_true", help="show dbt's log (default: each step's summary)")
+    p.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from metricsmith.dbt_runner import set_verbose
+
+    set_verbose(args.verbose)
+    return run_demo()

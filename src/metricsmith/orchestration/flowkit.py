@@ -8,15 +8,13 @@ from datetime import date
 from typing import Any
 
 from metricsmith.orchestration import artifacts
-from metricsmith.orchestration.jobs import JobFailed, JobResult, run_job
+from metricsmith.orchestration.jobs import JobFailed, JobResult, _flow_run_id, _logger, run_job
 
 
 def refresh_cache(result: JobResult) -> None:
     """Invalidate and warm the metric cache for the changed periods (fail-open: a cache
     problem is logged, never fails the job)."""
-    from prefect import get_run_logger
-
-    log = get_run_logger()
+    log = _logger()  # the flow run's logger, or plain logging outside a flow run
     try:
         from metricsmith.cache.invalidation import refresh_after_run
     except ImportError:  # the cache capability is optional
@@ -39,7 +37,8 @@ def run_job_flow(name: str, *, start: date | None = None, end: date | None = Non
         raise JobFailed(result)
     return {"job": name, "status": result.status, "log_id": result.log_id, "attempts": result.attempts,
             "rows_affected": result.rows_affected, "days": len(result.changed.days),
-            "weeks": len(result.changed.weeks), "months": len(result.changed.months)}
+            "weeks": len(result.changed.weeks), "months": len(result.changed.months),
+            "flow_run_id": _flow_run_id(), "summary": result.render()}
 
 
 def run_custom_metrics_step() -> dict[str, Any]:
@@ -47,8 +46,8 @@ def run_custom_metrics_step() -> dict[str, Any]:
     from metricsmith.custom_metrics.job import run_custom_metrics_job
 
     result = run_custom_metrics_job()
-    print(f"custom metrics {result.status}: {result.models_ok} models ok, {result.models_failed} failed, "
-          f"{result.rows} value rows")
+    _logger().info("custom metrics %s: %d models ok, %d failed, %d value rows", result.status, result.models_ok,
+                   result.models_failed, result.rows)
     if result.status != "COMPLETED":
         raise RuntimeError(f"custom-metrics {result.status}: {result.message}")
     return result.as_dict()
