@@ -1,13 +1,23 @@
-"""CLI: ``metricsmith jobs run|log``, ``health``, ``serve``, ``ui``, ``schedules``."""
+"""CLI: ``metricsmith jobs run|log``, ``health``, ``serve``, ``ui``, ``schedules``.
+
+``ui`` records where its Prefect server listens (``$METRICSMITH_HOME/prefect-server.json``);
+``serve`` and ``jobs run`` use that server (or ``PREFECT_API_URL``). With none, ``serve``
+refuses (every flow run would start its own temporary server) and ``jobs run`` runs the
+flow's logic without Prefect (job log, lock and retries, no flow run in the UI)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from datetime import UTC, date
+from types import FrameType
 from typing import Any
 
 from metricsmith import db
@@ -28,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--start", type=_day, help="backfill: first day YYYY-MM-DD")
     run.add_argument("--end", type=_day, help="backfill: last day YYYY-MM-DD (inclusive)")
     run.add_argument("--no-cache-refresh", action="store_true", help="do not invalidate/warm the metric cache")
+    run.add_argument("--json", action="store_true", help="print the flow's result as JSON")
+    run.add_argument("-v", "--verbose", action="store_true", help="show dbt's and Prefect's log")
     run.set_defaults(handler=cmd_run)
     log = jsub.add_parser("log", help="the newest rows of metricsmith.metrics_aggregation_jobs_log")
     log.add_argument("--job", choices=list(JOBS))
@@ -40,10 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--json", action="store_true", help="machine-readable output for monitors")
     h.set_defaults(handler=cmd_health)
 
-    s = sub.add_parser("serve", help="serve all job deployments with their schedules from this process")
+    s = sub.add_parser("serve", help="serve all job deployments with their schedules from this process "
+                                      "(against the server `metricsmith ui` started, or PREFECT_API_URL)")
+    s.add_argument("-v", "--verbose", action="store_true", help="show dbt's log in each flow run")
     s.set_defaults(handler=cmd_serve)
 
-    u = sub.add_parser("ui", help="start the local Prefect server and its UI (offline, analytics off)")
+    u = sub.add_parser("ui", help="start the local Prefect server and its UI (offline, analytics off); "
+                                   "records its address for `serve` and `jobs run`")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=port_number, default=4200)
     u.set_defaults(handler=cmd_ui)
@@ -60,27 +75,63 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
+def _offline_env() -> None:
+    os.environ.update({k: v for k, v in OFFLINE_ENV.items() if k not in os.environ})
+
+
+def _find_server() -> tuple[str | None, str]:
+    from metricsmith.orchestration import server
+
+    try:
+        return server.find_api_url()
+    except server.NoServer as exc:
+        raise UserFacingError(str(exc)) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from metricsmith import dbt_runner
+    from metricsmith.orchestration import server
     from metricsmith.orchestration.jobs import JOBS, JobFailed
     from metricsmith.orchestration.schedules import DEPLOYMENTS, load_flow
 
-    # without PREFECT_API_URL Prefect starts a temporary server: give a busy machine time
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.update({k: v for k, v in OFFLINE_ENV.items() if k not in os.environ})
+    _offline_env()
+    dbt_runner.set_verbose(args.verbose)
     spec = JOBS[args.job]
     if spec.needs_period and (args.start is None or args.end is None):
         raise UserFacingError(f"{args.job} needs --start and --end")
+    api_url, where = _find_server()
+    if api_url is not None:
+        server.use_api_url(api_url)
+        if not args.verbose:  # the flow's log still goes to the server (UI); the console gets warnings
+            os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"
     entry = next(d.entrypoint for d in DEPLOYMENTS if d.job == args.job)
     flow = load_flow(entry)
+    if api_url is not None and not args.verbose:
+        from prefect.logging.configuration import setup_logging
+
+        setup_logging(incremental=False)
     params: dict[str, Any] = {"refresh_cache": not args.no_cache_refresh}
     if spec.needs_period:
         params.update(start=args.start, end=args.end)
+    if api_url is None:
+        print(f"no Prefect server runs ({where}): running {args.job} without Prefect "
+              "(job log, lock and retries as usual; no flow run in the UI)", file=sys.stderr)
     try:
-        out = flow(**params)
+        # no server: the flow's own function, outside Prefect (no temporary server is started)
+        out = flow(**params) if api_url is not None else flow.fn(**params)
     except JobFailed as exc:
         print(exc.result.render(), file=sys.stderr)
         return 1
-    print(json.dumps(out, default=str))
+    if args.json:
+        print(json.dumps(out, default=str))
+        return 0
+    print(out.get("summary") or json.dumps(out, default=str))
+    custom = out.get("custom_metrics")
+    if isinstance(custom, dict):
+        print(f"custom-metrics: {custom.get('status')}: {custom.get('models_ok')} model(s) ok, "
+              f"{custom.get('models_failed')} failed, {custom.get('rows')} value row(s)")
+    if api_url is not None and out.get("flow_run_id"):
+        print(f"flow run {out['flow_run_id']} on the Prefect server at {api_url} ({where})")
     return 0
 
 
@@ -109,23 +160,113 @@ def cmd_health(args: argparse.Namespace) -> int:
     return health.exit_status
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from prefect import serve
+#: after SIGTERM/SIGINT, ``serve`` (and ``ui``) exit within this many seconds even if a
+#: shutdown step hangs (e.g. a websocket that never closes)
+STOP_GRACE_SECONDS = 8.0
 
+
+def _arm_exit_watchdog(code: int) -> None:
+    def force() -> None:
+        time.sleep(STOP_GRACE_SECONDS)
+        print(f"metricsmith: shutdown did not finish within {STOP_GRACE_SECONDS:.0f} s: exiting", file=sys.stderr)
+        os._exit(code)
+
+    threading.Thread(target=force, name="exit-watchdog", daemon=True).start()
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGINT both stop the process the way Ctrl-C does (KeyboardInterrupt), with a
+    watchdog that ends it after :data:`STOP_GRACE_SECONDS` whatever happens."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        _arm_exit_watchdog(128 + signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _stop_on_signals()  # from the start: a signal while loading the flows stops cleanly too
+    try:
+        return _serve(args)
+    except KeyboardInterrupt:
+        print("serve: stopped", flush=True)
+        return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from prefect.runner import Runner
+
+    from metricsmith import dbt_runner
+    from metricsmith.orchestration import server
     from metricsmith.orchestration.schedules import runner_deployments
 
-    os.environ.update({k: v for k, v in OFFLINE_ENV.items() if k not in os.environ})
+    _offline_env()
+    dbt_runner.set_verbose(args.verbose)
     db.dbt_env()  # fail early on bad configuration
-    serve(*runner_deployments())
+    api_url, where = _find_server()
+    if api_url is None:
+        raise UserFacingError(f"no Prefect server runs: {where}. Start `metricsmith ui` in another shell "
+                              "(serve finds it), or set PREFECT_API_URL; serve does not start temporary servers")
+    server.use_api_url(api_url)
+
+    class _Runner(Runner):
+        def handle_sigterm(self, *_: Any, **__: Any) -> None:  # Prefect's own handler can hang on shutdown
+            _arm_exit_watchdog(128 + signal.SIGTERM)
+            raise KeyboardInterrupt
+
+    deployments = runner_deployments()
+    runner = _Runner(pause_on_shutdown=False)
+    for d in deployments:
+        runner.add_deployment(d)
+    print(f"serving {len(deployments)} deployments on the Prefect server at {api_url} (found via {where}); "
+          f"UI: {api_url.removesuffix('/api')}; stop with Ctrl-C or SIGTERM", flush=True)
+    _stop_on_signals()  # again: Prefect's set-up may have replaced them
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(runner.start())
+    print("serve: stopped", flush=True)
     return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    env = {**os.environ, **OFFLINE_ENV}
-    print(f"Prefect UI at http://{args.host}:{args.port}  - in another shell: "
-          f"export PREFECT_API_URL=http://{args.host}:{args.port}/api; metricsmith serve")
+    from metricsmith.orchestration import server
+
+    api_url, ui_url = server.urls(args.host, args.port)
+    existing = server.read_record()
+    if existing is not None and server.answers(existing.api_url):
+        raise UserFacingError(f"a Prefect server already runs at {existing.ui_url} (pid {existing.pid}, "
+                              f"recorded in {server.state_path()})")
+    # the server's own settings name this port, so its UI (/ui-settings api_url) talks to it
+    env = {**os.environ, **OFFLINE_ENV, "PREFECT_SERVER_API_HOST": args.host, "PREFECT_SERVER_API_PORT": str(args.port),
+           "PREFECT_UI_API_URL": api_url, "PREFECT_API_URL": api_url}
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", args.host, "--port", str(args.port)]
-    return subprocess.call(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env)
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+        _arm_exit_watchdog(128 + signum)
+        proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and not stopping.is_set() and time.monotonic() < deadline:
+            if server.answers(api_url, timeout=1.0):
+                server.record(args.host, args.port, os.getpid())
+                print(f"Prefect UI at {ui_url} (API {api_url}); recorded in {server.state_path()}: "
+                      "`metricsmith serve` and `metricsmith jobs run` in other shells use this server", flush=True)
+                break
+            time.sleep(0.5)
+        code = proc.wait()
+        return 0 if stopping.is_set() else code
+    finally:
+        server.clear(os.getpid())
+        if proc.poll() is None:
+            proc.kill()
 
 
 def cmd_schedules(args: argparse.Namespace) -> int:

@@ -169,7 +169,7 @@ def test_promised_periods() -> None:
 
 EXPECTED_CRONS = {"daily-metrics": "0 2 * * *", "weekly-rollup": "0 4 * * 1", "monthly-rollup": "0 5 2 * *",
                   # issue 6's realtime flows
-                  "realtime-snapshot": "* * * * *", "realtime-reconciliation": "*/15 * * * *"}
+                  "realtime-snapshot": "*/10 * * * *", "realtime-reconciliation": "*/15 * * * *"}
 
 
 def test_prefect_yaml_carries_exactly_the_three_crons_in_utc() -> None:

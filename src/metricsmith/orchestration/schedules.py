@@ -46,8 +46,11 @@ DEPLOYMENTS: tuple[Deployment, ...] = (
                "Recompute a date range (parameters start, end); run on demand"),
     Deployment("custom-metrics", "flows/custom_metrics.py:custom_metrics", None,
                "Compile and run every active custom metric; runs after each daily-metrics run, or on demand"),
-    Deployment("realtime-snapshot", "flows/realtime_snapshot.py:realtime_snapshot", "* * * * *",
-               "Snapshot the realtime metrics from Redis to Postgres (restores an emptied Redis first), every minute",
+    # every 10 minutes, not every minute: each run is a flow run in the history (144 a day, not
+    # 1,440); a Redis that loses data is also corrected by the reconciliation from raw.events
+    Deployment("realtime-snapshot", "flows/realtime_snapshot.py:realtime_snapshot", "*/10 * * * *",
+               "Snapshot the realtime metrics from Redis to Postgres (restores an emptied Redis first), "
+               "every 10 minutes",
                aggregation_job=False),
     Deployment("realtime-reconciliation", "flows/realtime_reconciliation.py:realtime_reconciliation",
                "*/15 * * * *", "Recompute today's event counters from raw.events and correct Redis, every 15 minutes",
