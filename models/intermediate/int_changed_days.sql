@@ -39,7 +39,7 @@ arrival_days as (
     select distinct event_date as metric_date
     from {{ ref('stg_events') }}
     {%- if batch.get('low_watermark') is not none %}
-    where received_at >= cast('{{ batch.low_watermark }}' as {{ metricsmith.type_timestamptz() }})
+    where inserted_at >= cast('{{ batch.low_watermark }}' as {{ metricsmith.type_timestamptz() }})
     {%- endif %}
 
 ),

@@ -1,6 +1,7 @@
 {#-
-    Users seen in this run's arrivals: their earliest day among the arrivals and their first
-    day as recorded before this run. Empty on a full rebuild (first-seen is rebuilt then).
+    Users seen in this run's arrivals (rows inserted since the watermark, and on a backfill
+    every event of the backfill's days): their earliest day among them and their first day as
+    recorded before this run. Empty on a full rebuild (first-seen is rebuilt then).
 -#}
 {{ config(materialized='table') }}
 
@@ -23,7 +24,10 @@ arrivals as (
     {%- if batch.get('is_full_rebuild') %}
       and 1 = 0
     {%- elif batch.get('low_watermark') is not none %}
-      and received_at >= cast('{{ batch.low_watermark }}' as {{ metricsmith.type_timestamptz() }})
+      and (inserted_at >= cast('{{ batch.low_watermark }}' as {{ metricsmith.type_timestamptz() }})
+      {%- if batch.get('backfill_start') is not none %}
+           or event_date between cast('{{ batch.backfill_start }}' as date) and cast('{{ batch.backfill_end }}' as date)
+      {%- endif %})
     {%- endif %}
 
 ),

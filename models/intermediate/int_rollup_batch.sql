@@ -1,6 +1,7 @@
 {#-
-    One row describing this rollup run: which arrivals it covers (received_at >= low_watermark)
-    and the watermark the next run starts from. See docs/rollups.md.
+    One row describing this rollup run: which arrivals it covers (inserted_at >= low_watermark:
+    the server's insertion time, never the client-supplied received_at) and the watermark the
+    next run starts from. See docs/rollups.md.
 -#}
 {{ config(materialized='table') }}
 
@@ -20,12 +21,26 @@
 {%- endif %}
 
 {%- if execute and ledger is not none -%}
-    {%- set last = run_query("select cast(high_watermark as text), metrics_timezone, cast(batch_started_at as text) from " ~ ledger ~ " order by finished_at desc limit 1").rows -%}
+    {#- a ledger of an older version (watermarks on received_at) cannot be continued: rebuild once -#}
+    {%- set basis = "watermark_column" if 'watermark_column' in (adapter.get_columns_in_relation(ledger) | map(attribute='name') | list) else "cast(null as text)" -%}
+    {%- set last = run_query("select cast(high_watermark as text), metrics_timezone, cast(batch_started_at as text), " ~ basis ~ " from " ~ ledger ~ " order by finished_at desc limit 1").rows -%}
     {%- if last | length == 1 -%}
         {%- set ns.low = last[0][0] -%}
         {%- set ns.last_tz = last[0][1] -%}
         {%- set ns.committed = last[0][2] -%}
+        {%- if last[0][3] != 'inserted_at' -%}
+            {%- set ns.full = true -%}
+        {%- endif -%}
     {%- endif -%}
+{%- endif -%}
+
+{#- the open-transaction horizon is read in its own statement, before the statement below takes
+    its snapshot: a transaction that commits in between is then either visible below or
+    counted in the horizon (a row's inserted_at is never before its transaction's start) -#}
+{%- set horizon = metricsmith.open_transaction_horizon() -%}
+{%- if execute -%}
+    {%- set horizon = "cast('" ~ run_query("select cast(" ~ metricsmith.open_transaction_horizon() ~ " as text)").rows[0][0]
+                      ~ "' as " ~ metricsmith.type_timestamptz() ~ ")" -%}
 {%- endif -%}
 
 {%- if execute and not ns.full and ns.last_tz is not none and ns.last_tz != tz -%}
@@ -39,10 +54,10 @@ with
 
 arrivals as (
 
-    select max(received_at) as max_received_at
+    select max(inserted_at) as max_inserted_at
     from {{ source('raw', 'events') }}
     {%- if not ns.full and ns.low is not none %}
-    where received_at >= cast('{{ ns.low }}' as {{ metricsmith.type_timestamptz() }})
+    where inserted_at >= cast('{{ ns.low }}' as {{ metricsmith.type_timestamptz() }})
     {%- endif %}
 
 ),
@@ -56,12 +71,13 @@ batch as (
         {%- else -%}
         cast('{{ ns.low }}' as {{ metricsmith.type_timestamptz() }})
         {%- endif %} as low_watermark,
-        -- never past the start of a transaction still open (its rows are not visible yet),
-        -- minus a safety lag for clients that set received_at themselves
+        -- never past the start of a transaction still open (its rows are not visible yet and
+        -- their inserted_at is not earlier than that start), read before this statement's
+        -- snapshot, minus a safety lag (server clock steps)
         -- (null when nothing arrived: the watermark then stays where it was)
-        case when arrivals.max_received_at is not null then
+        case when arrivals.max_inserted_at is not null then
         {{ dbt.dateadd('second', '-' ~ metricsmith.rollups_safety_lag_seconds(),
-                       'least(arrivals.max_received_at, ' ~ metricsmith.open_transaction_horizon() ~ ')') }}
+                       'least(arrivals.max_inserted_at, ' ~ horizon ~ ')') }}
         end as candidate_watermark,
         -- batch_started_at of the last run the ledger recorded: changes made after it by runs
         -- that did not finish (or selected only some models) are not committed yet
@@ -71,6 +87,7 @@ batch as (
         cast('{{ ns.committed }}' as {{ metricsmith.type_timestamptz() }})
         {%- endif %} as committed_batch_started_at,
         '{{ tz }}' as metrics_timezone,
+        'inserted_at' as watermark_column,
         {{ 'true' if ns.full else 'false' }} as is_full_rebuild,
         {% if backfill[0] is not none -%}
         cast('{{ backfill[0] }}' as date) as backfill_start,
@@ -92,6 +109,7 @@ final as (
         coalesce(greatest(candidate_watermark, low_watermark), low_watermark, candidate_watermark) as high_watermark,
         committed_batch_started_at,
         metrics_timezone,
+        watermark_column,
         is_full_rebuild,
         backfill_start,
         backfill_end

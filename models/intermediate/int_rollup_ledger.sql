@@ -58,6 +58,7 @@ final as (
         batch.high_watermark,
         batch.metrics_timezone,
         batch.is_full_rebuild,
+        batch.watermark_column,
         batch.backfill_start,
         batch.backfill_end,
         changed.changed_days,

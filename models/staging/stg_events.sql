@@ -13,6 +13,7 @@ valid as (
         event_id,
         occurred_at,
         received_at,
+        inserted_at,
         {{ metricsmith.local_date('occurred_at') }} as event_date,
         event_type,
         user_id,

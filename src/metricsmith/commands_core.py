@@ -185,17 +185,4 @@ def cmd_generate(args: argparse.Namespace) -> int:
             "deterministic); nothing more was written in the failing batch. Use another --seed or --start."
         ) from None
     print(result.render())
-    _hint_backfill(result.start, result.end)
     return 0
-
-
-def _hint_backfill(start: date, end: date) -> None:
-    """Generated events carry past received_at times: incremental rollup runs that already
-    moved past them will not see them, so say how to include them."""
-    from metricsmith import rollups
-
-    with db.connect(autocommit=True) as conn:
-        runs = rollups.ledger(conn, 1)
-    if runs and runs[0].get("high_watermark") is not None:
-        print(f"note: the rollups already ran up to received_at {runs[0]['high_watermark']}; these events "
-              f"arrived 'earlier', so include them with: metricsmith backfill --start {start} --end {end}")

@@ -3,7 +3,8 @@
 
 Every run goes through dbt (in-process, :func:`metricsmith.dbt_runner.run_dbt`). Change
 tracking lives in dbt-owned tables in the ``analytics`` schema: ``int_rollup_batch`` (this
-run's received_at window), ``int_changed_days`` (days recomputed) and the append-only
+run's window of ``raw.events.inserted_at``, the server's insertion time, whatever the client's
+``received_at`` says), ``int_changed_days`` (days recomputed) and the append-only
 ``int_rollup_ledger`` (one row per finished run; the newest ``high_watermark`` is where the
 next run starts). See docs/rollups.md.
 """

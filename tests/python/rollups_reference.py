@@ -53,7 +53,11 @@ def insert_events(conn: Any, events: list[Event]) -> int:
             for e in events:
                 copy.write_row((e.event_id, e.occurred_at, e.received_at, e.event_type, e.user_id,
                                 e.organization_id, e.session_id, e.revenue_cents))
-        cur.execute("insert into raw.events select * from _rollup_batch on conflict (event_id) do nothing")
+        # named columns, like the loaders: inserted_at is assigned by the server
+        cur.execute("insert into raw.events (event_id, occurred_at, received_at, event_type, user_id, organization_id, "
+                    "session_id, revenue_cents, properties) select event_id, occurred_at, received_at, event_type, "
+                    "user_id, organization_id, session_id, revenue_cents, properties from _rollup_batch "
+                    "on conflict (event_id) do nothing")
         inserted = cur.rowcount
     del buf
     return int(inserted)

@@ -1,5 +1,6 @@
-"""Property: random batches (late, out of order, re-sent, some invalid) loaded one after
-another with an incremental run after each; after every run the three tables equal the
+"""Property: random batches (late, out of order, re-sent, some invalid; received_at from the
+batch's clock, as old as the event itself (before earlier runs), years ahead, or years
+behind) loaded one after another with an incremental run after each; after every run the three tables equal the
 independent Python computation of all data so far, and at the end a --full-refresh gives
 the same tables cell for cell. 20 examples by default, 200 with METRICSMITH_DEEP=1."""
 
@@ -18,6 +19,8 @@ from metricsmith import rollups
 
 TZ = "America/New_York"  # DST starts 2024-03-10 inside the range
 BASE = datetime(2024, 2, 20, tzinfo=UTC)
+AHEAD = datetime(2031, 6, 1, tzinfo=UTC)
+BEHIND = datetime(2021, 6, 1, tzinfo=UTC)
 EXAMPLES = 200 if os.environ.get("METRICSMITH_DEEP") == "1" else 20
 
 event_spec = st.tuples(
@@ -28,6 +31,9 @@ event_spec = st.tuples(
     st.sampled_from(["page_view", "signup", "purchase"]),
     st.integers(0, 500),
     st.integers(0, 12 * 60),  # minutes between batch clock and this event's receipt
+    # received_at: the batch clock (+ delay); when it occurred (+ delay: older than earlier
+    # runs); years ahead (a client clock); years behind (occurred > 1 day after: invalid)
+    st.sampled_from(["clock", "clock", "occurred", "ahead", "behind"]),
 )
 batch_spec = st.tuples(st.lists(event_spec, min_size=1, max_size=12), st.integers(0, 3))  # events, re-sends
 batches_spec = st.lists(batch_spec, min_size=1, max_size=4)
@@ -36,9 +42,10 @@ batches_spec = st.lists(batch_spec, min_size=1, max_size=4)
 def _events(batch_no: int, specs: list[tuple[Any, ...]]) -> list[Event]:
     clock = BASE + timedelta(days=15 * batch_no)  # arrivals move on: older events become late
     out = []
-    for minute, user, org, session, kind, revenue, delay in specs:
+    for minute, user, org, session, kind, revenue, delay, received in specs:
         occurred = BASE + timedelta(minutes=minute)
-        out.append(Event(occurred_at=occurred, received_at=clock + timedelta(minutes=delay), event_type=kind,
+        base = {"clock": clock, "occurred": occurred, "ahead": AHEAD, "behind": BEHIND}[received]
+        out.append(Event(occurred_at=occurred, received_at=base + timedelta(minutes=delay), event_type=kind,
                          user_id=user, organization_id=org, session_id=session,
                          revenue_cents=revenue if kind == "purchase" else 0))
     return out
