@@ -294,3 +294,24 @@ def test_stream_examples_found_by_fuzzing(empty_events: psycopg.Connection[Any],
     finally:
         consumer.close()
     assert stats.entries == 1 and stats.loaded + stats.quarantined == 1
+
+
+@settings(max_examples=3_000 if DEEP else 300, deadline=None, derandomize=not DEEP)
+@given(payload=mutated_event())
+def test_fast_path_never_disagrees_with_the_full_rule(payload: bytes) -> None:
+    """The fast path is only a shortcut: whatever it accepts, validate_record accepts the same way."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    record = ingest.parse_object(payload)
+    if isinstance(record, ingest.Rejection):
+        return
+    fast = ingest.fast_line(record, now, now.isoformat())
+    slow = ingest.validate_record(record, now=now)
+    if fast is None:
+        return
+    assert isinstance(slow, ingest.ValidEvent), (payload, slow)
+    fields = fast[1].rstrip("\n").split("\t")
+    assert fast[0] == slow.event_id == fields[0]
+    assert datetime.fromisoformat(fields[1].replace("Z", "+00:00")) == slow.occurred_at
+    assert (fields[3], int(fields[7])) == (ingest._copy_escape(slow.event_type), slow.revenue_cents)
