@@ -114,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if spec.needs_period:
         params.update(start=args.start, end=args.end)
     if api_url is None:
-        print(f"no Prefect server runs ({where}): running {args.job} without Prefect "
+        print(f"{where}: running {args.job} without Prefect "
               "(job log, lock and retries as usual; no flow run in the UI)", file=sys.stderr)
     try:
         # no server: the flow's own function, outside Prefect (no temporary server is started)
@@ -208,8 +208,7 @@ def _serve(args: argparse.Namespace) -> int:
     db.dbt_env()  # fail early on bad configuration
     api_url, where = _find_server()
     if api_url is None:
-        raise UserFacingError(f"no Prefect server runs: {where}. Start `metricsmith ui` in another shell "
-                              "(serve finds it), or set PREFECT_API_URL; serve does not start temporary servers")
+        raise UserFacingError(f"{where}; or set PREFECT_API_URL. serve does not start temporary servers")
     server.use_api_url(api_url)
 
     class _Runner(Runner):

@@ -162,7 +162,7 @@ def test_serve_without_a_server_says_so(tmp_path: Path, test_database: str) -> N
     done, seconds = _run(["serve"], env, timeout=120)
     assert done.returncode == 2 and seconds < 60
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "no Prefect server runs" in lines[0] and "metricsmith ui" in lines[0]
+    assert len(lines) == 1 and "no Prefect server runs" in lines[0] and "`metricsmith ui`" in lines[0]
 
 
 def _dbt_log_lines(text: str) -> list[str]:

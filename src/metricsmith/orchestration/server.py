@@ -109,9 +109,9 @@ def find_api_url(settings: Settings | None = None) -> tuple[str | None, str]:
         return configured, "PREFECT_API_URL"
     rec = read_record(settings)
     if rec is None:
-        return None, f"no Prefect server recorded in {state_path(settings)} (start one with `metricsmith ui`)"
+        return None, f"no Prefect server runs (none recorded in {state_path(settings)}; start one with `metricsmith ui`)"
     if not answers(rec.api_url):
-        return None, f"the Prefect server recorded in {state_path(settings)} ({rec.api_url}) does not answer"
+        return None, f"no Prefect server runs (the one recorded in {state_path(settings)}, {rec.api_url}, does not answer)"
     return rec.api_url, str(state_path(settings))
 
 
