@@ -52,16 +52,6 @@
 
 with
 
-arrivals as (
-
-    select max(inserted_at) as max_inserted_at
-    from {{ source('raw', 'events') }}
-    {%- if not ns.full and ns.low is not none %}
-    where inserted_at >= cast('{{ ns.low }}' as {{ metricsmith.type_timestamptz() }})
-    {%- endif %}
-
-),
-
 batch as (
 
     select
@@ -71,14 +61,11 @@ batch as (
         {%- else -%}
         cast('{{ ns.low }}' as {{ metricsmith.type_timestamptz() }})
         {%- endif %} as low_watermark,
-        -- never past the start of a transaction still open (its rows are not visible yet and
-        -- their inserted_at is not earlier than that start), read before this statement's
-        -- snapshot, minus a safety lag (server clock steps)
-        -- (null when nothing arrived: the watermark then stays where it was)
-        case when arrivals.max_inserted_at is not null then
-        {{ dbt.dateadd('second', '-' ~ metricsmith.rollups_safety_lag_seconds(),
-                       'least(arrivals.max_inserted_at, ' ~ horizon ~ ')') }}
-        end as candidate_watermark,
+        -- every row not visible now has an inserted_at (server clock) no earlier than the
+        -- start of its transaction: the oldest transaction still open, read before this
+        -- statement's snapshot (or now), is exact; minus a safety lag for server clock steps.
+        -- Rows inserted before it are all visible to this run, whatever their received_at.
+        {{ dbt.dateadd('second', '-' ~ metricsmith.rollups_safety_lag_seconds(), horizon) }} as candidate_watermark,
         -- batch_started_at of the last run the ledger recorded: changes made after it by runs
         -- that did not finish (or selected only some models) are not committed yet
         {% if ns.committed is none -%}
@@ -96,7 +83,6 @@ batch as (
         cast(null as date) as backfill_start,
         cast(null as date) as backfill_end
         {%- endif %}
-    from arrivals
 
 ),
 
@@ -105,7 +91,7 @@ final as (
     select
         batch_started_at,
         low_watermark,
-        -- the watermark never moves backwards; with no arrivals it stays where it was
+        -- the watermark never moves backwards
         coalesce(greatest(candidate_watermark, low_watermark), low_watermark, candidate_watermark) as high_watermark,
         committed_batch_started_at,
         metrics_timezone,
