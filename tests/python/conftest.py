@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from metricsmith import db, migrate  # noqa: E402
 from metricsmith.config import load_settings  # noqa: E402
+from metricsmith.custom_metrics.project import generated_dir  # noqa: E402
 
 
 def _with_dbname(url: str, dbname: str) -> str:
@@ -82,6 +84,8 @@ def test_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 client.delete(*keys[start : start + 500])
         except Exception:  # noqa: BLE001 - cleanup must not hide test results
             pass
+        # the session database's generated custom-metric models (git-ignored, per database)
+        shutil.rmtree(generated_dir(load_settings()), ignore_errors=True)
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{name}" with (force)')
 
