@@ -2,20 +2,20 @@
 
 Other capabilities add their own families with :func:`register_collector` (a callable returning
 families as ``{"name", "help", "type", "samples": [(sample_name, labels, value), ...]}``); the
-metric cache's statistics are registered by default (``metricsmith.cache.stats.cache_metric_families``)
-and skipped quietly when that module is absent. A collector that raises is reported as
+metric cache's statistics (:func:`metricsmith.cache.cache_metric_families`, shipped in the same
+wheel) are registered by default. A collector that raises is reported as
 ``metricsmith_realtime_collector_errors_total`` instead of breaking the scrape.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from metricsmith.cache import cache_metric_families
 from metricsmith.realtime.registry import MetricType
 from metricsmith.realtime.service import HistogramValue, RealtimeMetricsService
 
@@ -23,14 +23,14 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Family = Mapping[str, Any]
 Collector = Callable[[], Iterable[Family]]
 
-_collectors: dict[str, Collector | str] = {
-    "cache": "metricsmith.cache.stats:cache_metric_families",
+_collectors: dict[str, Collector] = {
+    "cache": cache_metric_families,
 }
 _lock = threading.Lock()
 
 
-def register_collector(name: str, collector: Collector | str) -> None:
-    """Add (or replace) an extra collector: a callable, or ``"module:function"`` imported lazily."""
+def register_collector(name: str, collector: Collector) -> None:
+    """Add (or replace) an extra collector (a callable returning families)."""
     with _lock:
         _collectors[name] = collector
 
@@ -38,18 +38,6 @@ def register_collector(name: str, collector: Collector | str) -> None:
 def unregister_collector(name: str) -> None:
     with _lock:
         _collectors.pop(name, None)
-
-
-def _resolve(collector: Collector | str) -> Collector | None:
-    if not isinstance(collector, str):
-        return collector
-    module_name, _, attr = collector.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return None
-    resolved = getattr(module, attr, None)
-    return resolved if callable(resolved) else None
 
 
 def escape_label(value: str) -> str:
@@ -110,11 +98,8 @@ def collect(service: RealtimeMetricsService, *, extra: bool = True) -> list[Fami
     with _lock:
         collectors = dict(_collectors)
     for name, collector in sorted(collectors.items()):
-        resolved = _resolve(collector)
-        if resolved is None:
-            continue
         try:
-            families.extend(resolved())
+            families.extend(collector())
         except Exception:  # noqa: BLE001 - one broken collector must not break the scrape
             errors.append(("metricsmith_realtime_collector_errors_total", {"collector": name}, 1))
     if errors:

@@ -23,10 +23,10 @@ from psycopg.types.json import Jsonb
 
 from metricsmith import db
 from metricsmith.config import Settings, load_settings
+from metricsmith.realtime.locks import apply_lock
 from metricsmith.realtime.reconcile import apply_truth, day_truth
 from metricsmith.realtime.registry import EVENT_DERIVED, LABEL_SEP, MetricSpec, MetricType
 from metricsmith.realtime.service import HistogramValue, RealtimeMetricsService
-from metricsmith.realtime.stream import acquire_lock, release_lock
 
 _EVENT_DERIVED = {spec.name for spec in EVENT_DERIVED}
 
@@ -124,29 +124,25 @@ def restore(settings: Settings | None = None, *, service: RealtimeMetricsService
     r, keys = svc.redis, svc.keys
     today = datetime.now(settings.tz).date()
     oldest = today - timedelta(days=retention_days - 1)
-    token = acquire_lock(r, keys)
-    try:
-        with db.connect(settings, autocommit=True) as conn:
-            conn.execute("set time zone 'UTC'")
-            latest = conn.execute("select max(snapshot_id) from metricsmith.realtime_metrics_cache").fetchone()
-            snapshot_id = latest[0] if latest else None
-            series = 0
-            days: set[date] = {today}
-            if snapshot_id is not None:
-                for _metric, labels, _kind, value, detail in conn.execute(
-                        "select metric, labels, metric_type, value, value_detail from metricsmith.realtime_metrics_cache "
-                        "where snapshot_id = %s order by metric", (snapshot_id,)).fetchall():
-                    spec = svc.declare(MetricSpec.from_json(detail["spec"]))
-                    if spec.name in _EVENT_DERIVED:
-                        day = date.fromisoformat(labels["day"])
-                        if day >= oldest:
-                            days.add(day)
-                        continue
-                    series += _restore_series(svc, spec, labels, value, detail)
-            for day in sorted(days):
-                apply_truth(svc, day_truth(conn, day, settings), retention_days * 86_400)
-    finally:
-        release_lock(r, keys, token)
+    with apply_lock(r, keys), db.connect(settings, autocommit=True) as conn:
+        conn.execute("set time zone 'UTC'")
+        latest = conn.execute("select max(snapshot_id) from metricsmith.realtime_metrics_cache").fetchone()
+        snapshot_id = latest[0] if latest else None
+        series = 0
+        days: set[date] = {today}
+        if snapshot_id is not None:
+            for _metric, labels, _kind, value, detail in conn.execute(
+                    "select metric, labels, metric_type, value, value_detail from metricsmith.realtime_metrics_cache "
+                    "where snapshot_id = %s order by metric", (snapshot_id,)).fetchall():
+                spec = svc.declare(MetricSpec.from_json(detail["spec"]))
+                if spec.name in _EVENT_DERIVED:
+                    day = date.fromisoformat(labels["day"])
+                    if day >= oldest:
+                        days.add(day)
+                    continue
+                series += _restore_series(svc, spec, labels, value, detail)
+        for day in sorted(days):
+            apply_truth(svc, day_truth(conn, day, settings), retention_days * 86_400)
     r.set(keys.alive, "1")
     message = (f"restored {series} series from snapshot {snapshot_id} and recomputed "
                f"{len(days)} day(s) of event metrics from raw.events ({', '.join(d.isoformat() for d in sorted(days))})"

@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 
 from metricsmith import db
 from metricsmith.config import Settings, load_settings
+from metricsmith.realtime.locks import apply_lock
 from metricsmith.realtime.registry import (
     ACTIVE_USERS,
     CORRECTIONS,
@@ -32,7 +33,7 @@ from metricsmith.realtime.registry import (
     REVENUE_TOTAL,
 )
 from metricsmith.realtime.service import RealtimeMetricsService
-from metricsmith.realtime.stream import PURCHASE, acquire_lock, day_bounds, release_lock
+from metricsmith.realtime.stream import PURCHASE, day_bounds
 
 
 @dataclass
@@ -183,29 +184,25 @@ def reconcile(days: Iterable[date] | None = None, *, settings: Settings | None =
     svc = service or RealtimeMetricsService(settings)
     wanted = sorted(set(days)) if days is not None else [datetime.now(settings.tz).date()]
     report = ReconcileReport(str(uuid.uuid4()), wanted)
-    token = acquire_lock(svc.redis, svc.keys, wait_s=lock_wait_s)
-    try:
-        with db.connect(settings, autocommit=True) as conn:
-            conn.execute("set time zone 'UTC'")
-            for day in wanted:
-                before = len(report.corrections)
-                report.checked += apply_truth(svc, day_truth(conn, day, settings), retention_days * 86_400,
-                                              report.corrections)
-                by_metric: dict[str, float] = {}
-                for c in report.corrections[before:]:
-                    by_metric[c.metric] = by_metric.get(c.metric, 0.0) + c.drift
-                for metric in (EVENTS_TOTAL.name, REVENUE_TOTAL.name, ACTIVE_USERS.name,
-                               PURCHASE_VALUE.name + "_count"):
-                    svc.set_gauge(DRIFT.name, by_metric.get(metric, 0.0), {"metric": metric, "day": day.isoformat()})
-            if report.corrections:
-                with conn.cursor() as cur:
-                    cur.executemany(
-                        "insert into metricsmith.realtime_corrections (run_id, metric, labels, expected, observed, "
-                        "drift) values (%s, %s, %s, %s, %s, %s)",
-                        [(report.run_id, c.metric, Jsonb(c.labels), c.expected, c.observed, c.drift)
-                         for c in report.corrections])
-    finally:
-        release_lock(svc.redis, svc.keys, token)
+    with apply_lock(svc.redis, svc.keys, wait_s=lock_wait_s), db.connect(settings, autocommit=True) as conn:
+        conn.execute("set time zone 'UTC'")
+        for day in wanted:
+            before = len(report.corrections)
+            report.checked += apply_truth(svc, day_truth(conn, day, settings), retention_days * 86_400,
+                                          report.corrections)
+            by_metric: dict[str, float] = {}
+            for c in report.corrections[before:]:
+                by_metric[c.metric] = by_metric.get(c.metric, 0.0) + c.drift
+            for metric in (EVENTS_TOTAL.name, REVENUE_TOTAL.name, ACTIVE_USERS.name,
+                           PURCHASE_VALUE.name + "_count"):
+                svc.set_gauge(DRIFT.name, by_metric.get(metric, 0.0), {"metric": metric, "day": day.isoformat()})
+        if report.corrections:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "insert into metricsmith.realtime_corrections (run_id, metric, labels, expected, observed, "
+                    "drift) values (%s, %s, %s, %s, %s, %s)",
+                    [(report.run_id, c.metric, Jsonb(c.labels), c.expected, c.observed, c.drift)
+                     for c in report.corrections])
     for c in report.corrections:
         svc.increment_counter(CORRECTIONS.name, 1, {"metric": c.metric})
     return report

@@ -1,13 +1,14 @@
 """Direct realtime metrics API on Redis: counters, gauges, histograms, sliding-window rates.
 
-Seed parity::
+Usage::
 
     svc = RealtimeMetricsService()
     svc.declare_counter("api:calls", "API calls")
     svc.increment_counter("api:calls", 1)
     svc.get_counter("api:calls")            # -> 1
 
-Storage (every key under ``settings.redis_prefix + "rt:"``): a counter or gauge is one hash per
+Storage (every key under ``settings.redis_prefix + "rt:"``; the layout is
+:mod:`metricsmith.realtime.keys`, the Lua scripts ``lua/*.lua``): a counter or gauge is one hash per
 metric (field = label values); a histogram one hash per label set (per-bucket counts, ``sum``,
 ``count``; cumulative on read); a rate one hash per window and label set whose fields are
 time buckets of ``window / 600`` seconds. The clock is injectable (``clock=``) and is passed to
@@ -27,6 +28,7 @@ import redis
 
 from metricsmith import db
 from metricsmith.config import Settings, load_settings
+from metricsmith.realtime.keys import Keys
 from metricsmith.realtime.registry import (
     BUILTINS,
     RATE_RESOLUTION,
@@ -39,29 +41,12 @@ from metricsmith.realtime.registry import (
     check_type,
     tidy,
 )
+from metricsmith.realtime.scripts import MARK_LUA
 
 Labels = Mapping[str, Any] | None
 
-#: Lua: add n to the rate bucket of `now` and drop buckets that left the window.
-RATE_ADD_LUA = """
-local function rate_add(key, width, now, n)
-  local idx = math.floor(now / width)
-  local v = redis.call('HINCRBY', key, string.format('%d', idx), n)
-  if v == n then
-    local oldest = idx - KEEP_BUCKETS
-    for _, f in ipairs(redis.call('HKEYS', key)) do
-      if tonumber(f) < oldest then redis.call('HDEL', key, f) end
-    end
-  end
-end
-""".replace("KEEP_BUCKETS", str(RATE_RESOLUTION + 2))
-
-_MARK_LUA = RATE_ADD_LUA + """
-local now = tonumber(ARGV[1]); local n = tonumber(ARGV[2])
-for i = 1, #KEYS do rate_add(KEYS[i], tonumber(ARGV[2 + i]), now, n) end
-return 1
-"""
-
+#: rate buckets kept per hash (the window's buckets plus two, so the oldest can be interpolated)
+RATE_KEEP_BUCKETS = RATE_RESOLUTION + 2
 
 @dataclass(frozen=True)
 class HistogramValue:
@@ -93,41 +78,6 @@ class HistogramValue:
                 "count": self.count}
 
 
-class Keys:
-    """Redis key names; all start with the configured prefix."""
-
-    def __init__(self, prefix: str) -> None:
-        self.base = prefix + "rt:"
-        self.registry = self.base + "registry"
-        self.stream = self.base + "stream"
-        self.lock = self.base + "lock"
-        self.alive = self.base + "alive"
-
-    def counter(self, name: str) -> str:
-        return f"{self.base}c:{name}"
-
-    def gauge(self, name: str) -> str:
-        return f"{self.base}g:{name}"
-
-    def histogram(self, name: str, label_key: str) -> str:
-        return f"{self.base}h:{name}:{label_key}"
-
-    def histogram_index(self, name: str) -> str:
-        return f"{self.base}hidx:{name}"
-
-    def rate(self, name: str, window: int, label_key: str) -> str:
-        return f"{self.base}r:{name}:{window}:{label_key}"
-
-    def rate_index(self, name: str) -> str:
-        return f"{self.base}ridx:{name}"
-
-    def seen(self, day: str) -> str:
-        return f"{self.base}seen:{day}"
-
-    def users(self, day: str) -> str:
-        return f"{self.base}users:{day}"
-
-
 def rate_estimate(buckets: Mapping[bytes | str, bytes | str | int], window: int, now: float) -> float:
     """Events in ``(now - window, now]`` from the bucket hash; the oldest bucket is interpolated."""
     width = window / RATE_RESOLUTION
@@ -155,7 +105,7 @@ class RealtimeMetricsService:
         self.clock = clock
         self.keys = Keys(self.settings.redis_prefix)
         self.registry = Registry()
-        self._mark = self.redis.register_script(_MARK_LUA)
+        self._mark = self.redis.register_script(MARK_LUA)
         self._read_lock = threading.Lock()
         self._read_conn: Any = None
         if declare_builtins:
@@ -253,7 +203,8 @@ class RealtimeMetricsService:
         label_key = spec.label_key(labels)
         keys = [self.keys.rate(name, w, label_key) for w in spec.windows]
         self.redis.sadd(self.keys.rate_index(name), label_key)
-        self._mark(keys=keys, args=[repr(float(self.clock())), count, *[w / RATE_RESOLUTION for w in spec.windows]])
+        self._mark(keys=keys, args=[repr(float(self.clock())), count, RATE_KEEP_BUCKETS,
+                                *[w / RATE_RESOLUTION for w in spec.windows]])
 
     # ------------------------------------------------------------------ reads
 

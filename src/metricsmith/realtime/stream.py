@@ -6,8 +6,10 @@ Per batch the consumer
    :func:`metricsmith.ingest.judge`: the same decision as ``metricsmith load``, which never raises,
    so a malformed entry - invalid UTF-8, a repeated key, an impossible date - is quarantined once,
    acked, and the stream goes on);
-2. under the apply lock, runs ONE Lua script that, for each valid event whose event_id is not in
-   the day's ``seen`` set, adds it there and applies all its metric updates (events by type,
+2. under the apply lock (:func:`metricsmith.realtime.locks.apply_lock`), runs ONE Lua script
+   (``lua/apply.lua``; every key it touches is passed in ``KEYS``, built by
+   :func:`metricsmith.realtime.keys.apply_keys`) that, for each valid event whose event_id is not
+   in the day's ``seen`` set, adds it there and applies all its metric updates (events by type,
    revenue, active users, purchase histogram, events/s rate) - atomically for the whole batch;
 3. writes the batch into Postgres in one transaction with the loader's write step
    (:func:`metricsmith.ingest.store_lines`: COPY, ids already stored skipped) and quarantines bad
@@ -52,6 +54,8 @@ from metricsmith.ingest import (
     raw_text,
     store_lines,
 )
+from metricsmith.realtime.keys import Keys, apply_keys
+from metricsmith.realtime.locks import apply_lock
 from metricsmith.realtime.registry import (
     ACTIVE_USERS,
     EVENTS_RATE,
@@ -63,111 +67,12 @@ from metricsmith.realtime.registry import (
     REVENUE_TOTAL,
     bucket_index,
 )
-from metricsmith.realtime.service import RATE_ADD_LUA, Keys, RealtimeMetricsService
+from metricsmith.realtime.scripts import APPLY_LUA
+from metricsmith.realtime.service import RATE_KEEP_BUCKETS, RealtimeMetricsService
 
 GROUP = "metricsmith"
 FIELD = b"e"
 PURCHASE = "purchase"
-
-APPLY_LUA = RATE_ADD_LUA + """
-local base = ARGV[1]
-local ttl = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local nwin = tonumber(ARGV[4])
-local SEP = ARGV[5]
--- events: one JSON array, 6 values per event: id, day, type, user, revenue, bucket
-local data = cjson.decode(ARGV[6 + nwin])
-local new = 0
-local byday = {}
-for k = 0, #data / 6 - 1 do
-  local day = data[k * 6 + 2]
-  local t = byday[day]
-  if not t then t = {}; byday[day] = t end
-  t[#t + 1] = k * 6
-end
-local days = {}
-local types = {}
-local revenue = {}
-local users = {}
-local hist = {}
-for day, offsets in pairs(byday) do
-  local sk = base .. 'seen:' .. day
-  local ids = {}
-  for j = 1, #offsets do ids[j] = data[offsets[j] + 1] end
-  local present = {}
-  for s = 1, #ids, 1000 do
-    local part = redis.call('SMISMEMBER', sk, unpack(ids, s, math.min(s + 999, #ids)))
-    for q = 1, #part do present[s + q - 1] = part[q] end
-  end
-  local fresh = {}
-  local here = {}
-  for j = 1, #offsets do
-    local id = ids[j]
-    if present[j] == 0 and not here[id] then
-      here[id] = true
-      fresh[#fresh + 1] = id
-      local o = offsets[j]
-      local typ, user, rev, b = data[o + 3], data[o + 4], data[o + 5], data[o + 6]
-      days[day] = true
-      local tk = day .. SEP .. typ
-      types[tk] = (types[tk] or 0) + 1
-      revenue[day] = (revenue[day] or 0) + rev
-      if user ~= '' then
-        users[day] = users[day] or {}
-        table.insert(users[day], user)
-      end
-      if b ~= '' then
-        local h = hist[day] or {sum = 0, count = 0, b = {}}
-        hist[day] = h
-        h.b[b] = (h.b[b] or 0) + 1
-        h.sum = h.sum + rev
-        h.count = h.count + 1
-      end
-    end
-  end
-  for s = 1, #fresh, 1000 do
-    redis.call('SADD', sk, unpack(fresh, s, math.min(s + 999, #fresh)))
-  end
-  new = new + #fresh
-end
-local ck = base .. 'c:EVENTS_TOTAL'
-for tk, n in pairs(types) do redis.call('HINCRBYFLOAT', ck, tk, n) end
-for day, _ in pairs(days) do
-  redis.call('EXPIRE', base .. 'seen:' .. day, ttl)
-  if revenue[day] > 0 then
-    redis.call('HINCRBYFLOAT', base .. 'c:REVENUE_TOTAL', day, string.format('%d', revenue[day]))
-  end
-  local u = users[day]
-  if u then
-    local uk = base .. 'users:' .. day
-    for s = 1, #u, 1000 do
-      redis.call('SADD', uk, unpack(u, s, math.min(s + 999, #u)))
-    end
-    redis.call('EXPIRE', uk, ttl)
-    redis.call('HSET', base .. 'g:ACTIVE_USERS', day, redis.call('SCARD', uk))
-  end
-  local h = hist[day]
-  if h then
-    local hk = base .. 'h:PURCHASE_VALUE:' .. day
-    for idx, n in pairs(h.b) do redis.call('HINCRBY', hk, idx, n) end
-    redis.call('HINCRBYFLOAT', hk, 'sum', string.format('%d', h.sum))
-    redis.call('HINCRBY', hk, 'count', h.count)
-    redis.call('SADD', base .. 'hidx:PURCHASE_VALUE', day)
-  end
-end
-if new > 0 then
-  for w = 1, nwin do
-    local window = tonumber(ARGV[5 + w])
-    rate_add(base .. 'r:EVENTS_RATE:' .. window .. ':', window / RESOLUTION, now, new)
-  end
-  redis.call('SADD', base .. 'ridx:EVENTS_RATE', '')
-end
-return new
-""".replace("EVENTS_TOTAL", EVENTS_TOTAL.name).replace("REVENUE_TOTAL", REVENUE_TOTAL.name) \
-   .replace("ACTIVE_USERS", ACTIVE_USERS.name).replace("PURCHASE_VALUE", PURCHASE_VALUE.name) \
-   .replace("EVENTS_RATE", EVENTS_RATE.name).replace("RESOLUTION", str(RATE_RESOLUTION))
-
-_RELEASE_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 # --------------------------------------------------------------------------- producing
 
@@ -298,7 +203,6 @@ class StreamConsumer:
         self.tz = self.settings.tz
         self.service = RealtimeMetricsService(self.settings, client=self.redis, clock=clock)
         self._apply = self.redis.register_script(APPLY_LUA)
-        self._release = self.redis.register_script(_RELEASE_LUA)
         self._day_cache: dict[str, str] = {}
         self._conn: psycopg.Connection[Any] | None = None
         self._stop = False
@@ -520,14 +424,12 @@ class StreamConsumer:
     def commit(self, batch: _Batch) -> ConsumeStats:
         """Steps 2-4 for a prepared batch."""
         stats = ConsumeStats(batches=1, entries=len(batch.ids))
-        token = self._acquire()
-        try:
+        with apply_lock(self.redis, self.keys, ttl_ms=self.lock_ttl_ms, sleep_s=0.005,
+                        wait_s=max(60.0, self.lock_ttl_ms / 1000 * 3)):
             new = self.apply_redis(batch)
             _fault_pause()
             summary = self._store(batch)
             _fault_pause()
-        finally:
-            self._release(keys=[self.keys.lock], args=[token])
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(self.keys.stream, self.group, *batch.ids)
         pipe.xdel(self.keys.stream, *batch.ids)
@@ -539,13 +441,21 @@ class StreamConsumer:
         stats.quarantined = summary.quarantined
         return stats
 
-    def apply_redis(self, batch: _Batch) -> int:
-        """Step 2 alone: the Lua script; returns how many events were new to Redis."""
+    def apply_redis(self, batch: _Batch, *, into: Keys | None = None) -> int:
+        """Step 2 alone: ``lua/apply.lua``; returns how many events were new to Redis.
+
+        ``into``: another key namespace (default: this consumer's); the script touches only the
+        keys it is given."""
         if not batch.args:
             return 0
         windows = list(EVENTS_RATE.windows)
-        return int(self._apply(keys=[], args=[self.keys.base, self.ttl_seconds, repr(float(self.clock())),
-                                              len(windows), LABEL_SEP, *windows, orjson.dumps(batch.args)]))
+        days = list(dict.fromkeys(batch.args[1::6]))
+        keys = apply_keys(into or self.keys, events_total=EVENTS_TOTAL.name, revenue_total=REVENUE_TOTAL.name,
+                          active_users=ACTIVE_USERS.name, purchase_value=PURCHASE_VALUE.name,
+                          events_rate=EVENTS_RATE.name, windows=windows, days=days)
+        return int(self._apply(keys=keys, args=[self.ttl_seconds, repr(float(self.clock())), LABEL_SEP,
+                                                RATE_KEEP_BUCKETS, len(windows), orjson.dumps(batch.args),
+                                                *[w / RATE_RESOLUTION for w in windows], *days]))
 
     def _store(self, batch: _Batch) -> LoadSummary:
         conn = self.conn
@@ -560,18 +470,6 @@ class StreamConsumer:
                            for entry, raw, why in batch.rejects if entry in fresh]
             return store_lines(conn, batch.lines, rejects)
 
-    def _acquire(self) -> str:
-        """The apply lock: reconciliation takes it to see Redis and Postgres agree on a batch boundary."""
-        token = secrets.token_hex(8)
-        deadline = time.monotonic() + max(60.0, self.lock_ttl_ms / 1000 * 3)
-        delay = 0.002
-        while not self.redis.set(self.keys.lock, token, nx=True, px=self.lock_ttl_ms):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not take the realtime apply lock {self.keys.lock}")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        return token
-
 
 def _fault_pause() -> None:
     """Test hook: ``METRICSMITH_REALTIME_FAULT_PAUSE_MS`` widens the windows between the steps of a
@@ -579,20 +477,6 @@ def _fault_pause() -> None:
     pause = os.environ.get("METRICSMITH_REALTIME_FAULT_PAUSE_MS")
     if pause:
         time.sleep(int(pause) / 1000 * secrets.randbelow(100) / 100)
-
-
-def acquire_lock(client: redis.Redis, keys: Keys, ttl_ms: int = 60_000, wait_s: float = 60.0) -> str:
-    token = secrets.token_hex(8)
-    deadline = time.monotonic() + wait_s
-    while not client.set(keys.lock, token, nx=True, px=ttl_ms):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the realtime apply lock {keys.lock} is busy")
-        time.sleep(0.01)
-    return token
-
-
-def release_lock(client: redis.Redis, keys: Keys, token: str) -> None:
-    client.eval(_RELEASE_LUA, 1, keys.lock, token)
 
 
 def install_signal_handlers(consumer: StreamConsumer) -> None:
@@ -608,4 +492,4 @@ def day_bounds(day: date, settings: Settings) -> tuple[datetime, datetime]:
     return start, datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz)
 
 
-__all__ = ["REASONS", "ConsumeStats", "StreamConsumer", "track", "track_many"]
+__all__ = ["REASONS", "ConsumeStats", "Keys", "StreamConsumer", "track", "track_many"]
