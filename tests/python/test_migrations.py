@@ -48,6 +48,7 @@ def test_upgrade_applies_all_in_order_then_is_idempotent(fresh_db: str) -> None:
         ("received_at", "timestamp with time zone", "NO"), ("event_type", "text", "NO"),
         ("user_id", "text", "YES"), ("organization_id", "text", "YES"), ("session_id", "text", "YES"),
         ("revenue_cents", "bigint", "NO"), ("properties", "jsonb", "NO"),
+        ("inserted_at", "timestamp with time zone", "NO"),  # 0020: server-assigned, drives the rollups
     ]
 
 
