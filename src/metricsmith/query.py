@@ -14,7 +14,6 @@ invalidated by :func:`metricsmith.cache.invalidation.invalidate_periods` after e
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import threading
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -30,7 +29,10 @@ from metricsmith.cache import periods
 from metricsmith.cache.core import TwoTierCache, get_cache
 from metricsmith.cache.periods import Tier, ttl_for
 from metricsmith.config import Settings, load_settings
+from metricsmith.custom_metrics import access
+from metricsmith.custom_metrics.errors import MetricNotFound
 from metricsmith.errors import UserFacingError
+from metricsmith.realtime.service import RealtimeMetricsService
 
 MEASURES = (
     "total_events", "active_users", "new_users", "active_organizations", "sessions",
@@ -388,7 +390,7 @@ class MetricsQueryService:
     ) -> list[CustomMetricValue]:
         """Values of one custom metric (its current version unless ``version``), if ``user`` may see it.
 
-        The visibility check (issue 5's rules: owner, team, organization, public, org admins)
+        The visibility check (the custom metrics' rules: owner, team, organization, public, org admins)
         runs on every call against PostgreSQL and is never cached; only the values are, shared
         by every reader who passes the check.
         """
@@ -398,7 +400,6 @@ class MetricsQueryService:
         return self._custom_values(slug, version or current, start, end)
 
     def _check_custom_read(self, slug: str, user: str) -> int:
-        access, errors = _custom_metrics_modules()
         with self._connection_pool().connection() as conn:
             try:
                 who = access.principal(conn, user)
@@ -408,7 +409,7 @@ class MetricsQueryService:
             except psycopg.errors.UndefinedTable:
                 raise NotAvailable("the custom metrics tables do not exist: run `metricsmith db upgrade`") from None
         if row is None or not access.can_read(who, row[0], row[1], row[2], row[3]):
-            raise errors.MetricNotFound(f"no metric {slug!r} visible to {user}")
+            raise MetricNotFound(f"no metric {slug!r} visible to {user}")
         return int(row[4])
 
     def _custom_values(self, slug: str, version: int, start: date | None, end: date | None) -> list[CustomMetricValue]:
@@ -430,7 +431,6 @@ class MetricsQueryService:
 
     def public_custom_metric_slugs(self) -> list[tuple[str, int]]:
         """``(slug, current_version)`` of the active PUBLIC custom metrics (what the warmer pre-reads)."""
-        _custom_metrics_modules()
         with self._connection_pool().connection() as conn:
             try:
                 rows = conn.execute(
@@ -449,7 +449,7 @@ class MetricsQueryService:
     def get_realtime_value(
         self, metric: str, labels: dict[str, str] | None = None, *, window: int = 60
     ) -> RealtimeValue:
-        """A realtime metric's current value, read by the realtime capability (issue 6) and cached
+        """A realtime metric's current value, read by the realtime service and cached
         for ``ttl_realtime`` (1 min by default). Counters and gauges give a number, rates events
         per second over ``window`` seconds, histograms ``{buckets, cumulative, sum, count}``."""
         labels = {str(k): str(v) for k, v in (labels or {}).items()}
@@ -465,34 +465,13 @@ class MetricsQueryService:
         return RealtimeValue(metric, labels, value, datetime.now(self.settings.tz))
 
 
-def _custom_metrics_modules() -> tuple[Any, Any]:
-    """Issue 5's access rules and errors, or NotAvailable (values are never served unchecked)."""
-    try:
-        access = importlib.import_module("metricsmith.custom_metrics.access")
-        errors = importlib.import_module("metricsmith.custom_metrics.errors")
-    except ImportError:
-        raise NotAvailable(
-            "custom metric values are not available here: the custom metrics capability (issue 5) with its "
-            "access control is not installed, and values are never served without an access check"
-        ) from None
-    return access, errors
-
-
 def _realtime_reader(settings: Settings) -> Any:
-    """``(metric, labels, window) -> plain value`` over the realtime service, or NotAvailable."""
-    try:
-        module = importlib.import_module("metricsmith.realtime.service")
-    except ImportError:
-        raise NotAvailable("realtime metrics are not available: the realtime capability (issue 6) is not installed") from None
-    service_class = getattr(module, "RealtimeMetricsService", None)
-    if service_class is None:
-        raise NotAvailable("realtime metrics are installed but offer no RealtimeMetricsService")
-
-    services: list[Any] = []
+    """``(metric, labels, window) -> plain value`` over the realtime service (made on first use)."""
+    services: list[RealtimeMetricsService] = []
 
     def read(metric: str, labels: dict[str, str], window: int) -> Any:
         if not services:
-            services.append(service_class(settings))
+            services.append(RealtimeMetricsService(settings))
         service = services[0]
         spec = service.spec(metric)
         if spec is None:

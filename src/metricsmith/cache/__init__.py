@@ -5,11 +5,10 @@ the machinery under it. See ``docs/cache.md``.
 """
 
 from metricsmith.cache.config import CacheConfig, load_cache_config
-from metricsmith.cache.core import InvalidationResult, TwoTierCache, get_cache
+from metricsmith.cache.core import InvalidationResult, TwoTierCache, cache_metric_families, get_cache
 from metricsmith.cache.periods import Tier, expand_changes, tier_for_period, tier_for_range, ttl_for
 from metricsmith.cache.stats import (
     StatsSnapshot,
-    cache_metric_families,
     prometheus_families,
     render_prometheus,
 )

@@ -190,16 +190,6 @@ def prometheus_families(snapshot: StatsSnapshot, namespace: str = "metricsmith_c
     return families
 
 
-def cache_metric_families(namespace: str = "metricsmith_cache") -> list[dict[str, Any]]:
-    """Fleet-wide cache statistics as metric families, for another exposition (e.g. realtime's /metrics).
-
-    Never raises: when Redis is down the families carry this process's numbers and degraded=1.
-    """
-    from metricsmith.cache.core import get_cache
-
-    return prometheus_families(get_cache().fleet_stats(), namespace)
-
-
 def render_prometheus(families: Iterable[Mapping[str, Any]]) -> str:
     lines: list[str] = []
     for family in families:
