@@ -1,5 +1,7 @@
 """The invalidation bus: deliver an invalidation to Redis and to every process's L1.
 
+* :meth:`InvalidationBus.invalidate` is one invalidation end to end: the fence record in
+  PostgreSQL first, then this process's L1, Redis, and every other process's L1.
 * :meth:`InvalidationBus.deliver` applies invalidations to Redis in one transaction: ``INCR``
   the generation (a computation that started before it cannot store its result), ``DEL`` the
   tagged / matching keys, and move the fence (never backwards) past the records delivered.
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import threading
 import time
@@ -20,12 +23,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import psycopg
 import redis
 
 from metricsmith.cache import serialization
+from metricsmith.cache.circuit import Circuit
 from metricsmith.cache.config import CacheConfig
 from metricsmith.cache.fence import FenceLog
+from metricsmith.cache.l1 import L1
 from metricsmith.cache.l2 import L2
+from metricsmith.cache.stats import CacheStats
+
+log = logging.getLogger(__name__)
 
 _FENCE_LUA = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
@@ -65,15 +74,45 @@ class InvalidationResult:
 
 
 class InvalidationBus:
-    """Redis side of invalidations. Methods raise :class:`redis.RedisError` (and
-    :class:`psycopg.Error` when the fence records cannot be read); the caller trips the circuit."""
+    """Invalidations end to end. :meth:`invalidate` never raises; the lower-level methods raise
+    :class:`redis.RedisError` (and :class:`psycopg.Error` when the fence records cannot be read)."""
 
-    def __init__(self, l2: L2, fence: FenceLog, ack_timeout: float) -> None:
-        self._l2 = l2
+    def __init__(self, l2: L2, l1: L1, fence: FenceLog, circuit: Circuit, stats: CacheStats,
+                 config: CacheConfig) -> None:
+        self._l2, self._l1, self._fence, self._circuit, self._stats = l2, l1, fence, circuit, stats
         self._keys = l2.keys
-        self._fence = fence
-        self._ack_timeout = ack_timeout
+        self._config = config
         self._fence_script: Any = None
+
+    def invalidate(self, tags: list[str], patterns: list[str], keys: list[str]) -> InvalidationResult:
+        """Record in the fence, purge this L1, deliver to Redis, purge every listening L1 and
+        wait for the acks. Never raises on a Redis error: the result says ``ok=False`` and
+        whether the invalidation is fenced (then it waits ``fence_lease`` before returning)."""
+        result = InvalidationResult(tags=tags, patterns=patterns)
+        self._stats.incr("invalidations")
+        fence_id, pg_error = self._fence.record(tags, patterns, keys)
+        result.fence_id = fence_id
+        self._l1.purge(tags, patterns, keys)
+        try:
+            current = self.fence_position() if fence_id is not None else b"0"
+            result.keys_deleted = self.deliver(fence_id, current, (tags, patterns, keys))
+            result.processes_notified, result.processes_confirmed = self.broadcast(tags, patterns, keys)
+        except (redis.RedisError, psycopg.Error) as exc:
+            if isinstance(exc, redis.RedisError):
+                self._circuit.trip(exc)
+            result.ok = False
+            reason = f"Redis unreachable ({type(exc).__name__}: {exc})"
+            if fence_id is None:
+                result.error = (f"{reason}; PostgreSQL unreachable too ({pg_error}): "
+                                "cached values may be stale until their TTL")
+            else:
+                # every process that still trusts its cache re-checks the fence within the lease
+                time.sleep(self._config.fence_lease)
+                result.error = (f"{reason}; recorded as invalidation #{fence_id} in PostgreSQL: no process "
+                                "serves the old values, and the first one to reach Redis again delivers it")
+            return result
+        self._stats.incr("keys_invalidated", result.keys_deleted)
+        return result
 
     def fence_position(self) -> Any:
         """The highest fence record this Redis applied (None: a Redis without a fence)."""
@@ -125,20 +164,31 @@ class InvalidationBus:
         ack_key = self._keys.ack(message_id)
         message = serialization.dumps({"id": message_id, "tags": tags, "patterns": patterns, "keys": keys})
         notified = int(client.publish(self._keys.channel, message))
-        deadline = time.monotonic() + self._ack_timeout
+        deadline = time.monotonic() + self._config.ack_timeout
         while True:
             confirmed = int(client.get(ack_key) or 0)
             if confirmed >= notified or time.monotonic() >= deadline:
                 return notified, confirmed
             time.sleep(0.002)
 
-    def ack(self, message: dict[str, Any]) -> None:
-        """Confirm to the invalidating process that this process purged its L1."""
-        ack_key = self._keys.ack(message["id"])
-        pipe = self._l2.client().pipeline(transaction=False)
-        pipe.incr(ack_key)
-        pipe.expire(ack_key, 60)
-        pipe.execute()
+    def receive(self, data: bytes) -> None:
+        """One purge message heard by this process: purge L1, then confirm (``INCR`` the ack
+        counter the invalidating process waits for). A message it cannot read empties L1."""
+        try:
+            message = serialization.loads(data)
+            self._l1.purge(message.get("tags", ()), message.get("patterns", ()), message.get("keys", ()))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("cache: bad invalidation message dropped (%s)", exc)
+            self._l1.clear()
+            return
+        try:
+            ack_key = self._keys.ack(message["id"])
+            pipe = self._l2.client().pipeline(transaction=False)
+            pipe.incr(ack_key)
+            pipe.expire(ack_key, 60)
+            pipe.execute()
+        except redis.RedisError as exc:
+            self._circuit.trip(exc)
 
 
 class ListenerHost(Protocol):

@@ -10,7 +10,8 @@
 ``singleflight``    one computation per key inside this process
 ``circuit``         the Redis circuit breaker (fail-open)
 ``fence``           the PostgreSQL record of every invalidation
-``bus``             delivery of invalidations to Redis and to every L1 (pub/sub + acks)
+``bus``             one invalidation end to end: fence record, Redis, every L1 (pub/sub + acks)
+``lease``           how long this process trusts L1 and Redis before re-checking the fence
 ``stats``           counters and latency histograms, local and fleet-wide
 ==================  =================================================================
 
@@ -49,7 +50,6 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-import psycopg
 import redis
 from redis.exceptions import LockError
 from redis.lock import Lock
@@ -63,6 +63,7 @@ from metricsmith.cache.fence import FenceLog
 from metricsmith.cache.keys import CacheKeys
 from metricsmith.cache.l1 import L1
 from metricsmith.cache.l2 import L2
+from metricsmith.cache.lease import FenceLease
 from metricsmith.cache.singleflight import SingleFlight
 from metricsmith.cache.stats import CacheStats, StatsSnapshot, prometheus_families, snapshot_from_hash
 from metricsmith.config import Settings, load_settings
@@ -115,14 +116,10 @@ class TwoTierCache:
         self.flights = SingleFlight()
         self.fence = FenceLog(self.settings, self.root,
                               prune_after=max(86_400.0, 2 * cfg.ttl_closed + cfg.lock_ms / 1000))
-        self.bus = InvalidationBus(self.l2, self.fence, cfg.ack_timeout)
+        self.bus = InvalidationBus(self.l2, self.l1, self.fence, self.circuit, self.stats, cfg)
+        self.lease = FenceLease(self.fence, self.bus, self.l1, self.circuit, cfg)
         self.listener = Listener(self.channel, cfg)
         self._start_listener = start_listener
-        # the fence lease: until _fence_until (monotonic) this process trusts L1 and L2
-        self._fence_lock = threading.Lock()
-        self._fence_until = 0.0
-        self._fence_seen: int | None = None  # highest record applied to this process's L1
-        self._fence_retry_at = 0.0
         atexit.register(_flush_at_exit, weakref.ref(self))
 
     # ------------------------------------------------------------------ composition
@@ -135,7 +132,7 @@ class TwoTierCache:
             self.listener.ensure_running(self)
 
     def _on_redis_error(self) -> None:
-        self._fence_until = 0.0  # once Redis answers again, check the fence before trusting it
+        self.lease.expire()  # once Redis answers again, check the fence before trusting it
         self.stats.incr("redis_errors")
         self.stats.incr("errors")
         self.l1.clear()
@@ -175,7 +172,7 @@ class TwoTierCache:
         if not self.config.enabled:
             return loader(compute())
         started = time.perf_counter()
-        if time.monotonic() >= self._fence_until and not self.check_fence():
+        if not self.lease.valid and not self.lease.renew():
             return self._compute_direct(compute, started, loader)
         stale: Entry | None = None
         if self._l1_usable():
@@ -250,20 +247,24 @@ class TwoTierCache:
     ) -> Any:
         epoch = self.l1.epoch
         try:
-            gen, current = self.l2.read_for_compute(key)
-            if current is not None and stale is None:
-                # another leader stored it between our L2 miss and now: no need to compute
-                entry = self._decode(key, current, tags, loader)
-                if entry is not None:
-                    self._l1_put(key, entry, epoch)
-                    self.stats.incr("stampedes_avoided")
-                    self.stats.observe("l2", time.perf_counter() - started)
-                    return entry.payload
+            # lock first, then read: a leader stores before it releases, so whoever gets the
+            # lock after it finds the value and does not compute it a second time
             lock = self.l2.lock(key)
             locked = lock.acquire()
+            gen, current = self.l2.read_for_compute(key)
         except redis.RedisError as exc:
             self._mark_down(exc)
             return self._compute_direct(compute, started, loader)
+        if current is not None and stale is None:
+            # another leader stored it between our L2 miss and now: no need to compute
+            entry = self._decode(key, current, tags, loader)
+            if entry is not None:
+                if locked:
+                    self._release(lock)
+                self._l1_put(key, entry, epoch)
+                self.stats.incr("stampedes_avoided")
+                self.stats.observe("l2", time.perf_counter() - started)
+                return entry.payload
         if not locked:
             if stale is not None:  # another process refreshes early; the current value is still valid
                 self.stats.incr("l2_hits")
@@ -350,32 +351,7 @@ class TwoTierCache:
         the first one that reaches Redis again delivers it. Never raises on a Redis error: the
         result says ``ok=False`` and whether the invalidation is fenced.
         """
-        tags, patterns, keys = sorted(set(tags)), sorted(set(patterns)), sorted(set(keys))
-        result = InvalidationResult(tags=tags, patterns=patterns)
-        self.stats.incr("invalidations")
-        fence_id, pg_error = self.fence.record(tags, patterns, keys)
-        result.fence_id = fence_id
-        self.l1.purge(tags, patterns, keys)
-        try:
-            current = self.bus.fence_position() if fence_id is not None else b"0"
-            result.keys_deleted = self.bus.deliver(fence_id, current, (tags, patterns, keys))
-            result.processes_notified, result.processes_confirmed = self.bus.broadcast(tags, patterns, keys)
-        except (redis.RedisError, psycopg.Error) as exc:
-            if isinstance(exc, redis.RedisError):
-                self._mark_down(exc)
-            result.ok = False
-            reason = f"Redis unreachable ({type(exc).__name__}: {exc})"
-            if fence_id is None:
-                result.error = (f"{reason}; PostgreSQL unreachable too ({pg_error}): "
-                                "cached values may be stale until their TTL")
-            else:
-                # every process that still trusts its cache re-checks the fence within the lease
-                time.sleep(self.config.fence_lease)
-                result.error = (f"{reason}; recorded as invalidation #{fence_id} in PostgreSQL: no process "
-                                "serves the old values, and the first one to reach Redis again delivers it")
-            return result
-        self.stats.incr("keys_invalidated", result.keys_deleted)
-        return result
+        return self.bus.invalidate(sorted(set(tags)), sorted(set(patterns)), sorted(set(keys)))
 
     def check_fence(self, renew_before: float = 0.0) -> bool:
         """Renew this process's trust in L1/L2; False (read PostgreSQL directly) when it cannot.
@@ -383,30 +359,15 @@ class TwoTierCache:
         Applies to L1 every invalidation recorded since the last check, and delivers to Redis
         those it has not applied. Called by a read whose lease ran out and, ahead of that, by
         the listener thread every ``fence_lease / 2`` seconds."""
-        if not self.circuit.closed or time.monotonic() < self._fence_retry_at:
-            return False
-        with self._fence_lock:
-            started = time.monotonic()
-            if started < self._fence_until - renew_before:
-                return True
-            try:
-                latest, rows = self.fence.since(self._fence_seen)
-                for _id, row_tags, row_patterns, row_keys in rows:
-                    self.l1.purge(row_tags, row_patterns, row_keys)
-                self._fence_seen = latest
-                current = self.bus.fence_position()
-                if current is None or int(current) < latest:
-                    deleted = self.bus.deliver(latest, current)
-                    log.info("cache: delivered recorded invalidations up to #%s to Redis (%s keys)", latest, deleted)
-            except psycopg.Error:
-                self._fence_retry_at = time.monotonic() + self.config.retry_after
-                return False
-            except redis.RedisError as exc:
-                self._mark_down(exc)
-                return False
-            self.fence.error = None
-            self._fence_until = started + self.config.fence_lease
-            return True
+        return self.lease.renew(renew_before)
+
+    @property
+    def _fence_until(self) -> float:
+        return self.lease.until
+
+    @_fence_until.setter
+    def _fence_until(self, value: float) -> None:
+        self.lease.until = value
 
     def clear(self) -> InvalidationResult:
         """Drop every cached value (all keys, every process's L1)."""
@@ -421,17 +382,7 @@ class TwoTierCache:
         self.l1.clear()  # anything cached before we listened might have missed a purge
 
     def on_message(self, data: bytes) -> None:
-        try:
-            message = serialization.loads(data)
-            self.l1.purge(message.get("tags", ()), message.get("patterns", ()), message.get("keys", ()))
-        except Exception as exc:  # noqa: BLE001
-            log.warning("cache: bad invalidation message dropped (%s)", exc)
-            self.l1.clear()
-            return
-        try:
-            self.bus.ack(message)
-        except redis.RedisError as exc:
-            self._mark_down(exc)
+        self.bus.receive(data)
 
     def on_listener_error(self, exc: redis.RedisError) -> None:
         self._mark_down(exc)
