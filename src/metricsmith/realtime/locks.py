@@ -19,20 +19,28 @@ from metricsmith.realtime.keys import Keys
 
 
 @contextlib.contextmanager
-def apply_lock(client: Any, keys: Keys, *, ttl_ms: int = 60_000, wait_s: float = 60.0,
-               sleep_s: float = 0.01) -> Iterator[Lock]:
-    """Hold the apply lock for the ``with`` block; ``TimeoutError`` when it is not free within ``wait_s``.
+def redis_lock(client: Any, name: str, *, ttl_ms: int, wait_s: float, sleep_s: float = 0.01,
+               what: str = "the lock") -> Iterator[Lock]:
+    """Hold the Redis lock ``name`` for the ``with`` block; ``TimeoutError`` when it is not free within ``wait_s``.
 
     The lock expires ``ttl_ms`` after it was taken even if its holder is still running (a killed
     holder must not block the others for ever); releasing an expired lock is then a no-op - it never
-    deletes a lock someone else took since (the token is compared).
+    deletes a lock someone else took since (the token is compared). Not realtime-specific: a
+    candidate for the shared core.
     """
-    lock = Lock(client, keys.lock, timeout=ttl_ms / 1000, sleep=sleep_s, blocking=True, blocking_timeout=wait_s,
+    lock = Lock(client, name, timeout=ttl_ms / 1000, sleep=sleep_s, blocking=True, blocking_timeout=wait_s,
                 thread_local=False)
     if not lock.acquire(token=secrets.token_hex(8)):
-        raise TimeoutError(f"the realtime apply lock {keys.lock} is busy (not free within {wait_s:g} s)")
+        raise TimeoutError(f"{what} {name} is busy (not free within {wait_s:g} s)")
     try:
         yield lock
     finally:
         with contextlib.suppress(LockNotOwnedError):  # expired (TTL) and possibly taken by another holder
             lock.release()
+
+
+def apply_lock(client: Any, keys: Keys, *, ttl_ms: int = 60_000, wait_s: float = 60.0,
+               sleep_s: float = 0.01) -> contextlib.AbstractContextManager[Lock]:
+    """The realtime apply lock (:attr:`Keys.lock`), as :func:`redis_lock`."""
+    return redis_lock(client, keys.lock, ttl_ms=ttl_ms, wait_s=wait_s, sleep_s=sleep_s,
+                      what="the realtime apply lock")
