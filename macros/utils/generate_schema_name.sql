@@ -1,8 +1,12 @@
-{#- Use the configured schema name as is (`analytics`), not `<target>_<custom>`. -#}
+{#- The schema of a model: its configured schema as is (`analytics`) on the production targets
+    `default` and `embedded` (the metricsmith CLI, the flows and the Python query layer read that
+    schema), `<schema>_<target name>` on any other target (e.g. `analytics_dev` for
+    `--target dev`), so a development target cannot overwrite the production marts. -#}
 {% macro generate_schema_name(custom_schema_name, node) -%}
-    {%- if custom_schema_name is none -%}
-        {{ target.schema | trim }}
+    {%- set schema = (target.schema if custom_schema_name is none else custom_schema_name) | trim -%}
+    {%- if target.name in ['default', 'embedded'] -%}
+        {{ schema }}
     {%- else -%}
-        {{ custom_schema_name | trim }}
+        {{ schema }}_{{ target.name | trim }}
     {%- endif -%}
 {%- endmacro %}
