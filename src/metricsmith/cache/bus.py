@@ -123,15 +123,7 @@ class InvalidationBus:
         yet (ids after its fence ``current``, up to ``upto``), in one transaction that also bumps
         the generation and moves the fence to ``upto``. A Redis without a fence (new, flushed, or
         from before the fence existed) is cleared. Returns the number of keys deleted."""
-        tags, patterns, keys = set(own[0]), set(own[1]), set(own[2])
-        if upto is not None:
-            if current is None:
-                patterns.add("*")
-            elif int(current) < upto:
-                for row_tags, row_patterns, row_keys in self._fence.records(int(current), upto):
-                    tags.update(row_tags)
-                    patterns.update(row_patterns)
-                    keys.update(row_keys)
+        tags, patterns, keys = self._pending(upto, current, own)
         client = self._l2.client()
         if self._fence_script is None:
             self._fence_script = client.register_script(_FENCE_LUA)
@@ -156,6 +148,21 @@ class InvalidationBus:
             self._fence_script(keys=[self._keys.fence], args=[upto], client=pipe)
         replies = pipe.execute()
         return sum(int(r) for r in replies[1 : 1 + (len(doomed_list) + 499) // 500])
+
+    def _pending(
+        self, upto: int | None, current: bytes | str | None, own: Invalidation,
+    ) -> tuple[set[str], set[str], set[str]]:
+        """``own`` plus the fence records after ``current`` up to ``upto`` (all: no fence)."""
+        tags, patterns, keys = set(own[0]), set(own[1]), set(own[2])
+        if upto is not None:
+            if current is None:
+                patterns.add("*")
+            elif int(current) < upto:
+                for row_tags, row_patterns, row_keys in self._fence.records(int(current), upto):
+                    tags.update(row_tags)
+                    patterns.update(row_patterns)
+                    keys.update(row_keys)
+        return tags, patterns, keys
 
     def broadcast(self, tags: list[str], patterns: list[str], keys: list[str]) -> tuple[int, int]:
         """Publish an L1 purge; ``(processes notified, processes that confirmed in time)``."""

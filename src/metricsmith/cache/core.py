@@ -278,6 +278,13 @@ class TwoTierCache:
                 return self._compute_direct(compute, started, loader)
         if stale is not None:
             self.stats.incr("early_refreshes")
+        return self._compute_then_store(key, compute, ttl, tags, gen, lock if locked else None, started, loader, epoch)
+
+    def _compute_then_store(
+        self, key: str, compute: Callable[[], Any], ttl: float, tags: frozenset[str], gen: str,
+        lock: Lock | None, started: float, loader: Loader, epoch: int,
+    ) -> Any:
+        """Compute, then store under the generation read before (released ``lock`` after)."""
         try:
             t0 = time.perf_counter()
             value = compute()
@@ -287,7 +294,7 @@ class TwoTierCache:
             expires_at = utc_now() + ttl
             data = serialization.encode_entry(value, delta, expires_at)
         except BaseException:
-            if locked:
+            if lock is not None:
                 self._release(lock)
             raise
         try:
@@ -295,7 +302,7 @@ class TwoTierCache:
         except redis.RedisError as exc:
             self._mark_down(exc)
             return loader(value)
-        if locked:
+        if lock is not None:
             self._release(lock)
         loaded = loader(value)
         if stored:
