@@ -17,11 +17,12 @@ from typing import Any
 import psycopg
 
 from metricsmith.config import Settings
+from metricsmith.core import pglock
 from metricsmith.db import connect
 from metricsmith.errors import UserFacingError
 
-# 64-bit advisory lock key: fixed, derived from a name so other tools can recognise it.
-MIGRATION_LOCK_KEY = int.from_bytes(hashlib.sha256(b"metricsmith.migrations").digest()[:8], "big", signed=True)
+# 64-bit advisory lock key: derived from the name "metricsmith.migrations" (see core.pglock).
+MIGRATION_LOCK_KEY = pglock.MIGRATIONS.key
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -61,41 +62,37 @@ def _applied(conn: psycopg.Connection[Any]) -> dict[int, tuple[str, str]]:
 def upgrade(settings: Settings | None = None, *, verbose: bool = False) -> list[Migration]:
     """Apply pending migrations; return the ones applied by this call."""
     applied_now: list[Migration] = []
-    with connect(settings, autocommit=True) as conn:
-        conn.execute("select pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        try:
-            conn.execute("create schema if not exists metricsmith")
-            conn.execute(
-                """
-                create table if not exists metricsmith.schema_migrations (
-                    version    int primary key,
-                    name       text not null,
-                    checksum   text not null,
-                    applied_at timestamptz not null default now()
-                )
-                """
+    with connect(settings, autocommit=True) as conn, pglock.MIGRATIONS.held(conn, None):
+        conn.execute("create schema if not exists metricsmith")
+        conn.execute(
+            """
+            create table if not exists metricsmith.schema_migrations (
+                version    int primary key,
+                name       text not null,
+                checksum   text not null,
+                applied_at timestamptz not null default now()
             )
-            done = _applied(conn)
-            for migration in available():
-                if migration.version in done:
-                    name, checksum = done[migration.version]
-                    if checksum != migration.checksum:
-                        raise MigrationError(
-                            f"migration {migration.version:04d}_{name} was applied but its file has changed; "
-                            "add a new migration instead of editing an applied one"
-                        )
-                    continue
-                with conn.transaction():
-                    conn.execute(migration.sql)  # noqa: S608
-                    conn.execute(
-                        "insert into metricsmith.schema_migrations (version, name, checksum) values (%s, %s, %s)",
-                        (migration.version, migration.name, migration.checksum),
+            """
+        )
+        done = _applied(conn)
+        for migration in available():
+            if migration.version in done:
+                name, checksum = done[migration.version]
+                if checksum != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.version:04d}_{name} was applied but its file has changed; "
+                        "add a new migration instead of editing an applied one"
                     )
-                applied_now.append(migration)
-                if verbose:
-                    print(f"applied {migration.version:04d}_{migration.name}")
-        finally:
-            conn.execute("select pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+                continue
+            with conn.transaction():
+                conn.execute(migration.sql)  # noqa: S608
+                conn.execute(
+                    "insert into metricsmith.schema_migrations (version, name, checksum) values (%s, %s, %s)",
+                    (migration.version, migration.name, migration.checksum),
+                )
+            applied_now.append(migration)
+            if verbose:
+                print(f"applied {migration.version:04d}_{migration.name}")
     return applied_now
 
 

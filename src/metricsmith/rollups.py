@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-import psycopg
-
 from metricsmith import db
 from metricsmith.config import Settings, load_settings
+from metricsmith.core import pglock
 from metricsmith.dbt_runner import DbtRun, run_dbt
 from metricsmith.errors import UserFacingError
 
@@ -181,25 +180,15 @@ def outdated_tables(settings: Settings | None = None) -> list[str]:
                   if any(cols.get(c) != expected for c, expected in BUILT_TYPES[t].items()))
 
 
-#: pg advisory lock key held for the duration of a rollup run ("msrollup")
-ROLLUP_LOCK_KEY = 0x6D73726F6C6C7570
+#: pg advisory lock key held for the duration of a rollup run (:data:`metricsmith.core.pglock.ROLLUPS`)
+ROLLUP_LOCK_KEY = pglock.ROLLUPS.key
 
 
 @contextlib.contextmanager
 def _rollup_lock(settings: Settings, wait_seconds: float) -> Iterator[None]:
     """One rollup run at a time per database (CLI, flows and Python callers alike)."""
-    with db.connect(settings, autocommit=True) as conn:
-        conn.execute(f"set lock_timeout = '{max(1, int(wait_seconds * 1000))}ms'")
-        try:
-            conn.execute("select pg_advisory_lock(%s)", (ROLLUP_LOCK_KEY,))
-        except psycopg.errors.LockNotAvailable:
-            raise UserFacingError(
-                f"another rollup run is still working on this database (waited {wait_seconds:.0f} s); try again later"
-            ) from None
-        try:
-            yield
-        finally:
-            conn.execute("select pg_advisory_unlock(%s)", (ROLLUP_LOCK_KEY,))
+    with db.connect(settings, autocommit=True) as conn, pglock.ROLLUPS.held(conn, wait_seconds):
+        yield
 
 
 def backfill(start: date, end: date, *, settings: Settings | None = None) -> RollupRunResult:

@@ -20,8 +20,9 @@ import pytest
 
 from metricsmith import generator
 from metricsmith.config import project_root
+from metricsmith.core import pglock
 from metricsmith.orchestration import dbt as dbt_exec
-from metricsmith.orchestration import joblog, jobs, locks
+from metricsmith.orchestration import joblog, jobs
 from metricsmith.orchestration.jobs import JobFailed, run_job
 from metricsmith.orchestration.retry import RetryPolicy
 from metricsmith.orchestration.schedules import DEPLOYMENTS, load_flow
@@ -227,9 +228,10 @@ def test_killed_run_is_marked_failed_by_the_next(events: None, conn: psycopg.Con
     script = textwrap.dedent("""
         import sys, time
         from metricsmith import db
-        from metricsmith.orchestration import joblog, locks
+        from metricsmith.core import pglock
+        from metricsmith.orchestration import joblog
         conn = db.connect(autocommit=True)
-        assert locks.try_lock(conn, locks.job_lock_key("weekly-rollup"), 5)
+        assert pglock.job_lock("weekly-rollup").acquire(conn, 5)
         row = joblog.start(conn, "weekly-rollup", attempt=1, timeout_seconds=7200)
         print(row, flush=True)
         time.sleep(600)
@@ -258,13 +260,13 @@ def test_killed_run_is_marked_failed_by_the_next(events: None, conn: psycopg.Con
 
 
 def test_concurrent_second_run_waits_for_the_first(events: None, conn: psycopg.Connection[Any]) -> None:
-    key = locks.job_lock_key("monthly-rollup")
+    lock = pglock.job_lock("monthly-rollup")
     with psycopg.connect(conn.info.dsn, autocommit=True) as holder:
-        assert locks.try_lock(holder, key, 1)
+        assert lock.acquire(holder, 1)
         started = time.monotonic()
         import threading
 
-        threading.Timer(2.0, lambda: locks.unlock(holder, key)).start()
+        threading.Timer(2.0, lambda: lock.release(holder)).start()
         result = run_job("monthly-rollup", policy=FAST, lock_wait_seconds=30)
         assert time.monotonic() - started >= 2.0
     assert result.status == "COMPLETED" and not result.skipped
@@ -349,9 +351,9 @@ def test_connections_terminated_mid_job_still_completes_its_own_row(
 def test_stale_repair_spares_live_owners(events: None, conn: psycopg.Connection[Any]) -> None:
     """mark_stale never touches the caller's own row nor a row whose owner process is alive on
     this host; a row of a dead process is marked (with the job's lock held)."""
-    key = locks.job_lock_key("weekly-rollup")
+    lock = pglock.job_lock("weekly-rollup")
     with psycopg.connect(conn.info.dsn, autocommit=True) as holder:
-        assert locks.try_lock(holder, key, 5)
+        assert lock.acquire(holder, 5)
         own = joblog.new_owner()
         mine = joblog.start(holder, "weekly-rollup", attempt=1, timeout_seconds=7200, owner=own)
         alive = joblog.start(holder, "weekly-rollup", attempt=1, timeout_seconds=7200)  # this process: alive
@@ -364,4 +366,4 @@ def test_stale_repair_spares_live_owners(events: None, conn: psycopg.Connection[
         assert [_log(conn, i)["status"] for i in (mine, alive, dead, legacy)] == ["RUNNING", "RUNNING", "FAILED", "FAILED"]
         for i in (mine, alive):
             joblog.finish(holder, i, joblog.Final("COMPLETED"))
-        locks.unlock(holder, key)
+        lock.release(holder)

@@ -38,13 +38,14 @@ class CustomMetricsJobResult:
 def run_custom_metrics_job(*, full_refresh: bool = False, lock_wait_seconds: float = 600.0,
                            settings: Settings | None = None, service: CustomMetricsService | None = None,
                            ) -> CustomMetricsJobResult:
-    from metricsmith.orchestration import joblog, locks
+    from metricsmith.core import pglock
+    from metricsmith.orchestration import joblog
 
     settings = settings or load_settings()
     svc = service or CustomMetricsService(settings)
     with db.connect(settings, autocommit=True) as conn:
-        key = locks.job_lock_key(JOB_NAME)
-        if not locks.try_lock(conn, key, lock_wait_seconds):
+        lock = pglock.job_lock(JOB_NAME)
+        if not lock.acquire(conn, lock_wait_seconds):
             row_id = joblog.start(conn, JOB_NAME, attempt=1, timeout_seconds=3600, details={"skipped": True})
             msg = f"another {JOB_NAME} run holds the lock; waited {lock_wait_seconds:.0f} s"
             joblog.finish(conn, row_id, joblog.Final("FAILED", error_message=msg))
@@ -75,7 +76,7 @@ def run_custom_metrics_job(*, full_refresh: bool = False, lock_wait_seconds: flo
                 _invalidate_cached_values(conn)
             return CustomMetricsJobResult(status, ok, failed, rows, message, row_id)
         finally:
-            locks.unlock(conn, key)
+            lock.release(conn)
 
 
 def _invalidate_cached_values(conn: Any) -> None:

@@ -27,7 +27,7 @@ from uuid import UUID
 import psycopg
 from psycopg.types.json import Jsonb
 
-from metricsmith.orchestration import locks
+from metricsmith.core import pglock
 
 TABLE = "metricsmith.metrics_aggregation_jobs_log"
 FINAL_STATUSES = ("COMPLETED", "FAILED", "PARTIAL")
@@ -173,7 +173,7 @@ def mark_stale(conn: psycopg.Connection[Any], job_name: str | None = None, *,
         if owner_alive(owner):
             continue
         if row_job != job_name and isinstance(owner, dict) and owner.get("backend_pid") is not None \
-                and locks.holder_pid(conn, locks.job_lock_key(row_job)) == owner.get("backend_pid"):
+                and pglock.job_lock(row_job).holder_pid(conn) == owner.get("backend_pid"):
             continue
         stale.append(int(row_id))
     if not stale:

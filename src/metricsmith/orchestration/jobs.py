@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -32,9 +32,10 @@ import psycopg
 
 from metricsmith import db, rollups
 from metricsmith.config import Settings, load_settings
+from metricsmith.core import pglock
 from metricsmith.errors import UserFacingError
 from metricsmith.orchestration import dbt as dbt_exec
-from metricsmith.orchestration import joblog, locks
+from metricsmith.orchestration import joblog
 from metricsmith.orchestration.retry import RetryPolicy, is_transient
 
 MARTS = rollups.MART_MODELS
@@ -156,19 +157,6 @@ def dbt_vars(spec: JobSpec, settings: Settings, start: date | None, end: date | 
     return vars_
 
 
-@contextlib.contextmanager
-def _rollup_lock(conn: psycopg.Connection[Any], wait_seconds: float) -> Iterator[None]:
-    """The rollups' own advisory lock (same key as ``metricsmith rollups run``)."""
-    if not locks.try_lock(conn, rollups.ROLLUP_LOCK_KEY, wait_seconds):
-        raise psycopg.errors.LockNotAvailable(
-            f"lock timeout: another rollup run still holds the rollups lock after {wait_seconds:.0f} s")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(psycopg.Error):
-            locks.unlock(conn, rollups.ROLLUP_LOCK_KEY)
-
-
 def _read_effects(settings: Settings, result: JobResult, changed_rebuilt: bool) -> None:
     with db.connect(settings, autocommit=True) as conn:
         if changed_rebuilt and rollups._table_exists(conn, "int_changed_days"):
@@ -204,7 +192,7 @@ def run_job(
     began = time.perf_counter()
     result = JobResult(job_name=name, status="RUNNING", log_id=None, attempts=0, seconds=0.0,
                        period_start=start, period_end=end)
-    key = locks.job_lock_key(name)
+    job_lock = pglock.job_lock(name)
     lock_conn: psycopg.Connection[Any] | None = None
     common_details = {"dbt_args": args, "vars": vars_, "flow": name, "timeout_seconds": spec.timeout_seconds}
 
@@ -221,10 +209,10 @@ def run_job(
             try:
                 if lock_conn is None or lock_conn.closed or lock_conn.broken:
                     lock_conn = db.connect(settings, autocommit=True)
-                    if not locks.try_lock(lock_conn, key, lock_wait_seconds):
+                    if not job_lock.acquire(lock_conn, lock_wait_seconds):
                         if result.log_id is not None:  # we lost the lock with our connection; someone took over
-                            return _lost_lock(result, lock_conn, key, settings, spec, common_details, began, log)
-                        return _refuse(result, lock_conn, key, spec, common_details, lock_wait_seconds, began, log)
+                            return _lost_lock(result, lock_conn, job_lock, settings, spec, common_details, began, log)
+                        return _refuse(result, lock_conn, job_lock, spec, common_details, lock_wait_seconds, began, log)
                     backend = lock_conn.execute("select pg_backend_pid()").fetchone()
                     owner["backend_pid"] = int(backend[0]) if backend else None
                     marked = joblog.mark_stale(lock_conn, name, own_token=owner["token"])
@@ -240,10 +228,11 @@ def run_job(
                     joblog.update_attempt(lock_conn, result.log_id, attempt,
                                           {"attempts": result.attempt_errors, "owner": owner})
                 log.info("%s attempt %d/%d: dbt %s", name, attempt, policy.attempts, " ".join(args))
-                with _rollup_lock(lock_conn, lock_wait_seconds):
+                # the rollups' own lock (the one ``metricsmith rollups run`` takes), same policy
+                with pglock.ROLLUPS.held(lock_conn, lock_wait_seconds):
                     outcome = dbt_exec.invoke(args, vars=vars_, settings=settings, attempt=attempt)
             except Exception as exc:  # noqa: BLE001 - classified below
-                transient = is_transient(exc)
+                transient = isinstance(exc, pglock.LockBusy) or is_transient(exc)
                 message = f"{type(exc).__name__}: {exc}".strip()
                 record_attempt_error(attempt, message, transient)
                 if transient and attempt < policy.attempts:
@@ -289,8 +278,7 @@ def run_job(
         raise
     finally:
         if lock_conn is not None and not lock_conn.closed:
-            with contextlib.suppress(psycopg.Error):
-                locks.unlock(lock_conn, key)
+            job_lock.release(lock_conn)
             lock_conn.close()
 
 
@@ -370,11 +358,11 @@ def _finish(result: JobResult, conn: psycopg.Connection[Any] | None, settings: S
     (log.info if result.ok else log.error)(result.render())
 
 
-def _lost_lock(result: JobResult, conn: psycopg.Connection[Any], key: int, settings: Settings, spec: JobSpec,
+def _lost_lock(result: JobResult, conn: psycopg.Connection[Any], lock: pglock.AdvisoryLock, settings: Settings, spec: JobSpec,
                common: dict[str, Any], began: float, log: Any) -> JobResult:
     """Our connection (and with it the job lock) was lost and another run took the lock before
     we reconnected: stop, and end our own row FAILED with its attempts (never left RUNNING)."""
-    pid = locks.holder_pid(conn, key)
+    pid = lock.holder_pid(conn)
     result.status = "FAILED"
     result.error_message = (f"lost the connection during attempt {result.attempts - 1} and another run of "
                             f"{spec.name} took the job lock meanwhile (backend pid {pid}); stopped without finishing")
@@ -386,9 +374,9 @@ def _lost_lock(result: JobResult, conn: psycopg.Connection[Any], key: int, setti
     return result
 
 
-def _refuse(result: JobResult, conn: psycopg.Connection[Any], key: int, spec: JobSpec, common: dict[str, Any],
+def _refuse(result: JobResult, conn: psycopg.Connection[Any], lock: pglock.AdvisoryLock, spec: JobSpec, common: dict[str, Any],
             waited: float, began: float, log: Any) -> JobResult:
-    pid = locks.holder_pid(conn, key)
+    pid = lock.holder_pid(conn)
     running = joblog.recent(conn, spec.name, limit=1, status="RUNNING")
     since = f" (its job log row {running[0]['id']} started {running[0]['started_at']:%Y-%m-%d %H:%M:%S %Z})" if running else ""
     result.status, result.skipped = "FAILED", True
