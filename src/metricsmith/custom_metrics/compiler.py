@@ -73,6 +73,11 @@ models:
         description: When the generated model computed this row.
 """
 VALUES_MODEL_DOC: dict[str, Any] = yaml.safe_load(VALUES_MODEL_YAML)["models"][0]
+#: the columns of every generated ``cm_*`` model, described by the docs blocks of models/docs.md
+GENERATED_MODEL_COLUMNS: tuple[dict[str, str], ...] = tuple(
+    {"name": column, "description": f"{{{{ doc('custom_metric_{column}') }}}}"}
+    for column in ("period_start", "dimensions", "value", "source_watermark", "computed_at")
+)
 _NUMERIC_TYPES = ("SUM", "AVERAGE", "PERCENTILE", "MAX", "MIN")
 
 

@@ -432,6 +432,7 @@ class CustomMetricsService:
             if run_status != "error":
                 inputs.append((slug, version, definition["grain"]))
             docs.append({"name": model, "description": compiler.model_description(metric_id, slug, version),
+                         "columns": [dict(column) for column in compiler.GENERATED_MODEL_COLUMNS],
                          "config": {"tags": [compiler.GENERATED_TAG]}})
         wanted[f"{VALUES_MODEL}.sql"] = compiler.render_values_model(inputs)
         import yaml
