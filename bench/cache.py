@@ -11,7 +11,7 @@ In a fresh database on the configured server: generated events, the real dbt mar
                 (7/30/90-day windows, 4/12/26-week summaries, 3/6/12-month ranges, year summaries),
                 cold cache, read through the two tiers; the same request sequence (a sample)
                 read straight from PostgreSQL.
-Targets (issue 7): L1 p50 <= 20 us, L2 p99 <= 1 ms, closed-period hit rate >= 99 %.
+Targets: L1 p50 <= 20 us, L2 p99 <= 1 ms, closed-period hit rate >= 99 %.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ All three write the same rows into raw.events of a fresh database on the configu
   raw COPY   -- the generator's rows as prepared COPY text, streamed straight into raw.events
   loader     -- metricsmith load of the same rows as a JSON Lines file (parse, validate, dedupe,
                 quarantine, COPY)
-Targets (issue 2): generator >= 200 K events/s; loader >= 0.3x raw COPY.
+Targets: generator >= 200 K events/s; loader >= 0.3x raw COPY.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rollups bench (issue 3): P1 full rebuild vs the scan floor, P2 incremental cost vs history.
+"""Rollups bench: P1 full rebuild vs the scan floor, P2 incremental cost vs history.
 
     python bench/rollups.py [--events-per-day 13700] [--days 365]
 

@@ -17,7 +17,7 @@ from metricsmith.orchestration.flowkit import run_custom_metrics_step, run_job_f
 def daily_metrics(refresh_cache: bool = True, custom_metrics: bool = True) -> dict[str, Any]:
     result = run_job_flow("daily-metrics", refresh=refresh_cache)
     if custom_metrics:
-        # custom metrics run after the daily run, on the same fresh data (issue 5)
+        # custom metrics run after the daily run, on the same fresh data
         result["custom_metrics"] = run_custom_metrics_step()
     return result
 

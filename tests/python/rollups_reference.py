@@ -1,4 +1,4 @@
-"""An independent plain-Python computation of daily / weekly / monthly metrics (issue 3),
+"""An independent plain-Python computation of daily / weekly / monthly metrics,
 used by tests/python/test_rollups*.py to check the dbt models, plus helpers to load events."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from metricsmith.config import project_root
 
 pytestmark = pytest.mark.skipif(
     not (project_root() / "models" / "marts" / "weekly_metrics.sql").is_file(),
-    reason="the rollup marts (issue 3) are not in models/marts yet",
+    reason="the rollup marts are not in models/marts yet",
 )
 
 CHILD = textwrap.dedent(

@@ -168,7 +168,7 @@ def test_promised_periods() -> None:
 
 
 EXPECTED_CRONS = {"daily-metrics": "0 2 * * *", "weekly-rollup": "0 4 * * 1", "monthly-rollup": "0 5 2 * *",
-                  # issue 6's realtime flows
+                  # the realtime flows
                   "realtime-snapshot": "*/10 * * * *", "realtime-reconciliation": "*/15 * * * *"}
 
 

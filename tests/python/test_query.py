@@ -143,7 +143,7 @@ def test_missing_marts_and_capabilities_are_not_available(cache: TwoTierCache) -
     with MetricsQueryService(cache=cache, schema="no_such_schema") as s:
         with pytest.raises(NotAvailable, match="does not exist"):
             s.get_daily_metrics(date(2024, 1, 1), date(2024, 1, 2))
-        with pytest.raises(QueryError, match="realtime"):  # NotAvailable until issue 6 is installed
+        with pytest.raises(QueryError, match="realtime"):
             s.get_realtime_value("no_such_metric_total")
 
 

@@ -1,4 +1,4 @@
-"""Rollups (issue 3): dbt output equals an independent Python computation on edge-case data;
+"""Rollups: dbt output equals an independent Python computation on edge-case data;
 late data, backfill, the time-zone guard and the open-transaction horizon."""
 
 from __future__ import annotations

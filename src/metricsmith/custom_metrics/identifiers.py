@@ -2,7 +2,7 @@
 
 Principal ids (users, organizations, teams), slugs and the column / model names that end
 up in a generated dbt model are checked here, on every path that accepts them (CLI, Python
-API, seed-parity ``create_metric_definition``, and again when a model file is written).
+API, ``create_metric_definition``, and again when a model file is written).
 Free text (a metric's name and description) never reaches a generated file: it stays in
 PostgreSQL. See docs/custom_metrics.md, "What reaches dbt".
 """
