@@ -40,16 +40,46 @@ def step_generate() -> None:
     print(result.render())
 
 
+# Each capability's step is imported when it runs: `metricsmith --help` and the first
+# steps do not pay for importing Prefect, dbt and the rest.
+def step_rollups() -> None:
+    from metricsmith.rollups import demo_step
+
+    demo_step()
+
+
+def step_orchestration() -> None:
+    from metricsmith.orchestration.demo import step_jobs
+
+    step_jobs()
+
+
+def step_cache() -> None:
+    from metricsmith.cache.demo import step_cache as run
+
+    run()
+
+
+def step_custom_metrics() -> None:
+    from metricsmith.custom_metrics.demo import step_custom_metrics as run
+
+    run()
+
+
+def step_realtime() -> None:
+    from metricsmith.realtime.demo import step_realtime as run
+
+    run()
+
+
 STEPS: list[tuple[str, Callable[[], None]]] = [
     ("servers and migrations", step_servers),
     ("sample events", step_generate),
-    ("rollups: daily / weekly / monthly metrics", lambda: __import__("metricsmith.rollups", fromlist=["demo_step"]).demo_step()),
-    ("orchestration: job log and health",
-     lambda: __import__("metricsmith.orchestration.demo", fromlist=["step_jobs"]).step_jobs()),
-    ("metric cache", lambda: __import__("metricsmith.cache.demo", fromlist=["step_cache"]).step_cache()),
-    ("custom metrics: stored definitions -> generated dbt models",
-     lambda: __import__("metricsmith.custom_metrics.demo", fromlist=["step_custom_metrics"]).step_custom_metrics()),
-    ("realtime metrics: stream -> Redis + raw.events", lambda: __import__("metricsmith.realtime.demo", fromlist=["step_realtime"]).step_realtime()),
+    ("rollups: daily / weekly / monthly metrics", step_rollups),
+    ("orchestration: job log and health", step_orchestration),
+    ("metric cache", step_cache),
+    ("custom metrics: stored definitions -> generated dbt models", step_custom_metrics),
+    ("realtime metrics: stream -> Redis + raw.events", step_realtime),
 ]
 
 
