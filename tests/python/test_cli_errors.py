@@ -110,7 +110,8 @@ def test_postgres_backends_terminated_during_a_full_refresh(test_database: str) 
     assert terminated >= 1
     result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert_one_line(result, EXIT_UNAVAILABLE, "metricsmith: ")
-    assert "terminating connection" in err or "PostgreSQL unavailable" in err
+    # which words PostgreSQL's goodbye reaches dbt with depends on timing
+    assert any(text in err for text in ("terminating connection", "closed the connection", "PostgreSQL unavailable"))
 
 
 @pytest.fixture(scope="module")
