@@ -27,6 +27,7 @@ from cronsim import CronSim
 
 from metricsmith import db
 from metricsmith.config import Settings, load_settings
+from metricsmith.core.status import JobStatus
 from metricsmith.orchestration.joblog import TABLE
 from metricsmith.orchestration.jobs import JOBS
 from metricsmith.orchestration.schedules import SCHEDULES
@@ -166,15 +167,15 @@ def _job_health(conn: Any, job: str, cron: str, now: datetime, schema: str) -> J
         (now, job),
     ).fetchall()
     runs = [r for r in rows if not r[4]]  # runs refused by the lock did no work: not counted
-    final = [r for r in runs if r[0] != "RUNNING"]
-    last_success = next((r for r in final if r[0] == "COMPLETED"), None)
-    last_failure = next((r for r in final if r[0] in ("FAILED", "PARTIAL")), None)
+    final = [r for r in runs if JobStatus(r[0]).final]
+    last_success = next((r for r in final if JobStatus(r[0]).ok), None)
+    last_failure = next((r for r in final if JobStatus(r[0]).failed), None)
     consecutive = 0
     for r in final:
-        if r[0] == "COMPLETED":
+        if JobStatus(r[0]).ok:
             break
         consecutive += 1
-    running = [r for r in runs if r[0] == "RUNNING"]
+    running = [r for r in runs if r[0] == JobStatus.RUNNING]
     stuck = [r for r in running if r[5]]
     last_ok_time = last_success[2] if last_success else None
     mart, column = FRESHNESS[job]

@@ -20,8 +20,8 @@ import pytest
 
 from metricsmith import generator
 from metricsmith.config import project_root
+from metricsmith.core import dbt as core_dbt
 from metricsmith.core import pglock
-from metricsmith.orchestration import dbt as dbt_exec
 from metricsmith.orchestration import joblog, jobs
 from metricsmith.orchestration.jobs import JobFailed, run_job
 from metricsmith.orchestration.retry import RetryPolicy
@@ -150,7 +150,7 @@ def test_flows_end_to_end(events: None, prefect_harness: None, conn: psycopg.Con
 
 def test_unreachable_twice_then_succeeds(events: None, prefect_harness: None, conn: psycopg.Connection[Any],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    real = dbt_exec.dbt_environment
+    real = jobs.dbt_environment
 
     def flaky(settings: Any, attempt: int) -> dict[str, str]:
         env = real(settings, attempt)
@@ -158,7 +158,7 @@ def test_unreachable_twice_then_succeeds(events: None, prefect_harness: None, co
             os.environ["METRICSMITH_PGPORT"] = "1"  # nothing listens there: connection refused
         return env
 
-    monkeypatch.setattr(dbt_exec, "dbt_environment", flaky)
+    monkeypatch.setattr(jobs, "dbt_environment", flaky)
     slept: list[float] = []
     _add_late_events(conn, START + timedelta(days=20), 4, "d")
     result = run_job("daily-metrics", policy=FAST, sleep=slept.append)
@@ -173,14 +173,14 @@ def test_unreachable_twice_then_succeeds(events: None, prefect_harness: None, co
 
 def test_unreachable_always_fails_with_the_error(events: None, prefect_harness: None, conn: psycopg.Connection[Any],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    real = dbt_exec.dbt_environment
+    real = jobs.dbt_environment
 
     def down(settings: Any, attempt: int) -> dict[str, str]:
         env = real(settings, attempt)
         os.environ["METRICSMITH_PGPORT"] = "1"
         return env
 
-    monkeypatch.setattr(dbt_exec, "dbt_environment", down)
+    monkeypatch.setattr(jobs, "dbt_environment", down)
     slept: list[float] = []
     result = run_job("daily-metrics", policy=FAST, sleep=slept.append)
     assert result.status == "FAILED" and result.attempts == 3 and len(slept) == 2
@@ -189,7 +189,7 @@ def test_unreachable_always_fails_with_the_error(events: None, prefect_harness: 
     assert "connection" in row["error_message"].lower() and "refused" in row["error_message"].lower()
     assert len(row["details"]["attempts"]) == 3
     monkeypatch.undo()
-    dbt_exec.dbt_runner.prepare_environment()
+    core_dbt.prepare_environment()
 
 
 def test_broken_model_is_partial_without_retry(events: None, prefect_harness: None, conn: psycopg.Connection[Any],

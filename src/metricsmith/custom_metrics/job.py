@@ -14,8 +14,9 @@ from typing import Any
 
 from metricsmith import db
 from metricsmith.config import Settings, load_settings
+from metricsmith.core.dbt import DbtError
+from metricsmith.core.status import JobStatus
 from metricsmith.custom_metrics.service import CustomMetricsService
-from metricsmith.dbt_runner import DbtError
 
 JOB_NAME = "custom-metrics"
 #: the daily job runs at 02:00 UTC; this one at 03:00 UTC, after it
@@ -24,7 +25,7 @@ SCHEDULE_CRON = "0 3 * * *"
 
 @dataclass(frozen=True)
 class CustomMetricsJobResult:
-    status: str
+    status: JobStatus
     models_ok: int
     models_failed: int
     rows: int
@@ -48,8 +49,8 @@ def run_custom_metrics_job(*, full_refresh: bool = False, lock_wait_seconds: flo
         if not lock.acquire(conn, lock_wait_seconds):
             row_id = joblog.start(conn, JOB_NAME, attempt=1, timeout_seconds=3600, details={"skipped": True})
             msg = f"another {JOB_NAME} run holds the lock; waited {lock_wait_seconds:.0f} s"
-            joblog.finish(conn, row_id, joblog.Final("FAILED", error_message=msg))
-            return CustomMetricsJobResult("FAILED", 0, 0, 0, msg, row_id)
+            joblog.finish(conn, row_id, joblog.Final(JobStatus.FAILED, error_message=msg))
+            return CustomMetricsJobResult(JobStatus.FAILED, 0, 0, 0, msg, row_id)
         try:
             joblog.mark_stale(conn, JOB_NAME)
             row_id = joblog.start(conn, JOB_NAME, attempt=1, timeout_seconds=3600,
@@ -69,10 +70,11 @@ def run_custom_metrics_job(*, full_refresh: bool = False, lock_wait_seconds: flo
             if published:
                 got = conn.execute("select count(*) from analytics.custom_metric_values").fetchone()
                 rows = int(got[0]) if got else 0
-            status = "COMPLETED" if published and not failed else ("PARTIAL" if published and ok else "FAILED")
+            status = (JobStatus.COMPLETED if published and not failed
+                      else JobStatus.PARTIAL if published and ok else JobStatus.FAILED)
             joblog.finish(conn, row_id, joblog.Final(status, rows_affected=rows, models_ok=ok, models_failed=failed,
                                                      error_message=message))
-            if status != "FAILED":
+            if status is not JobStatus.FAILED:
                 _invalidate_cached_values(conn)
             return CustomMetricsJobResult(status, ok, failed, rows, message, row_id)
         finally:

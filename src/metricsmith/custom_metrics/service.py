@@ -15,7 +15,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 from metricsmith import db
-from metricsmith.config import ENV_DATABASE_URL, Settings, load_settings, project_root
+from metricsmith.config import Settings, load_settings, project_root
+from metricsmith.core import dbt as core_dbt
+from metricsmith.core.dbt import DbtOutcome
 from metricsmith.custom_metrics import access, compiler, project, registry
 from metricsmith.custom_metrics import identifiers as ids
 from metricsmith.custom_metrics.errors import (
@@ -26,7 +28,6 @@ from metricsmith.custom_metrics.errors import (
     MetricSpecError,
 )
 from metricsmith.custom_metrics.spec import MetricSpec, parse_spec, slugify
-from metricsmith.dbt_runner import DbtError, DbtRun
 from metricsmith.errors import UserFacingError
 
 ENV_PROJECT_DIR = "METRICSMITH_DBT_PROJECT_DIR"
@@ -85,8 +86,8 @@ class ModelFailure:
 class CustomMetricsRun:
     """One ``metrics run``: the generated models' dbt run, then custom_metric_values'."""
 
-    models: DbtRun
-    values: DbtRun
+    models: DbtOutcome
+    values: DbtOutcome
     failures: list[ModelFailure]
 
     @property
@@ -134,37 +135,14 @@ class CustomMetricsService:
     # -- dbt ---------------------------------------------------------------------------------
     @property
     def target_path(self) -> Path:
-        if self.project_dir == project_root().resolve() and os.environ.get("DBT_TARGET_PATH"):
-            return Path(os.environ["DBT_TARGET_PATH"])
-        return self.project_dir / "target"
+        return core_dbt.target_path(self.project_dir)
 
     def run_dbt(self, args: list[str], *, vars: dict[str, Any] | None = None,
-                raise_on_failure: bool = True) -> DbtRun:
-        """``dbt <args>`` in this service's project directory (through the process-wide dbt lock)."""
-        from dbt.cli.main import dbtRunner
-
-        from metricsmith import dbt_runner
-
-        dbt_runner.prepare_environment(self.settings)
-        # dbt_project.yml's model-paths name the generated folder from this setting: the same as ours
-        if self.settings.database_url is None:
-            os.environ.pop(ENV_DATABASE_URL, None)
-        else:
-            os.environ[ENV_DATABASE_URL] = self.settings.database_url
-        full = [*args, "--project-dir", str(self.project_dir), "--profiles-dir", str(self.project_dir / "profiles"),
-                "--target-path", str(self.target_path)]
-        if vars:
-            full += ["--vars", json.dumps(vars, default=str)]
-        with dbt_runner._DBT_LOCK:  # noqa: SLF001 - one dbt invocation at a time per process
-            result = dbtRunner().invoke(full)
-        results = list(getattr(result.result, "results", None) or []) if result.result is not None else []
-        run = DbtRun(args=full, success=bool(result.success), results=results, raw=result)
-        if result.exception is not None or (raise_on_failure and not run.success):
-            if result.exception is not None:
-                raise DbtError(f"dbt {' '.join(args)} failed: {result.exception}") from result.exception
-            details = "; ".join(f"{n}: {m}" for n, m in run.failures) or "see dbt log"
-            raise DbtError(f"dbt {' '.join(args)} failed: {details}", run.failures)
-        return run
+                raise_on_failure: bool = True) -> DbtOutcome:
+        """``dbt <args>`` in this service's project directory (:func:`metricsmith.core.dbt.invoke`).
+        Raises :class:`DbtError` when dbt itself fails, and when a node fails if ``raise_on_failure``."""
+        outcome = core_dbt.invoke(args, vars=vars, settings=self.settings, project_dir=self.project_dir)
+        return outcome.raise_for_status(nodes=raise_on_failure)
 
     def registry(self, *, refresh: bool = False) -> dict[str, registry.DataSource]:
         manifest = self.target_path / "manifest.json"
@@ -475,7 +453,7 @@ class CustomMetricsService:
         values = self.run_dbt(["run", "--select", f"tag:{VALUES_TAG}", *refresh], vars=vars)
         return CustomMetricsRun(models=models, values=values, failures=failures)
 
-    def _record_runs(self, run: DbtRun) -> list[ModelFailure]:
+    def _record_runs(self, run: DbtOutcome) -> list[ModelFailure]:
         """Store each generated model's outcome; return the failures (one line of dbt's message each)."""
         failures: list[ModelFailure] = []
         with self._conn() as conn:

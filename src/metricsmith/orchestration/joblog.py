@@ -28,10 +28,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from metricsmith.core import pglock
+from metricsmith.core.status import FINAL_STATUSES, JobStatus
 
 TABLE = "metricsmith.metrics_aggregation_jobs_log"
-FINAL_STATUSES = ("COMPLETED", "FAILED", "PARTIAL")
-STATUSES = ("RUNNING", *FINAL_STATUSES)
+FINAL_STATUSES = FINAL_STATUSES
+STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
 
 KILLED_MESSAGE = "the run ended without finishing (process killed or lost); marked FAILED by a later run"
 
@@ -92,7 +93,7 @@ def owner_alive(owner: Any) -> bool:
 
 @dataclass(frozen=True)
 class Final:
-    status: str
+    status: JobStatus | str
     rows_affected: int | None = None
     models_ok: int | None = None
     models_failed: int | None = None
@@ -135,7 +136,7 @@ def update_attempt(conn: psycopg.Connection[Any], row_id: int, attempt: int, det
 
 def finish(conn: psycopg.Connection[Any], row_id: int, final: Final, details: dict[str, Any] | None = None) -> None:
     """Set the final status once; a row that is no longer RUNNING is left alone."""
-    if final.status not in FINAL_STATUSES:
+    if final.status not in FINAL_STATUSES:  # a JobStatus or its text
         raise ValueError(f"not a final status: {final.status!r}")
     conn.execute(
         f"""update {TABLE} set status = %s, finished_at = clock_timestamp(),
@@ -191,7 +192,7 @@ def mark_stale(conn: psycopg.Connection[Any], job_name: str | None = None, *,
 
 
 def recent(conn: psycopg.Connection[Any], job_name: str | None = None, limit: int = 20,
-           status: str | None = None) -> list[dict[str, Any]]:
+           status: JobStatus | str | None = None) -> list[dict[str, Any]]:
     """Newest rows first, as dicts."""
     where: list[str] = []
     params: list[Any] = []

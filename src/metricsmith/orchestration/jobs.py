@@ -21,6 +21,7 @@ Per run:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -32,11 +33,12 @@ import psycopg
 
 from metricsmith import db, rollups
 from metricsmith.config import Settings, load_settings
+from metricsmith.core import dbt as core_dbt
 from metricsmith.core import pglock
+from metricsmith.core.status import JobStatus
 from metricsmith.errors import UserFacingError
-from metricsmith.orchestration import dbt as dbt_exec
 from metricsmith.orchestration import joblog
-from metricsmith.orchestration.retry import RetryPolicy, is_transient
+from metricsmith.orchestration.retry import RetryPolicy, is_transient, is_transient_message
 
 MARTS = rollups.MART_MODELS
 
@@ -85,7 +87,7 @@ class JobFailed(RuntimeError):
 @dataclass
 class JobResult:
     job_name: str
-    status: str
+    status: JobStatus
     log_id: int | None
     attempts: int
     seconds: float
@@ -104,7 +106,7 @@ class JobResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "COMPLETED"
+        return self.status is JobStatus.COMPLETED
 
     def render(self) -> str:
         head = f"{self.job_name}: {self.status} after {self.attempts} attempt(s) in {self.seconds:.1f} s"
@@ -157,6 +159,17 @@ def dbt_vars(spec: JobSpec, settings: Settings, start: date | None, end: date | 
     return vars_
 
 
+def dbt_environment(settings: Settings, attempt: int) -> dict[str, str]:
+    """The environment dbt's profile reads for this attempt (tests replace this to inject faults)."""
+    return core_dbt.prepare_environment(settings)
+
+
+def _transient(outcome: core_dbt.DbtOutcome) -> bool:
+    """True when every failure is a transient one (database unreachable, lock, serialization)."""
+    messages = [n.message for n in outcome.failures] + ([outcome.exception] if outcome.exception else [])
+    return bool(messages) and all(is_transient_message(m) for m in messages)
+
+
 def _read_effects(settings: Settings, result: JobResult, changed_rebuilt: bool) -> None:
     with db.connect(settings, autocommit=True) as conn:
         if changed_rebuilt and rollups._table_exists(conn, "int_changed_days"):
@@ -190,7 +203,7 @@ def run_job(
     args = dbt_args(spec)
     log = _logger()
     began = time.perf_counter()
-    result = JobResult(job_name=name, status="RUNNING", log_id=None, attempts=0, seconds=0.0,
+    result = JobResult(job_name=name, status=JobStatus.RUNNING, log_id=None, attempts=0, seconds=0.0,
                        period_start=start, period_end=end)
     job_lock = pglock.job_lock(name)
     lock_conn: psycopg.Connection[Any] | None = None
@@ -230,7 +243,8 @@ def run_job(
                 log.info("%s attempt %d/%d: dbt %s", name, attempt, policy.attempts, " ".join(args))
                 # the rollups' own lock (the one ``metricsmith rollups run`` takes), same policy
                 with pglock.ROLLUPS.held(lock_conn, lock_wait_seconds):
-                    outcome = dbt_exec.invoke(args, vars=vars_, settings=settings, attempt=attempt)
+                    outcome = core_dbt.invoke(args, vars=vars_, settings=settings, in_flow=True,
+                                              environment=functools.partial(dbt_environment, attempt=attempt))
             except Exception as exc:  # noqa: BLE001 - classified below
                 transient = isinstance(exc, pglock.LockBusy) or is_transient(exc)
                 message = f"{type(exc).__name__}: {exc}".strip()
@@ -239,26 +253,26 @@ def run_job(
                     _backoff(policy, attempt, message, log, sleep)
                     lock_conn = _drop_if_broken(lock_conn)
                     continue
-                result.status, result.error_message = "FAILED", message
+                result.status, result.error_message = JobStatus.FAILED, message
                 break
             result.models_ok, result.models_failed = outcome.models_ok, outcome.models_failed
             if outcome.success:
-                result.status, result.error_message = "COMPLETED", None
+                result.status, result.error_message = JobStatus.COMPLETED, None
                 break
             message = outcome.error_message or "dbt failed"
-            transient = outcome.transient
+            transient = _transient(outcome)
             record_attempt_error(attempt, message, transient)
             if transient and attempt < policy.attempts:
                 _backoff(policy, attempt, message, log, sleep)
                 continue
-            result.status = "PARTIAL" if outcome.models_ok > 0 else "FAILED"
+            result.status = JobStatus.PARTIAL if outcome.models_ok > 0 else JobStatus.FAILED
             result.error_message = message if transient or attempt == 1 else f"{message} (attempt {attempt})"
             if not transient:
                 log.error("%s: not retried (not a transient error): %s", name, message)
             break
-        if result.status == "RUNNING":  # pragma: no cover - loop always sets a status
-            result.status = "FAILED"
-        if result.status in ("COMPLETED", "PARTIAL"):
+        if result.status is JobStatus.RUNNING:  # pragma: no cover - loop always sets a status
+            result.status = JobStatus.FAILED
+        if result.status in (JobStatus.COMPLETED, JobStatus.PARTIAL):
             try:
                 rebuilt = any(n.name == "int_changed_days" and n.status == "success" for n in outcome.nodes)
                 _read_effects(settings, result, rebuilt)
@@ -269,8 +283,8 @@ def run_job(
         _finish(result, lock_conn, settings, spec, common_details, log)
         return result
     except BaseException as exc:  # interrupted (e.g. Ctrl-C, flow cancelled): the row must not stay RUNNING
-        if result.log_id is not None and result.status == "RUNNING":
-            result.status = "FAILED"
+        if result.log_id is not None and result.status is JobStatus.RUNNING:
+            result.status = JobStatus.FAILED
             result.error_message = f"interrupted: {type(exc).__name__}: {exc}".strip()
             result.seconds = time.perf_counter() - began
             with contextlib.suppress(Exception):
@@ -363,7 +377,7 @@ def _lost_lock(result: JobResult, conn: psycopg.Connection[Any], lock: pglock.Ad
     """Our connection (and with it the job lock) was lost and another run took the lock before
     we reconnected: stop, and end our own row FAILED with its attempts (never left RUNNING)."""
     pid = lock.holder_pid(conn)
-    result.status = "FAILED"
+    result.status = JobStatus.FAILED
     result.error_message = (f"lost the connection during attempt {result.attempts - 1} and another run of "
                             f"{spec.name} took the job lock meanwhile (backend pid {pid}); stopped without finishing")
     result.seconds = time.perf_counter() - began
@@ -377,16 +391,16 @@ def _lost_lock(result: JobResult, conn: psycopg.Connection[Any], lock: pglock.Ad
 def _refuse(result: JobResult, conn: psycopg.Connection[Any], lock: pglock.AdvisoryLock, spec: JobSpec, common: dict[str, Any],
             waited: float, began: float, log: Any) -> JobResult:
     pid = lock.holder_pid(conn)
-    running = joblog.recent(conn, spec.name, limit=1, status="RUNNING")
+    running = joblog.recent(conn, spec.name, limit=1, status=JobStatus.RUNNING)
     since = f" (its job log row {running[0]['id']} started {running[0]['started_at']:%Y-%m-%d %H:%M:%S %Z})" if running else ""
-    result.status, result.skipped = "FAILED", True
+    result.status, result.skipped = JobStatus.FAILED, True
     result.error_message = (f"skipped: another run of {spec.name} is still working{since}, held by backend pid {pid}; "
                             f"waited {waited:.0f} s - nothing was done")
     result.seconds = time.perf_counter() - began
     row_id = joblog.start(conn, spec.name, attempt=1, timeout_seconds=spec.timeout_seconds,
                           period_start=result.period_start, period_end=result.period_end,
                           flow_run_id=_flow_run_id(), details={**common, "skipped": True})
-    joblog.finish(conn, row_id, joblog.Final(status="FAILED", error_message=result.error_message),
+    joblog.finish(conn, row_id, joblog.Final(status=JobStatus.FAILED, error_message=result.error_message),
                   {"skipped": True})
     result.log_id = row_id
     log.error(result.render())
