@@ -1,31 +1,24 @@
-"""The ``metricsmith`` command line.
+"""The ``metricsmith`` command line: assembles the command groups and holds the error boundary.
 
-Each capability keeps its own sub-commands in its own module (``commands_*.py``) exposing
-``register(subparsers)``; this file only assembles them. Handlers return an exit status.
+Each command group is one module of this package (``core``, ``rollups``, ``query``, ...)
+exposing ``register(subparsers)``; handlers return an exit status.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import os
 import sys
 import traceback
 from collections.abc import Sequence
 
+from metricsmith import demo
+from metricsmith.cli import core, metrics, orchestration, query, realtime, rollups
 from metricsmith.errors import EXIT_BROKEN_PIPE, EXIT_STATUSES, classify
 
-#: Modules that add sub-commands. Each has ``register(subparsers) -> None``.
-COMMAND_MODULES = [
-    "metricsmith.commands_core",
-    "metricsmith.commands_rollups",
-    "metricsmith.demo",
-    "metricsmith.commands_query",
-    "metricsmith.commands_realtime",
-    "metricsmith.commands_orchestration",
-    "metricsmith.commands_metrics",
-]
+#: The command groups, in the order ``--help`` lists them.
+COMMAND_GROUPS = [core, rollups, demo, query, realtime, orchestration, metrics]
 
 
 def _epilog() -> str:
@@ -43,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
     return parser
 
 
@@ -76,7 +69,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError):
             print(f"metricsmith: {message}", file=sys.stderr)
         return code
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from metricsmith.cli.main import main
+
+sys.exit(main())
