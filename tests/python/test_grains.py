@@ -79,3 +79,13 @@ def test_quarter_calendar() -> None:
 def test_malformed_declarations_are_refused(declared: object, message: str) -> None:
     with pytest.raises(GrainError, match=message):
         grains.parse(declared)
+
+
+def test_marts_schema_follows_the_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    from metricsmith.core.schema import marts_schema
+
+    monkeypatch.delenv("METRICSMITH_DBT_TARGET", raising=False)
+    assert marts_schema() == "analytics"
+    assert marts_schema("embedded") == "analytics"
+    monkeypatch.setenv("METRICSMITH_DBT_TARGET", "dev")
+    assert marts_schema() == "analytics_dev"
