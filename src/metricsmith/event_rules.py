@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import yaml
-
-from metricsmith.config import project_root
+from metricsmith.core.project import project_var
 
 
 class EventRulesError(RuntimeError):
@@ -55,9 +53,4 @@ def parse(declared: Any) -> EventRules:
 @functools.cache
 def load() -> EventRules:
     """The project's rules (read once per process)."""
-    path = project_root() / "dbt_project.yml"
-    try:
-        project = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise EventRulesError(f"{path}: cannot read the event rules ({exc.strerror})") from None
-    return parse(((project or {}).get("vars") or {}).get("event_rules"))
+    return parse(project_var("event_rules"))

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-import yaml
-
-from metricsmith.config import project_root
+from metricsmith.core.project import project_var
 
 _NAME = re.compile(r"[a-z][a-z_]{0,30}")
 _UNITS = ("day", "week", "month")
@@ -176,12 +174,7 @@ def parse(declared: Any) -> tuple[Grain, ...]:
 @functools.cache
 def load() -> tuple[Grain, ...]:
     """The project's grains, finest first (read once per process)."""
-    path = project_root() / "dbt_project.yml"
-    try:
-        project = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise GrainError(f"{path}: cannot read the grains ({exc.strerror})") from None
-    return parse(((project or {}).get("vars") or {}).get("grains"))
+    return parse(project_var("grains"))
 
 
 def names() -> tuple[str, ...]:

@@ -9,28 +9,14 @@ same declaration.
 
 from __future__ import annotations
 
-import functools
 import os
-from typing import Any
 
-import yaml
-
-from metricsmith.config import project_root
+from metricsmith.core.project import dbt_project, project_var
 from metricsmith.errors import UserFacingError
 
 
 class SchemaConfigError(UserFacingError):
     """dbt_project.yml does not say where the marts go."""
-
-
-@functools.cache
-def _project() -> dict[str, Any]:
-    path = project_root() / "dbt_project.yml"
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SchemaConfigError(f"{path}: cannot read it ({exc.strerror})") from None
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def dbt_target() -> str:
@@ -40,14 +26,14 @@ def dbt_target() -> str:
 
 def configured_schema() -> str:
     """``models: metricsmith: +schema`` of dbt_project.yml (``analytics``)."""
-    schema = ((_project().get("models") or {}).get("metricsmith") or {}).get("+schema")
+    schema = ((dbt_project().get("models") or {}).get("metricsmith") or {}).get("+schema")
     if not isinstance(schema, str) or not schema.strip():
         raise SchemaConfigError("dbt_project.yml: models: metricsmith: +schema is not set")
     return schema.strip()
 
 
 def production_targets() -> tuple[str, ...]:
-    declared = (_project().get("vars") or {}).get("production_targets", ["default", "embedded"])
+    declared = project_var("production_targets", ["default", "embedded"])
     if not isinstance(declared, list) or not all(isinstance(t, str) for t in declared):
         raise SchemaConfigError("dbt_project.yml: vars: production_targets must be a list of target names")
     return tuple(declared)
