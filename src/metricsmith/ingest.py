@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 import psycopg
@@ -283,28 +283,27 @@ def parse_object(data: bytes | str) -> dict[str, Any] | Rejection:
     return value
 
 
-def validate_record(record: Mapping[str, Any] | str | bytes, *, now: datetime | None = None) -> ValidEvent | Rejection:
-    """Check one event (a mapping, or one JSON text) against the raw.events contract."""
-    if isinstance(record, str | bytes):
-        obj = parse_object(record)
-        if isinstance(obj, Rejection):
-            return obj
-        record = obj
+def _check_shape(record: Mapping[str, Any]) -> Rejection | None:
     unknown = [key for key in record if key not in _ALLOWED]
     if unknown:
         return Rejection("unknown_field", f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
     for name in REQUIRED:
         if record.get(name) is None:
             return Rejection("missing_field", f"{name} is required")
+    return None
 
-    raw_id = record["event_id"]
+
+def _check_event_id(raw_id: Any) -> str | Rejection:
     if not isinstance(raw_id, str | uuid.UUID):
         return Rejection("bad_uuid", f"event_id must be a UUID string, got {type(raw_id).__name__}")
     try:
-        event_id = str(raw_id if isinstance(raw_id, uuid.UUID) else uuid.UUID(raw_id))
+        return str(raw_id if isinstance(raw_id, uuid.UUID) else uuid.UUID(raw_id))
     except ValueError:
         return Rejection("bad_uuid", f"event_id={raw_id!r} is not a UUID")
 
+
+def _check_times(record: Mapping[str, Any], now: datetime) -> tuple[datetime, datetime | None] | Rejection:
+    """``(occurred_at, received_at or None)`` within the rules' window around ``now``."""
     occurred = _parse_time("occurred_at", record["occurred_at"])
     if isinstance(occurred, Rejection):
         return occurred
@@ -314,7 +313,6 @@ def validate_record(record: Mapping[str, Any] | str | bytes, *, now: datetime | 
         if isinstance(parsed, Rejection):
             return parsed
         received = parsed
-    now = now or datetime.now(UTC)
     if received is not None and received - now > MAX_FUTURE:
         return Rejection("received_in_future", f"received_at {received.isoformat()} is more than {_FUTURE_TEXT} "
                                                f"after the load time {now.isoformat()}")
@@ -322,8 +320,10 @@ def validate_record(record: Mapping[str, Any] | str | bytes, *, now: datetime | 
         if reference is not None and occurred - reference > MAX_FUTURE:
             return Rejection("occurred_in_future", f"occurred_at {occurred.isoformat()} is more than {_FUTURE_TEXT} "
                                                    f"after {what} {reference.isoformat()}")
+    return occurred, received
 
-    event_type = record["event_type"]
+
+def _check_event_type(event_type: Any) -> str | Rejection:
     if not isinstance(event_type, str):
         return Rejection("wrong_type", f"event_type must be text, got {type(event_type).__name__}")
     if not event_type.strip():
@@ -334,20 +334,48 @@ def validate_record(record: Mapping[str, Any] | str | bytes, *, now: datetime | 
     if _CONTROL.search(event_type):
         return Rejection("invalid_characters", f"event_type={event_type!r} contains a control character "
                                                "(it is a metric label)")
+    return event_type
 
+
+def _check_texts(record: Mapping[str, Any]) -> dict[str, str | None] | Rejection:
     texts: dict[str, str | None] = {}
     for name in OPTIONAL_TEXT:
         value = _text(name, record.get(name), required=False)
         if isinstance(value, Rejection):
             return value
         texts[name] = value
+    return texts
 
+
+def validate_record(record: Mapping[str, Any] | str | bytes, *, now: datetime | None = None) -> ValidEvent | Rejection:
+    """Check one event (a mapping, or one JSON text) against the raw.events contract."""
+    if isinstance(record, str | bytes):
+        obj = parse_object(record)
+        if isinstance(obj, Rejection):
+            return obj
+        record = obj
+    shape = _check_shape(record)
+    if shape is not None:
+        return shape
+    event_id = _check_event_id(record["event_id"])
+    if isinstance(event_id, Rejection):
+        return event_id
+    times = _check_times(record, now or datetime.now(UTC))
+    if isinstance(times, Rejection):
+        return times
+    event_type = _check_event_type(record["event_type"])
+    if isinstance(event_type, Rejection):
+        return event_type
+    texts = _check_texts(record)
+    if isinstance(texts, Rejection):
+        return texts
     revenue = _revenue(record.get("revenue_cents"))
     if isinstance(revenue, Rejection):
         return revenue
     props = _properties(record.get("properties"))
     if isinstance(props, Rejection):
         return props
+    occurred, received = times
     return ValidEvent(event_id, occurred, received, event_type, texts["user_id"], texts["organization_id"],
                       texts["session_id"], revenue, props)
 
@@ -382,6 +410,65 @@ def copy_line(row: tuple[Any, ...]) -> str:
     return "\t".join(fields) + "\n"
 
 
+def _fast_id(event_id: Any) -> str | None:
+    if type(event_id) is not str or len(event_id) != 36:
+        return None
+    event_id = event_id.lower()
+    return event_id if _UUID_RE.fullmatch(event_id) else None
+
+
+def _fast_time(text: Any) -> datetime | None:
+    if type(text) is not str or not _STRICT_TIME.fullmatch(text):
+        return None
+    try:  # the pattern admits impossible values (2024-02-30, 23:59:60, +25:00): validate_record names them
+        return _fromiso(text)
+    except ValueError:
+        return None
+
+
+def _fast_times(occurred_text: Any, received_text: Any, now: datetime, now_text: str) -> str | None:
+    """The received_at text to store when both times are clean and inside the rules, else None."""
+    occurred = _fast_time(occurred_text)
+    if occurred is None:
+        return None
+    latest = now + MAX_FUTURE
+    if received_text is None:
+        received, received_text = now, now_text
+    else:
+        parsed = _fast_time(received_text)
+        if parsed is None or not MIN_TIME <= parsed <= latest:
+            return None
+        received = parsed
+    if not MIN_TIME <= occurred <= latest or occurred - received > MAX_FUTURE:
+        return None
+    return str(received_text)
+
+
+def _fast_texts(event_type: Any, others: tuple[Any, ...]) -> bool:
+    if type(event_type) is not str or not event_type.strip() or _CONTROL.search(event_type):
+        return False
+    for value in (event_type, *others):
+        if value is not None and (type(value) is not str or not 0 < len(value) <= MAX_TEXT_LENGTH
+                                  or "\x00" in value or not value.isascii() and not _encodable(value)):
+            return False
+    return True
+
+
+def _fast_properties(properties: Any) -> str | None:
+    """The COPY text of ``properties`` ({} when absent), or None when it needs the full check."""
+    if properties is None:
+        return "{}"
+    if type(properties) is not dict:
+        return None
+    try:
+        props = orjson.dumps(properties).decode()
+    except TypeError:
+        return None
+    if len(props) > MAX_PROPERTIES_BYTES or "\\u0000" in props:
+        return None
+    return props.replace("\\", "\\\\") if "\\" in props else props
+
+
 def fast_line(record: Any, now: datetime, now_text: str) -> tuple[str, str] | None:
     """``(event_id, COPY text line)`` for a record that is clean in the common way, else None.
 
@@ -394,65 +481,27 @@ def fast_line(record: Any, now: datetime, now_text: str) -> tuple[str, str] | No
     if type(record) is not dict or not record.keys() <= _ALLOWED:
         return None
     get = record.get
-    event_id = get("event_id")
-    if type(event_id) is not str or len(event_id) != 36:
-        return None
-    event_id = event_id.lower()
-    if not _UUID_RE.fullmatch(event_id):
+    event_id = _fast_id(get("event_id"))
+    if event_id is None:
         return None
     occurred_text = get("occurred_at")
-    if type(occurred_text) is not str or not _STRICT_TIME.fullmatch(occurred_text):
-        return None
-    try:  # the pattern admits impossible values (2024-02-30, 23:59:60, +25:00): validate_record names them
-        occurred = _fromiso(occurred_text)
-    except ValueError:
-        return None
-    latest = now + MAX_FUTURE
-    received_text = get("received_at")
+    received_text = _fast_times(occurred_text, get("received_at"), now, now_text)
     if received_text is None:
-        received, received_text = now, now_text
-    else:
-        if type(received_text) is not str or not _STRICT_TIME.fullmatch(received_text):
-            return None
-        try:
-            received = _fromiso(received_text)
-        except ValueError:
-            return None
-        if not MIN_TIME <= received <= latest:
-            return None
-    if not MIN_TIME <= occurred <= latest or occurred - received > MAX_FUTURE:
         return None
-    event_type = get("event_type")
-    if type(event_type) is not str or not event_type.strip() or _CONTROL.search(event_type):
+    event_type, user_id, org_id, session_id = (get("event_type"), get("user_id"), get("organization_id"),
+                                               get("session_id"))
+    if not _fast_texts(event_type, (user_id, org_id, session_id)):
         return None
-    user_id = get("user_id")
-    org_id = get("organization_id")
-    session_id = get("session_id")
-    for value in (event_type, user_id, org_id, session_id):
-        if value is not None and (type(value) is not str or not 0 < len(value) <= MAX_TEXT_LENGTH
-                                  or "\x00" in value or not value.isascii() and not _encodable(value)):
-            return None
     revenue = get("revenue_cents")
     if revenue is None:
         revenue = 0
     elif type(revenue) is not int or not 0 <= revenue <= MAX_REVENUE_CENTS:
         return None
-    properties = get("properties")
-    if properties is None:
-        props = "{}"
-    elif type(properties) is dict:
-        try:
-            props = orjson.dumps(properties).decode()
-        except TypeError:
-            return None
-        if len(props) > MAX_PROPERTIES_BYTES or "\\u0000" in props:
-            return None
-        if "\\" in props:
-            props = props.replace("\\", "\\\\")
-    else:
+    props = _fast_properties(get("properties"))
+    if props is None:
         return None
     line = "\t".join((
-        event_id, occurred_text, received_text, _copy_escape(event_type),
+        event_id, cast(str, occurred_text), received_text, _copy_escape(cast(str, event_type)),
         _NULL if user_id is None else _copy_escape(user_id),
         _NULL if org_id is None else _copy_escape(org_id),
         _NULL if session_id is None else _copy_escape(session_id),
