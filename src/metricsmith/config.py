@@ -19,6 +19,13 @@ ENV_REDIS_URL = "METRICSMITH_REDIS_URL"
 ENV_HOME = "METRICSMITH_HOME"
 ENV_TIMEZONE = "METRICSMITH_TIMEZONE"
 ENV_REDIS_PREFIX = "METRICSMITH_REDIS_PREFIX"
+ENV_REDIS_CLUSTER = "METRICSMITH_REDIS_CLUSTER"
+ENV_STREAM_SHARDS = "METRICSMITH_STREAM_SHARDS"
+
+#: the URL scheme that selects redis-py's ``RedisCluster`` (``redis+cluster://h:p[,h:p...]``)
+CLUSTER_SCHEME = "redis+cluster"
+#: most stream shards accepted (each is one stream with its own consumer group)
+MAX_STREAM_SHARDS = 256
 
 #: Fixed ports for the embedded servers, so that ``profiles/profiles.yml`` finds them
 #: without any environment. If the port is taken when the server is first created, a free
@@ -81,6 +88,10 @@ class Settings:
     home: Path
     timezone: str
     redis_prefix: str
+    #: Redis Cluster (``redis+cluster://`` or METRICSMITH_REDIS_CLUSTER=1): keys carry hash tags
+    redis_cluster: bool = False
+    #: how many streams ``track()`` spreads the events over (METRICSMITH_STREAM_SHARDS)
+    stream_shards: int = 1
 
     @property
     def embedded_postgres(self) -> bool:
@@ -112,6 +123,40 @@ def _validate_url(var: str, value: str, schemes: tuple[str, ...]) -> str:
     return value
 
 
+def _flag(var: str, raw: str | None) -> bool:
+    if raw is None:
+        return False
+    if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise ConfigError(f"{var}={raw!r}: use 1 or 0 (true or false)")
+    return raw.lower() in ("1", "true", "yes", "on")
+
+
+def _shards(raw: str | None) -> int:
+    if raw is None:
+        return 1
+    try:
+        shards = int(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_STREAM_SHARDS}={raw!r} is not a whole number") from None
+    if not 1 <= shards <= MAX_STREAM_SHARDS:
+        raise ConfigError(f"{ENV_STREAM_SHARDS}={raw!r}: use 1 to {MAX_STREAM_SHARDS}")
+    return shards
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The ``host:port`` seeds of a ``redis+cluster://h:p[,h:p...]`` URL (ConfigError when malformed)."""
+    netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    nodes: list[tuple[str, int]] = []
+    for part in filter(None, (p.strip() for p in netloc.split(","))):
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{ENV_REDIS_URL}: {part!r} is not host:port (e.g. redis+cluster://127.0.0.1:7101)")
+        nodes.append((host.strip("[]"), int(port)))
+    if not nodes:
+        raise ConfigError(f"{ENV_REDIS_URL}={url!r} names no node; use redis+cluster://host:port[,host:port...]")
+    return nodes
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Resolve settings from ``env`` (default: ``os.environ``). Empty values count as unset."""
     source = os.environ if env is None else env
@@ -126,7 +171,13 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         PostgresParams.from_url(db)
     redis_url = get(ENV_REDIS_URL)
     if redis_url is not None:
-        _validate_url(ENV_REDIS_URL, redis_url, ("redis", "rediss", "unix"))
+        _validate_url(ENV_REDIS_URL, redis_url, ("redis", "rediss", "unix", CLUSTER_SCHEME))
+        if urlsplit(redis_url).scheme == CLUSTER_SCHEME:
+            cluster_nodes(redis_url)
+    cluster = _flag(ENV_REDIS_CLUSTER, get(ENV_REDIS_CLUSTER)) or (
+        redis_url is not None and urlsplit(redis_url).scheme == CLUSTER_SCHEME)
+    if cluster and redis_url is not None and urlsplit(redis_url).scheme == "unix":
+        raise ConfigError(f"{ENV_REDIS_CLUSTER}=1 needs a redis:// or redis+cluster:// URL, not a unix socket")
     home_raw = get(ENV_HOME)
     home = Path(home_raw).expanduser() if home_raw else project_root() / ".metricsmith"
     if not home.is_absolute():
@@ -140,4 +191,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         home=home,
         timezone=_validate_timezone(get(ENV_TIMEZONE) or "UTC"),
         redis_prefix=prefix,
+        redis_cluster=cluster,
+        stream_shards=_shards(get(ENV_STREAM_SHARDS)),
     )

@@ -23,8 +23,8 @@ key                                type    written by                           
 ``{base}users:{day}``              set     ``apply.lua``, reconcile                          retention days
 =================================  ======  ================================================  ==================
 
-Keys a script touches together (one future Redis Cluster hash slot each; every one of them is
-passed in ``KEYS``, see :func:`apply_keys` and :meth:`Keys.rate`):
+Keys a script touches together (every one of them is passed in ``KEYS``, see :func:`apply_keys`
+and :meth:`Keys.rate`):
 
 - ``apply.lua`` (one stream batch): ``c:metricsmith_events_total``, ``c:metricsmith_revenue_cents_total``,
   ``g:metricsmith_active_users``, ``hidx:metricsmith_purchase_value_cents``,
@@ -32,9 +32,34 @@ passed in ``KEYS``, see :func:`apply_keys` and :meth:`Keys.rate`):
   window, and for every day in the batch ``seen:{day}``, ``users:{day}``,
   ``h:metricsmith_purchase_value_cents:{day}``.
 - ``mark.lua`` (one ``mark()``): ``r:{name}:{window}:{labels}`` for every window of the metric.
+- transactions: ``observe_histogram`` (``h:`` + ``hidx:``), reconciliation (every series of a day).
 
-All of them share ``base``, so a Cluster layout only has to turn ``base`` into a hash tag
-(``{prefix rt}:``-style); that is a data-layout change and is left to the Cluster work.
+Stream shards (``METRICSMITH_STREAM_SHARDS=N``, :mod:`metricsmith.realtime.shards`): shard ``k``
+is its own stream with its own consumer group and its own apply lock. Shard 0 keeps the names
+above (``stream``, ``lock``); shard ``k > 0`` is ``{base}stream:{k}`` / ``{base}lock:{k}``.
+``{base}shards`` (string) records the shard count the streams were written with.
+
+**Redis Cluster** (``Keys(prefix, tagged=True)``, chosen by ``Settings.redis_cluster``): a
+Lua script, a MULTI/EXEC and a multi-key command must touch ONE hash slot, so the names carry
+hash tags, and only the part in ``{...}`` decides the slot:
+
+=====================================  =====================================================
+names                                  slot (hash tag)
+=====================================  =====================================================
+every metric key above, ``registry``,  ``{<prefix>rt}`` - one slot: one stream batch updates
+``alive``, ``shards``                  counters, gauges, histograms, rates and the per-day
+                                       ``seen`` sets in ONE atomic script (that is what makes
+                                       the effect exactly-once), and the counters are hashes
+                                       spanning days, so they cannot be split by day
+``{<prefix>rt:s<k>}:stream``,          ``{<prefix>rt:s<k>}`` - one slot per stream shard, so
+``{<prefix>rt:s<k>}:lock``             the shards (XADD, XREADGROUP, XACK) spread over the
+                                       masters; every stream command touches one stream
+=====================================  =====================================================
+
+So on a cluster the metric state lives on one master (its Lua applies are short; the work that
+scales with consumers - parsing, validation, the PostgreSQL COPY - happens outside Redis) and the
+streams spread over all of them. Standalone Redis keeps the untagged names above (data written
+before the cluster work is found unchanged).
 """
 
 from __future__ import annotations
@@ -42,18 +67,42 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from metricsmith.config import Settings
+
 BASE = "rt:"
 
 
 @dataclass(frozen=True)
 class Keys:
-    """Redis key names of one realtime namespace (``prefix + "rt:"``)."""
+    """Redis key names of one realtime namespace (``prefix + "rt:"``; hash-tagged on a cluster)."""
 
     prefix: str
+    tagged: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> Keys:
+        """The layout of ``settings``: hash-tagged when Redis is a cluster."""
+        return cls(settings.redis_prefix, tagged=settings.redis_cluster)
 
     @property
     def base(self) -> str:
-        return self.prefix + BASE
+        return "{" + self.prefix + "rt}:" if self.tagged else self.prefix + BASE
+
+    def stream_shard(self, shard: int) -> str:
+        """The stream of shard ``shard`` (shard 0 of an untagged layout is the historical ``stream``)."""
+        if self.tagged:
+            return "{" + f"{self.prefix}rt:s{shard}" + "}:stream"
+        return self.base + ("stream" if shard == 0 else f"stream:{shard}")
+
+    def shard_lock(self, shard: int) -> str:
+        """The apply lock of shard ``shard`` (in the shard's slot on a cluster)."""
+        if self.tagged:
+            return "{" + f"{self.prefix}rt:s{shard}" + "}:lock"
+        return self.base + ("lock" if shard == 0 else f"lock:{shard}")
+
+    @property
+    def shards(self) -> str:
+        return self.base + "shards"
 
     @property
     def registry(self) -> str:
@@ -61,11 +110,11 @@ class Keys:
 
     @property
     def stream(self) -> str:
-        return self.base + "stream"
+        return self.stream_shard(0)
 
     @property
     def lock(self) -> str:
-        return self.base + "lock"
+        return self.shard_lock(0)
 
     @property
     def alive(self) -> str:

@@ -23,10 +23,11 @@ from psycopg.types.json import Jsonb
 
 from metricsmith import db
 from metricsmith.config import Settings, load_settings
-from metricsmith.realtime.locks import apply_lock
+from metricsmith.realtime.locks import every_apply_lock
 from metricsmith.realtime.reconcile import apply_truth, day_truth
 from metricsmith.realtime.registry import EVENT_DERIVED, LABEL_SEP, MetricSpec, MetricType
 from metricsmith.realtime.service import HistogramValue, RealtimeMetricsService
+from metricsmith.realtime.shards import stored_count
 
 _EVENT_DERIVED = {spec.name for spec in EVENT_DERIVED}
 
@@ -124,7 +125,8 @@ def restore(settings: Settings | None = None, *, service: RealtimeMetricsService
     r, keys = svc.redis, svc.keys
     today = datetime.now(settings.tz).date()
     oldest = today - timedelta(days=retention_days - 1)
-    with apply_lock(r, keys), db.connect(settings, autocommit=True) as conn:
+    shards = max(stored_count(r, keys), settings.stream_shards)
+    with every_apply_lock(r, keys, shards), db.connect(settings, autocommit=True) as conn:
         conn.execute("set time zone 'UTC'")
         latest = conn.execute("select max(snapshot_id) from metricsmith.realtime_metrics_cache").fetchone()
         snapshot_id = latest[0] if latest else None

@@ -1,7 +1,7 @@
 """Reconciliation: recompute the event-derived realtime metrics from ``raw.events`` and correct Redis.
 
-For each reporting-time-zone day asked for (default: today), under the consumer's apply lock
-(so Redis and Postgres are compared on a batch boundary), it computes from ``raw.events``:
+For each reporting-time-zone day asked for (default: today), under the apply lock of every
+stream shard (so Redis and Postgres are compared on a batch boundary of each), it computes from ``raw.events``:
 events by type, revenue, distinct users, the purchase value histogram; compares with Redis;
 sets every differing series to the expected value; records each correction in
 ``metricsmith.realtime_corrections``; and publishes the drift as the gauge
@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 
 from metricsmith import db
 from metricsmith.config import Settings, load_settings
-from metricsmith.realtime.locks import apply_lock
+from metricsmith.realtime.locks import every_apply_lock
 from metricsmith.realtime.registry import (
     ACTIVE_USERS,
     CORRECTIONS,
@@ -33,6 +33,7 @@ from metricsmith.realtime.registry import (
     REVENUE_TOTAL,
 )
 from metricsmith.realtime.service import RealtimeMetricsService
+from metricsmith.realtime.shards import stored_count
 from metricsmith.realtime.stream import PURCHASE, day_bounds
 
 
@@ -184,7 +185,9 @@ def reconcile(days: Iterable[date] | None = None, *, settings: Settings | None =
     svc = service or RealtimeMetricsService(settings)
     wanted = sorted(set(days)) if days is not None else [datetime.now(settings.tz).date()]
     report = ReconcileReport(str(uuid.uuid4()), wanted)
-    with apply_lock(svc.redis, svc.keys, wait_s=lock_wait_s), db.connect(settings, autocommit=True) as conn:
+    shards = max(stored_count(svc.redis, svc.keys), settings.stream_shards)
+    with every_apply_lock(svc.redis, svc.keys, shards, wait_s=lock_wait_s), \
+            db.connect(settings, autocommit=True) as conn:
         conn.execute("set time zone 'UTC'")
         for day in wanted:
             before = len(report.corrections)

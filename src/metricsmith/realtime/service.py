@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from metricsmith import db
+from metricsmith import rediscluster
 from metricsmith.config import Settings, load_settings
 from metricsmith.realtime.keys import Keys
 from metricsmith.realtime.registry import (
@@ -97,13 +97,14 @@ def rate_estimate(buckets: Mapping[bytes | str, bytes | str | int], window: int,
 class RealtimeMetricsService:
     """Realtime metrics on Redis. ``clock`` returns epoch seconds (injectable for tests)."""
 
-    def __init__(self, settings: Settings | None = None, *, client: redis.Redis | None = None,
+    def __init__(self, settings: Settings | None = None, *, client: Any = None,
                  clock: Callable[[], float] = time.time, declare_builtins: bool = True) -> None:
         self.settings = settings or load_settings()
         # redis-py's stubs type replies as bytes | str; this client never decodes, so treat replies as Any
-        self.redis: Any = client if client is not None else db.redis_client(self.settings)
+        self.redis: Any = client if client is not None else rediscluster.client(self.settings)
         self.clock = clock
-        self.keys = Keys(self.settings.redis_prefix)
+        self.keys = Keys.of(self.settings)
+        self._direct_reads = not rediscluster.is_cluster(self.redis)
         self.registry = Registry()
         self._mark = self.redis.register_script(MARK_LUA)
         self._read_lock = threading.Lock()
@@ -209,7 +210,11 @@ class RealtimeMetricsService:
     # ------------------------------------------------------------------ reads
 
     def _hget(self, key: str, field: str) -> bytes | None:
-        """HGET on a dedicated connection (the hot read path: no pool checkout, no retry wrapper)."""
+        """HGET on a dedicated connection (the hot read path: no pool checkout, no retry wrapper);
+        on a cluster through the client (it routes the key to its master)."""
+        if not self._direct_reads:
+            routed: bytes | None = self.redis.hget(key, field)
+            return routed
         with self._read_lock:
             try:
                 if self._read_conn is None:

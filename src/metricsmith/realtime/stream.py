@@ -42,7 +42,7 @@ import orjson
 import psycopg
 import redis
 
-from metricsmith import db
+from metricsmith import db, rediscluster
 from metricsmith.config import Settings, load_settings
 from metricsmith.ingest import (
     REASONS,
@@ -69,22 +69,40 @@ from metricsmith.realtime.registry import (
 )
 from metricsmith.realtime.scripts import APPLY_LUA
 from metricsmith.realtime.service import RATE_KEEP_BUCKETS, RealtimeMetricsService
+from metricsmith.realtime.shards import ShardCountError, ShardGuard, ensure_count, shard_for_payload
 
 GROUP = "metricsmith"
+#: errors after which a batch stays pending and the consumer retries (Postgres or Redis away, failover)
+RETRYABLE: tuple[type[BaseException], ...] = (psycopg.OperationalError, TimeoutError, *rediscluster.TRANSIENT)
 FIELD = b"e"
 PURCHASE = "purchase"
 
 # --------------------------------------------------------------------------- producing
 
-_clients: dict[tuple[str, str], redis.Redis] = {}
+_clients: dict[tuple[str, str, bool], Any] = {}
+_guards: dict[tuple[int, str, bool, int], ShardGuard] = {}
 
 
-def _client(settings: Settings) -> redis.Redis:
-    key = (db.redis_url(settings), settings.redis_prefix)
+def _client(settings: Settings) -> Any:
+    key = (rediscluster.url(settings), settings.redis_prefix, settings.redis_cluster)
     client = _clients.get(key)
     if client is None:
-        client = _clients[key] = db.redis_client(settings)
+        client = _clients[key] = rediscluster.client(settings)
     return client
+
+
+def _producer(settings: Settings | None, client: Any) -> tuple[Settings, Any, Keys]:
+    """Settings, client and key layout of a producer call, with its shard count verified
+    (:class:`metricsmith.realtime.shards.ShardCountError` when it conflicts with the streams')."""
+    settings = settings or load_settings()
+    redis_client = client if client is not None else _client(settings)
+    keys = Keys.of(settings)
+    guard_key = (id(redis_client), settings.redis_prefix, keys.tagged, settings.stream_shards)
+    guard = _guards.get(guard_key)
+    if guard is None:
+        guard = _guards[guard_key] = ShardGuard(keys, settings.stream_shards)
+    guard.check(redis_client)
+    return settings, redis_client, keys
 
 
 def uuid7() -> str:
@@ -112,30 +130,32 @@ def _payload(event: Mapping[str, Any] | str | bytes, now_text: str) -> tuple[str
 
 
 def track(event: Mapping[str, Any] | str | bytes, *, settings: Settings | None = None,
-          client: redis.Redis | None = None) -> str:
-    """Append one event to the stream; returns its event_id (generated when missing).
+          client: Any = None) -> str:
+    """Append one event to its stream shard; returns its event_id (generated when missing).
 
     The event is validated by the consumer with the loader's rules; a bad event is quarantined
-    there with its reason, never dropped. ``received_at`` is stamped now when missing.
+    there with its reason, never dropped. ``received_at`` is stamped now when missing. The shard
+    is a stable hash of the event_id (:func:`metricsmith.realtime.shards.shard_of`).
     """
-    settings = settings or load_settings()
-    redis_client = client or _client(settings)
+    settings, redis_client, keys = _producer(settings, client)
     event_id, payload = _payload(event, datetime.now(UTC).isoformat())
-    redis_client.xadd(Keys(settings.redis_prefix).stream, {FIELD: payload})
+    shard = shard_for_payload(event_id, payload, settings.stream_shards)
+    redis_client.xadd(keys.stream_shard(shard), {FIELD: payload})
     return event_id
 
 
 def track_many(events: Iterable[Mapping[str, Any] | str | bytes], *, settings: Settings | None = None,
-               client: redis.Redis | None = None, chunk: int = 2000) -> int:
-    """Append many events (pipelined); returns how many were appended."""
-    settings = settings or load_settings()
-    redis_client = client or _client(settings)
-    stream = Keys(settings.redis_prefix).stream
+               client: Any = None, chunk: int = 2000) -> int:
+    """Append many events (pipelined, each to its shard); returns how many were appended."""
+    settings, redis_client, keys = _producer(settings, client)
+    shards = settings.stream_shards
+    streams = [keys.stream_shard(shard) for shard in range(shards)]
     count = 0
     pipe = redis_client.pipeline(transaction=False)
     now_text = datetime.now(UTC).isoformat()
     for event in events:
-        pipe.xadd(stream, {FIELD: _payload(event, now_text)[1]})
+        event_id, payload = _payload(event, now_text)
+        pipe.xadd(streams[shard_for_payload(event_id, payload, shards)], {FIELD: payload})
         count += 1
         if count % chunk == 0:
             pipe.execute()
@@ -187,10 +207,16 @@ class StreamConsumer:
     def __init__(self, settings: Settings | None = None, *, name: str | None = None, group: str = GROUP,
                  batch_size: int = 5000, block_ms: int = 1000, claim_idle_ms: int = 30_000,
                  lock_ttl_ms: int = 10_000, retention_days: int = 3, clock: Callable[[], float] = time.time,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, shard: int = 0) -> None:
         self.settings = settings or load_settings()
-        self.redis: Any = db.redis_client(self.settings, socket_timeout=max(30, block_ms / 1000 + 10))
-        self.keys = Keys(self.settings.redis_prefix)
+        if not 0 <= shard < self.settings.stream_shards:
+            raise ShardCountError(f"shard {shard} does not exist: METRICSMITH_STREAM_SHARDS is "
+                                  f"{self.settings.stream_shards} (shards 0-{self.settings.stream_shards - 1})")
+        self.redis: Any = rediscluster.client(self.settings, socket_timeout=max(30, block_ms / 1000 + 10))
+        self.keys = Keys.of(self.settings)
+        self.shard = shard
+        self.stream = self.keys.stream_shard(shard)
+        self.cluster = rediscluster.is_cluster(self.redis)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.group = group
         self.batch_size = batch_size
@@ -206,13 +232,15 @@ class StreamConsumer:
         self._day_cache: dict[str, str] = {}
         self._conn: psycopg.Connection[Any] | None = None
         self._stop = False
+        self._unreplicated_warned = False
+        ensure_count(self.redis, self.keys, self.settings.stream_shards)
         self.ensure_group()
 
     # ------------------------------------------------------------------ setup
 
     def ensure_group(self) -> None:
         try:
-            self.redis.xgroup_create(self.keys.stream, self.group, id="0", mkstream=True)
+            self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -249,7 +277,7 @@ class StreamConsumer:
             try:
                 stats = self._run(until_idle=until_idle, max_entries=max_entries, progress=progress, total=total)
                 return stats
-            except (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError, TimeoutError) as exc:
+            except RETRYABLE as exc:
                 failures += 1
                 if limit is not None and failures > limit:
                     raise
@@ -318,7 +346,7 @@ class StreamConsumer:
 
     def _read(self, start: str, *, block: bool = False) -> list[tuple[bytes, dict[bytes, bytes]]]:
         try:
-            reply = self.redis.xreadgroup(self.group, self.name, {self.keys.stream: start}, count=self.batch_size,
+            reply = self.redis.xreadgroup(self.group, self.name, {self.stream: start}, count=self.batch_size,
                                           block=self.block_ms if block else None)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -331,7 +359,7 @@ class StreamConsumer:
         return [entry for entry in reply[0][1]]
 
     def _claim(self, cursor: str) -> tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]:
-        reply = self.redis.xautoclaim(self.keys.stream, self.group, self.name, self.claim_idle_ms,
+        reply = self.redis.xautoclaim(self.stream, self.group, self.name, self.claim_idle_ms,
                                       start_id=cursor, count=self.batch_size)
         next_cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         entries = []
@@ -345,19 +373,19 @@ class StreamConsumer:
             else:  # deleted from the stream while pending (Redis 6.2 shape)
                 gone.append(entry_id)
         if gone:
-            self.redis.xack(self.keys.stream, self.group, *gone)
+            self.redis.xack(self.stream, self.group, *gone)
         if next_cursor == "0-0":  # a full pass over the pending list: forget long-dead, empty consumers
             self._forget_dead_consumers()
         return next_cursor, entries
 
     def _forget_dead_consumers(self, idle_ms: int = 3_600_000) -> None:
-        for info in self.redis.xinfo_consumers(self.keys.stream, self.group):
+        for info in self.redis.xinfo_consumers(self.stream, self.group):
             name = info["name"].decode() if isinstance(info["name"], bytes) else str(info["name"])
             if name != self.name and int(info["pending"]) == 0 and int(info["idle"]) > idle_ms:
-                self.redis.xgroup_delconsumer(self.keys.stream, self.group, name)
+                self.redis.xgroup_delconsumer(self.stream, self.group, name)
 
     def _pending_count(self) -> int:
-        info = self.redis.xpending(self.keys.stream, self.group)
+        info = self.redis.xpending(self.stream, self.group)
         return int(info["pending"])
 
     # ------------------------------------------------------------------ one batch
@@ -424,15 +452,17 @@ class StreamConsumer:
     def commit(self, batch: _Batch) -> ConsumeStats:
         """Steps 2-4 for a prepared batch."""
         stats = ConsumeStats(batches=1, entries=len(batch.ids))
-        with apply_lock(self.redis, self.keys, ttl_ms=self.lock_ttl_ms, sleep_s=0.005,
+        with apply_lock(self.redis, self.keys, shard=self.shard, ttl_ms=self.lock_ttl_ms, sleep_s=0.005,
                         wait_s=max(60.0, self.lock_ttl_ms / 1000 * 3)):
             new = self.apply_redis(batch)
+            if batch.args:
+                self._replicated()
             _fault_pause()
             summary = self._store(batch)
             _fault_pause()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(self.keys.stream, self.group, *batch.ids)
-        pipe.xdel(self.keys.stream, *batch.ids)
+        pipe.xack(self.stream, self.group, *batch.ids)
+        pipe.xdel(self.stream, *batch.ids)
         pipe.execute()
         stats.applied = new
         stats.redis_duplicates = batch.valid - new
@@ -457,6 +487,29 @@ class StreamConsumer:
                                                 RATE_KEEP_BUCKETS, len(windows), orjson.dumps(batch.args),
                                                 *[w / RATE_RESOLUTION for w in windows], *days]))
 
+    def _replicated(self, timeout_ms: int = 2000) -> None:
+        """On a cluster: wait until a replica of the metric state's master has the batch (``WAIT``),
+        so a failover after this point cannot lose an apply that Postgres and XACK then follow.
+        Raises ``redis.TimeoutError`` (the batch stays pending and is retried) when the master has
+        replicas and none confirmed; a master without any replica left is logged once and trusted."""
+        if not self.cluster:
+            return
+        node = self.redis.get_node_from_key(self.keys.registry)
+        acked = int(self.redis.execute_command("WAIT", 1, timeout_ms, target_nodes=node))
+        if acked >= 1:
+            self._unreplicated_warned = False
+            return
+        info = self.redis.info("replication", target_nodes=node)
+        if isinstance(info, dict) and node.name in info and isinstance(info[node.name], dict):
+            info = info[node.name]
+        if int(info.get("connected_slaves", 0)) > 0:
+            raise redis.TimeoutError(f"no replica of {node.name} confirmed the batch within {timeout_ms} ms")
+        if not self._unreplicated_warned:
+            self._unreplicated_warned = True
+            self.log(f"realtime consumer {self.name}: the master {node.name} has no replica connected; "
+                     "applying without replication (a second failure now could lose metric updates; "
+                     "`metricsmith realtime reconcile` repairs them from raw.events)")
+
     def _store(self, batch: _Batch) -> LoadSummary:
         conn = self.conn
         with conn.transaction():
@@ -465,7 +518,7 @@ class StreamConsumer:
                 fresh = {row[0] for row in conn.execute(
                     "insert into metricsmith.realtime_stream_rejects (stream, entry_id) "
                     "select %s, unnest(%s::text[]) on conflict do nothing returning entry_id",
-                    (self.keys.stream, [entry for entry, _, _ in batch.rejects])).fetchall()}
+                    (self.stream, [entry for entry, _, _ in batch.rejects])).fetchall()}
                 rejects = [("stream", None, why.reason, f"{why.detail} (stream entry {entry})", raw)
                            for entry, raw, why in batch.rejects if entry in fresh]
             return store_lines(conn, batch.lines, rejects)
