@@ -9,6 +9,14 @@
   subscriber confirmed (``INCR`` of an ack counter), up to ``ack_timeout``.
 * :class:`Listener` is each process's subscriber thread: it purges L1 on each message, renews
   the fence lease every ``fence_lease / 2`` and flushes the statistics.
+
+On a Redis Cluster the channel is a sharded one (``SPUBLISH`` / ``SSUBSCRIBE``, Redis 7): it
+lives in the cache's hash slot (:mod:`metricsmith.cache.keys`), so the message, the ack counters
+and the generation are all on the master of that slot, every process subscribes there, and
+``SPUBLISH`` returns how many processes must confirm - the ack protocol is unchanged. During a
+failover the subscription breaks: the listener reports the error (the circuit opens, L1 is
+emptied, the fence lease ends), re-subscribes on the new master, and the fence in PostgreSQL
+delivers whatever was invalidated meanwhile - the generation guard keeps refusing stale stores.
 """
 
 from __future__ import annotations
@@ -127,6 +135,8 @@ class InvalidationBus:
         client = self._l2.client()
         if self._fence_script is None:
             self._fence_script = client.register_script(_FENCE_LUA)
+        if self._l2.cluster:  # a cluster transaction cannot load a script itself: load it first
+            self._fence_script.sha = client.script_load(_FENCE_LUA)
         doomed: set[bytes] = {self._keys.value(k).encode() for k in keys}
         if tags:
             pipe = client.pipeline(transaction=False)
@@ -170,7 +180,8 @@ class InvalidationBus:
         message_id = secrets.token_hex(8)
         ack_key = self._keys.ack(message_id)
         message = serialization.dumps({"id": message_id, "tags": tags, "patterns": patterns, "keys": keys})
-        notified = int(client.publish(self._keys.channel, message))
+        publish = client.spublish if self._l2.cluster else client.publish
+        notified = int(publish(self._keys.channel, message))
         deadline = time.monotonic() + self._config.ack_timeout
         while True:
             confirmed = int(client.get(ack_key) or 0)
@@ -201,7 +212,7 @@ class InvalidationBus:
 class ListenerHost(Protocol):
     """What the listener thread calls back into (the cache), through a weak reference."""
 
-    def listener_client(self) -> redis.Redis | None: ...
+    def listener_client(self) -> Any: ...
     def on_subscribed(self) -> None: ...
     def on_message(self, data: bytes) -> None: ...
     def on_listener_error(self, exc: redis.RedisError) -> None: ...
@@ -212,8 +223,8 @@ class ListenerHost(Protocol):
 class Listener:
     """The subscriber thread of one process (a daemon; it ends when its host is collected)."""
 
-    def __init__(self, channel: str, config: CacheConfig) -> None:
-        self._channel, self._config = channel, config
+    def __init__(self, channel: str, config: CacheConfig, *, sharded: bool = False) -> None:
+        self._channel, self._config, self._sharded = channel, config, sharded
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         #: set while subscribed (L1 is used only then); ``stop`` ends the thread
@@ -252,7 +263,10 @@ class Listener:
                 if client is None:
                     raise redis.ConnectionError("no client yet")
                 pubsub = client.pubsub(ignore_subscribe_messages=False)
-                pubsub.subscribe(self._channel)
+                if self._sharded:
+                    pubsub.ssubscribe(self._channel)
+                else:
+                    pubsub.subscribe(self._channel)
                 self._serve(ref, pubsub)
                 return
             except (redis.RedisError, OSError, ValueError) as exc:
@@ -271,15 +285,16 @@ class Listener:
     def _serve(self, ref: weakref.ReferenceType[ListenerHost], pubsub: Any) -> None:
         last_flush = time.monotonic()
         while True:
-            message = pubsub.get_message(timeout=0.2)
+            message = pubsub.get_sharded_message(timeout=0.2) if self._sharded else pubsub.get_message(timeout=0.2)
             host = ref()
             if host is None or self.stop.is_set():
                 return
             if message is not None:
-                if message["type"] == "subscribe":
+                kind = message["type"]
+                if kind in ("subscribe", "ssubscribe"):
                     host.on_subscribed()
                     self.subscribed.set()
-                elif message["type"] == "message":
+                elif kind in ("message", "smessage"):
                     host.on_message(message["data"])
             if self.subscribed.is_set():
                 host.check_fence(renew_before=self._config.fence_lease / 2)

@@ -54,6 +54,7 @@ import redis
 from redis.exceptions import LockError
 from redis.lock import Lock
 
+from metricsmith import rediscluster
 from metricsmith.cache import serialization
 from metricsmith.cache.bus import InvalidationBus, InvalidationResult, Listener
 from metricsmith.cache.circuit import Circuit
@@ -104,7 +105,8 @@ class TwoTierCache:
     ) -> None:
         self.settings = settings or load_settings()
         self.config = cfg = config or load_cache_config()
-        self.keys = CacheKeys(self.settings.redis_prefix)
+        tagged = self.settings.redis_cluster or (redis_url is not None and rediscluster.is_cluster_url(redis_url))
+        self.keys = CacheKeys(self.settings.redis_prefix, tagged=tagged)
         self.root = self.keys.root
         self.channel = self.keys.channel
         self.stats = CacheStats()
@@ -118,12 +120,12 @@ class TwoTierCache:
                               prune_after=max(86_400.0, 2 * cfg.ttl_closed + cfg.lock_ms / 1000))
         self.bus = InvalidationBus(self.l2, self.l1, self.fence, self.circuit, self.stats, cfg)
         self.lease = FenceLease(self.fence, self.bus, self.l1, self.circuit, cfg)
-        self.listener = Listener(self.channel, cfg)
+        self.listener = Listener(self.channel, cfg, sharded=tagged)
         self._start_listener = start_listener
         atexit.register(_flush_at_exit, weakref.ref(self))
 
     # ------------------------------------------------------------------ composition
-    def _redis(self) -> redis.Redis:
+    def _redis(self) -> Any:
         """The Redis client (connecting, and starting the listener, on first use)."""
         return self.l2.client()
 
@@ -381,7 +383,7 @@ class TwoTierCache:
         return self.invalidate(patterns=["*"])
 
     # ------------------------------------------------------------------ listener callbacks
-    def listener_client(self) -> redis.Redis | None:
+    def listener_client(self) -> Any:
         return self.l2.connected
 
     def on_subscribed(self) -> None:

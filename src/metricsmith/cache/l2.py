@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from redis.lock import Lock
 
-from metricsmith import db
+from metricsmith import rediscluster
 from metricsmith.cache.config import CacheConfig
 from metricsmith.cache.keys import CacheKeys
 from metricsmith.config import Settings
@@ -47,27 +47,38 @@ class L2:
         self._config = config
         self._redis_url = redis_url
         self._on_connect = on_connect
-        self._client: redis.Redis | None = None
+        self._client: Any = None
         self._client_lock = threading.Lock()
         self._store_script: Any = None
 
     @property
-    def connected(self) -> redis.Redis | None:
+    def connected(self) -> Any:
         """The client if one was made, without connecting."""
         return self._client
 
-    def client(self) -> redis.Redis:
+    @property
+    def cluster(self) -> bool:
+        """True when the keys are hash-tagged for a Redis Cluster (the bus then uses sharded pub/sub)."""
+        return self.keys.tagged
+
+    def client(self) -> Any:
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
                     try:
-                        url = self._redis_url or db.redis_url(self._settings)
+                        url = self._redis_url or rediscluster.url(self._settings)
                     except Exception as exc:  # noqa: BLE001 - e.g. the embedded server cannot start
                         raise redis.ConnectionError(f"cannot resolve the Redis server: {exc}") from exc
-                    client = redis.Redis.from_url(
-                        url, socket_timeout=self._config.redis_timeout,
-                        socket_connect_timeout=self._config.redis_timeout, retry_on_timeout=False,
-                    )
+                    try:
+                        client = rediscluster.client(
+                            self._settings, redis_url=url, cluster=self.cluster,
+                            socket_timeout=self._config.redis_timeout,
+                            socket_connect_timeout=self._config.redis_timeout, retry_on_timeout=False,
+                        )
+                    except rediscluster.TRANSIENT:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - no cluster node answers: the circuit opens
+                        raise redis.ConnectionError(f"cannot reach the Redis Cluster: {exc}") from exc
                     self._store_script = client.register_script(_STORE_LUA)
                     self._client = client
         self._on_connect()

@@ -22,16 +22,25 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ClusterDownError, ClusterError, SlotNotCoveredError, TryAgainError
 
 from metricsmith import db
 from metricsmith.config import CLUSTER_SCHEME, ConfigError, Settings, cluster_nodes, load_settings
 
 #: errors meaning "Redis is (for now) not answering": retry later, fail open meanwhile. A cluster
-#: adds CLUSTERDOWN / MASTERDOWN (ClusterError), TRYAGAIN and a slot without a master.
-TRANSIENT: tuple[type[BaseException], ...] = (
-    redis.ConnectionError, redis.TimeoutError, ClusterError, TryAgainError, SlotNotCoveredError,
-)
+#: adds CLUSTERDOWN / MASTERDOWN (ClusterError) and TRYAGAIN; all are ``redis.RedisError``s.
+TRANSIENT: tuple[type[redis.RedisError], ...] = (redis.ConnectionError, redis.TimeoutError, ClusterError, TryAgainError)
+
+
+class _Cluster(RedisCluster):
+    """``RedisCluster`` whose "no master for this slot" (mid-failover) is a ``redis.RedisError``
+    (ClusterDownError) like every other outage, so callers that fail open on ``RedisError`` do."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute_command(*args, **kwargs)
+        except SlotNotCoveredError as exc:
+            raise ClusterDownError(f"CLUSTERDOWN {exc}") from exc
 
 #: what the cluster client may be given besides the standalone client's keyword arguments
 _CLUSTER_ONLY = ("require_full_coverage", "cluster_error_retry_attempts")
@@ -91,7 +100,7 @@ def cluster_client(target: str, **kwargs: Any) -> RedisCluster:
         if key in ("socket_timeout", "socket_connect_timeout"):
             kwargs[key] = float(value)
     kwargs.setdefault("cluster_error_retry_attempts", 2)
-    return RedisCluster(startup_nodes=nodes, **kwargs)
+    return _Cluster(startup_nodes=nodes, **kwargs)
 
 
 def is_cluster(redis_client: Any) -> bool:
