@@ -3,35 +3,43 @@
 >>> from datetime import date
 >>> from metricsmith.query import MetricsQueryService
 >>> svc = MetricsQueryService()
->>> rows = svc.get_daily_metrics(date(2024, 1, 1), date(2024, 1, 31))   # list[DailyMetrics]
->>> summary = svc.get_monthly_metrics_summary(2024)                      # months + YoY
+>>> rows = svc.get_period_metrics("quarter", date(2024, 1, 1), date(2024, 12, 31))  # list[dict]
+>>> days = svc.get_daily_metrics(date(2024, 1, 1), date(2024, 1, 31))              # list[DailyMetrics]
+>>> summary = svc.get_monthly_metrics_summary(2024)                                 # months + YoY
 
-Reads go L1 (this process) -> L2 (Redis) -> PostgreSQL (the dbt marts in ``analytics``). The
-TTL follows the data's age (see :mod:`metricsmith.cache.periods`); rebuilt periods are
-invalidated by :func:`metricsmith.cache.invalidation.invalidate_periods` after each dbt run.
+One generic path serves every grain declared in ``dbt_project.yml`` (:mod:`metricsmith.grains`):
+:meth:`MetricsQueryService.get_period_metrics` returns the rows of the grain's mart, every
+column in mart order (:func:`period_columns`), and :meth:`MetricsQueryService.get_period_summary`
+their totals and growth. The typed methods (``get_daily_metrics``, ``get_weekly_metrics``, ...)
+are views over it. Reads go L1 (this process) -> L2 (Redis) -> PostgreSQL (the dbt marts in
+:func:`metricsmith.core.schema.marts_schema`). The TTL follows the data's age (see
+:mod:`metricsmith.cache.periods`); rebuilt periods are invalidated by
+:func:`metricsmith.cache.invalidation.invalidate_periods` after each dbt run. Growth percentages
+are read from the marts or computed by the database's ``metricsmith.growth_pct``, never here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from metricsmith import db
+from metricsmith import db, grains
 from metricsmith.cache import periods
 from metricsmith.cache.core import TwoTierCache, get_cache
 from metricsmith.cache.periods import Tier, ttl_for
 from metricsmith.config import Settings, load_settings
+from metricsmith.core.schema import marts_schema
 from metricsmith.custom_metrics import access
 from metricsmith.custom_metrics.errors import MetricNotFound
 from metricsmith.errors import UserFacingError
+from metricsmith.grains import Grain, GrainError
 from metricsmith.realtime.service import RealtimeMetricsService
 
 MEASURES = (
@@ -41,10 +49,13 @@ MEASURES = (
 #: Measures that add up across periods (distinct counts do not).
 ADDITIVE = ("total_events", "new_users", "signups", "purchases", "revenue_cents")
 GROWTH_MEASURES = ("total_events", "active_users", "new_users", "revenue_cents")
+AVERAGES = ("avg_daily_events", "avg_daily_active_users", "avg_daily_revenue_cents")
+#: what each element of a ``<finer adjective>_breakdown`` column holds besides its start and day count
+BREAKDOWN_MEASURES = ("total_events", "active_users", "revenue_cents")
 
 
 class QueryError(UserFacingError):
-    """A query the service cannot answer as asked (bad range, unknown metric ...)."""
+    """A query the service cannot answer as asked (bad range, unknown grain or metric ...)."""
 
 
 class NotAvailable(QueryError):
@@ -125,6 +136,73 @@ class MonthlyMetrics:
 
 
 @dataclass(frozen=True)
+class MonthBreakdown:
+    month_start: date
+    days_in_quarter: int
+    total_events: int
+    active_users: int
+    revenue_cents: int
+
+
+@dataclass(frozen=True)
+class QuarterlyMetrics:
+    quarter_start: date
+    quarter_end: date
+    days_with_data: int
+    is_complete: bool
+    total_events: int
+    active_users: int
+    new_users: int
+    active_organizations: int
+    sessions: int
+    signups: int
+    purchases: int
+    revenue_cents: int
+    avg_daily_events: Decimal | None
+    avg_daily_active_users: Decimal | None
+    avg_daily_revenue_cents: Decimal | None
+    total_events_qoq_pct: Decimal | None
+    active_users_qoq_pct: Decimal | None
+    new_users_qoq_pct: Decimal | None
+    revenue_cents_qoq_pct: Decimal | None
+    total_events_yoy_pct: Decimal | None
+    active_users_yoy_pct: Decimal | None
+    new_users_yoy_pct: Decimal | None
+    revenue_cents_yoy_pct: Decimal | None
+    monthly_breakdown: tuple[MonthBreakdown, ...] = ()
+
+
+@dataclass(frozen=True)
+class PeriodSummary:
+    """The periods of one grain overlapping ``start .. end``, their totals and their growth.
+
+    ``totals`` sums the additive measures over every period of the range, ``avg_daily`` divides
+    them by ``days_with_data``. Growth compares like with like: each period of the range is paired
+    with the period as many periods earlier as the range has (a year of months: the same month a
+    year before; six weeks: the six weeks before), and only pairs where both periods have a row
+    count (``compared_periods``). ``compared_totals`` sums this range's paired periods,
+    ``previous_totals`` their counterparts, and ``growth_pct`` is the database's
+    ``metricsmith.growth_pct`` of the two (None when there is nothing to compare or the previous
+    value is 0).
+    """
+
+    grain: str
+    start: date
+    end: date
+    periods: list[dict[str, Any]]
+    totals: dict[str, int]
+    days_with_data: int
+    avg_daily: dict[str, Decimal | None]
+    complete_periods: int
+    previous_start: date
+    previous_end: date
+    compared_periods: int
+    compared_totals: dict[str, int]
+    previous_totals: dict[str, int]
+    growth_pct: dict[str, Decimal | None]
+
+
+@dataclass(frozen=True)
 class WeeklySummary:
     """The weeks overlapping ``start .. end`` and their additive totals."""
 
@@ -139,9 +217,10 @@ class WeeklySummary:
 class MonthlySummary:
     """A year's months, its additive totals and year-over-year growth.
 
-    ``previous_year_totals`` sums the same calendar months of the previous year (so a year
-    in progress compares like with like); ``yoy_pct`` is 100 x (this - previous) / previous,
-    None when the previous value is 0 or missing (the marts' rule).
+    ``previous_year_totals`` sums the months of the previous year whose month this year has a
+    row too (``compared_months`` of them), so a year in progress or a first year with missing
+    months compares like with like; ``yoy_pct`` is the growth of this year's compared months over
+    those (``metricsmith.growth_pct``: None when the previous value is 0 or missing).
     """
 
     year: int
@@ -149,6 +228,7 @@ class MonthlySummary:
     totals: dict[str, int]
     previous_year_totals: dict[str, int]
     yoy_pct: dict[str, Decimal | None]
+    compared_months: int = 0
 
 
 @dataclass(frozen=True)
@@ -172,19 +252,40 @@ class RealtimeValue:
     as_of: datetime | None = None
 
 
-_DAILY_COLUMNS = [f.name for f in dataclasses.fields(DailyMetrics)]
-_WEEKLY_COLUMNS = [f.name for f in dataclasses.fields(WeeklyMetrics)]
-_MONTHLY_COLUMNS = [f.name for f in dataclasses.fields(MonthlyMetrics)]
-_CUSTOM_COLUMNS = [f.name for f in dataclasses.fields(CustomMetricValue)]
-
-R = TypeVar("R")
+_CUSTOM_COLUMNS = [f.name for f in CustomMetricValue.__dataclass_fields__.values()]
 #: integer columns of the marts (whatever SQL type a contract gives them, e.g. numeric(38,0) sums)
 _COUNTS = frozenset({*MEASURES, "days_with_data"})
 
 
-def _typed(columns: list[str], row: Any) -> list[Any]:
-    """One mart row as stored in the cache: counts as int, other numerics as Decimal."""
-    return [int(v) if c in _COUNTS and v is not None else _num(v) for c, v in zip(columns, row, strict=False)]
+# ---------------------------------------------------------------- grains and their columns
+def grain_of(name: str | Grain) -> Grain:
+    """The declared grain ``name`` (``quarter`` or ``quarterly``); a QueryError listing them otherwise."""
+    if isinstance(name, Grain):
+        return name
+    if not isinstance(name, str):
+        raise QueryError(f"grain must be a name, got {type(name).__name__}: use {', '.join(grains.names())}")
+    try:
+        return grains.get(name)
+    except GrainError as exc:
+        raise QueryError(str(exc)) from None
+
+
+def breakdown_keys(grain: str | Grain) -> list[str]:
+    """The keys of one element of ``grain``'s breakdown column, in order ([] without one)."""
+    g = grain_of(grain)
+    if g.breakdown is None:
+        return []
+    return [grains.get(g.breakdown).start_column, f"days_in_{g.name}", *BREAKDOWN_MEASURES]
+
+
+def period_columns(grain: str | Grain) -> list[str]:
+    """Every column of ``grain``'s mart, in mart order (the dbt contract)."""
+    g = grain_of(grain)
+    if g.end_column is None:
+        return [g.start_column, *MEASURES]
+    growth = [f"{m}_{c.suffix}_pct" for c in g.comparisons for m in GROWTH_MEASURES]
+    tail = [] if g.breakdown_column is None else [g.breakdown_column]
+    return [g.start_column, g.end_column, "days_with_data", "is_complete", *MEASURES, *AVERAGES, *growth, *tail]
 
 
 def _num(value: Any) -> Any:
@@ -194,11 +295,66 @@ def _num(value: Any) -> Any:
     return value
 
 
-def growth_pct(current: int | Decimal | None, previous: int | Decimal | None) -> Decimal | None:
-    """100 x (current - previous) / previous; None when previous is None or 0 (the marts' rule)."""
-    if current is None or previous is None or previous == 0:
-        return None
-    return (Decimal(current) - Decimal(previous)) * 100 / Decimal(previous)
+def _count(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _breakdown(keys: list[str], elements: Any) -> list[list[Any]]:
+    """A jsonb breakdown as stored in the cache: [start (date), days, measures (int)...] per element."""
+    return [[date.fromisoformat(str(e[keys[0]])), *(int(Decimal(str(e[k]))) for k in keys[1:])]
+            for e in (elements or [])]
+
+
+def _stored_row(columns: list[str], keys: list[str], row: Any) -> list[Any]:
+    """One mart row as stored in the cache: counts as int, other numerics as Decimal, the
+    breakdown as lists."""
+    out: list[Any] = []
+    for column, value in zip(columns, row, strict=True):
+        if keys and column == columns[-1]:
+            out.append(_breakdown(keys, value))
+        elif column in _COUNTS:
+            out.append(_count(value))
+        else:
+            out.append(_num(value))
+    return out
+
+
+class _Rows:
+    """The immutable form L1 keeps: one grain's rows as tuples, plus memoized typed views."""
+
+    __slots__ = ("columns", "keys", "rows", "_views", "_lock")
+
+    def __init__(self, columns: list[str], keys: list[str], stored: list[list[Any]]) -> None:
+        self.columns = tuple(columns)
+        self.keys = tuple(keys)
+        if keys:
+            stored = [[*r[:-1], tuple(tuple(b) for b in r[-1])] for r in stored]
+        self.rows: tuple[tuple[Any, ...], ...] = tuple(tuple(r) for r in stored)
+        self._views: dict[type, tuple[Any, ...]] = {}
+        self._lock = threading.Lock()
+
+    def dicts(self) -> list[dict[str, Any]]:
+        """Fresh dicts (callers may change them), the breakdown as a list of dicts."""
+        if not self.keys:
+            return [dict(zip(self.columns, r, strict=True)) for r in self.rows]
+        out = []
+        for r in self.rows:
+            d = dict(zip(self.columns, r, strict=True))
+            d[self.columns[-1]] = [dict(zip(self.keys, b, strict=True)) for b in r[-1]]
+            out.append(d)
+        return out
+
+    def typed(self, cls: type, part: type | None = None) -> tuple[Any, ...]:
+        """The rows as ``cls`` instances (breakdown elements as ``part``), built once per entry."""
+        view = self._views.get(cls)
+        if view is None:
+            if part is None:
+                view = tuple(cls(*r) for r in self.rows)
+            else:
+                view = tuple(cls(*r[:-1], tuple(part(*b) for b in r[-1])) for r in self.rows)
+            with self._lock:
+                self._views[cls] = view
+        return view
 
 
 def _check_range(start: date, end: date) -> None:
@@ -210,6 +366,35 @@ def _check_range(start: date, end: date) -> None:
         raise QueryError(f"range {start} .. {end} is longer than 20 years; narrow it")
 
 
+def _check_year(year: Any) -> int:
+    if not isinstance(year, int) or isinstance(year, bool) or not 1900 <= year <= 9999:
+        raise QueryError(f"year must be an integer between 1900 and 9999, got {year!r}")
+    return year
+
+
+#: how many periods ``metricsmith query <grain>`` and the warmer read by default
+RECENT_DAYS, RECENT_PERIODS = 30, 12
+
+
+def recent_range(grain: str | Grain, today: date) -> tuple[date, date]:
+    """The default range of a grain: the last 30 days, or the last 12 periods up to ``today``'s."""
+    g = grain_of(grain)
+    count = RECENT_DAYS if g.end_column is None else RECENT_PERIODS
+    first = _periods_before(g, g.start_of(today), count - 1)[0]
+    return first, today
+
+
+def year_range(year: int) -> tuple[date, date]:
+    """1 January .. 31 December of ``year``."""
+    _check_year(year)
+    return date(year, 1, 1), date(year, 12, 31)
+
+
+def compares_with_year(grain: str | Grain) -> bool:
+    """Whether ``grain`` has a growth column over the same period a year before (``yoy``)."""
+    return any(c.months == 12 for c in grain_of(grain).comparisons)
+
+
 class MetricsQueryService:
     """Typed, cached reads of the metrics marts, custom metric values and realtime values."""
 
@@ -218,19 +403,20 @@ class MetricsQueryService:
         settings: Settings | None = None,
         *,
         cache: TwoTierCache | None = None,
-        schema: str = "analytics",
+        schema: str | None = None,
         use_cache: bool = True,
         today: date | None = None,
     ) -> None:
         self.settings = settings or load_settings()
-        self.schema = schema
+        default = marts_schema()
+        self.schema = schema or default
         self.cache = cache if cache is not None else (get_cache() if use_cache else None)
         self._today = today
         self._pool: ConnectionPool[Any] | None = None
         self._pool_lock = threading.Lock()
         self._realtime_read: Any = None
         # keys of a non-default schema carry it, so two marts never share entries
-        self._key_prefix = "" if schema == "analytics" else f"{schema}/"
+        self._key_prefix = "" if self.schema == default else f"{self.schema}/"
 
     # ------------------------------------------------------------------ plumbing
     def today(self) -> date:
@@ -263,7 +449,7 @@ class MetricsQueryService:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _fetch(self, query: sql.Composable, params: tuple[Any, ...], table: str) -> list[tuple[Any, ...]]:
+    def _fetch(self, query: sql.Composable, params: Any, table: str) -> list[tuple[Any, ...]]:
         with self._connection_pool().connection() as conn:
             try:
                 return conn.execute(query, params).fetchall()
@@ -273,6 +459,8 @@ class MetricsQueryService:
                 raise NotAvailable(f"{self.schema}.{table} does not exist in this database: build it with {hint}") from None
             except psycopg.errors.UndefinedColumn as exc:
                 raise NotAvailable(f"{self.schema}.{table} does not have the contracted columns: {exc}") from None
+            except psycopg.errors.UndefinedFunction as exc:
+                raise NotAvailable(f"{exc} (apply the migrations: `metricsmith db upgrade`)") from None
 
     def _cached(self, key: str, compute: Any, tier: Tier, tags: Any, load: Any) -> Any:
         """``load(compute())`` through the cache; ``load`` builds immutable typed rows (kept in L1)."""
@@ -282,101 +470,91 @@ class MetricsQueryService:
             self._key_prefix + key, compute, ttl=ttl_for(tier, self.cache.config), tags=tags, load=load
         )
 
-    def _select(self, table: str, columns: list[str], where: str, order: str) -> sql.Composed:
-        return sql.SQL("select {cols} from {tbl} where {where} order by {order}").format(
-            cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-            tbl=sql.Identifier(self.schema, table),
-            where=sql.SQL(where),  # fixed text in this module only
-            order=sql.Identifier(order),
-        )
-
-    # ------------------------------------------------------------------ marts
+    # ------------------------------------------------------------------ marts: the generic path
     def tier_for_range(self, end: date) -> Tier:
         return periods.tier_for_range(end, self.today())
 
-    def get_daily_metrics(self, start: date, end: date) -> list[DailyMetrics]:
-        """One row per spine day in ``start .. end`` (inclusive)."""
+    def period_columns(self, grain: str) -> list[str]:
+        """Every column of ``grain``'s mart, in mart order."""
+        return period_columns(grain)
+
+    def _period_rows(self, grain: str | Grain, start: date, end: date) -> _Rows:
+        g = grain_of(grain)
         _check_range(start, end)
+        first, last = g.start_of(start), g.start_of(end)
+        columns, keys = period_columns(g), breakdown_keys(g)
+        query = sql.SQL("select {cols} from {tbl} where {key} between %s and %s order by {key}").format(
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+            tbl=sql.Identifier(self.schema, g.model), key=sql.Identifier(g.start_column))
 
         def compute() -> list[list[Any]]:
-            rows = self._fetch(self._select("daily_metrics", _DAILY_COLUMNS, "metric_date between %s and %s",
-                                            "metric_date"), (start, end), "daily_metrics")
-            return [_typed(_DAILY_COLUMNS, r) for r in rows]
+            return [_stored_row(columns, keys, r) for r in self._fetch(query, (first, last), g.model)]
+
+        def load(stored: list[list[Any]]) -> _Rows:
+            return _Rows(columns, keys, stored)
+
+        return self._cached(f"{g.adjective}:{first}:{last}", compute, self.tier_for_range(g.end_of(end)),
+                            lambda: periods.range_tags(g, first, end), load)
+
+    def get_period_metrics(self, grain: str, start: date, end: date) -> list[dict[str, Any]]:
+        """The rows of ``grain``'s mart for every period overlapping ``start .. end`` (inclusive),
+        each a dict of every column in mart order (:func:`period_columns`): dates as ``date``, counts
+        as ``int``, averages and growth as ``Decimal`` (None where the mart has NULL), ``is_complete``
+        as ``bool`` and the breakdown as a list of dicts (:func:`breakdown_keys`). ``grain`` is a
+        declared grain (``day``, ``week``, ``month``, ``quarter``, or its adjective)."""
+        return self._period_rows(grain, start, end).dicts()
+
+    def get_period_summary(self, grain: str, start: date, end: date) -> PeriodSummary:
+        """The periods of ``grain`` overlapping ``start .. end``, their totals, averages per day,
+        complete-period count and growth over the same number of periods before (see
+        :class:`PeriodSummary`)."""
+        g = grain_of(grain)
+        rows = self._period_rows(g, start, end)
+        current = list(g.periods_between(start, end))
+        previous = _periods_before(g, current[0], len(current))
+        first, last = current[0], current[-1]
+
+        def compute() -> list[Any]:
+            found = self._fetch(_summary_sql(g, self.schema), {"first": first, "last": last, "cur": current,
+                                                                "prev": previous}, g.model)
+            return [_num(v) for v in found[0]]
 
         def tags() -> list[str]:
-            return [periods.day_tag(d) for d in periods.days_between(start, end)]
+            return [*periods.range_tags(g, previous[0], end)]
 
-        rows = self._cached(f"daily:{start}:{end}", compute, self.tier_for_range(end), tags,
-                            lambda raw: tuple(DailyMetrics(*r) for r in raw))
-        return list(rows)
+        stored = self._cached(f"{g.adjective}-summary:{first}:{last}", compute, self.tier_for_range(g.end_of(end)),
+                              tags, tuple)
+        return _summary(g, start, end, rows.dicts(), previous, stored)
+
+    # ------------------------------------------------------------------ marts: the typed views
+    def get_daily_metrics(self, start: date, end: date) -> list[DailyMetrics]:
+        """One row per spine day in ``start .. end`` (inclusive)."""
+        return list(self._period_rows(grains.day(), start, end).typed(DailyMetrics))
 
     def get_weekly_metrics(self, start: date, end: date) -> list[WeeklyMetrics]:
         """ISO weeks (Monday start) overlapping ``start .. end``."""
-        _check_range(start, end)
-        first = periods.week_start(start)
-        last_end = periods.week_start(end) + timedelta(days=6)
-
-        def compute() -> list[list[Any]]:
-            rows = self._fetch(self._select("weekly_metrics", _WEEKLY_COLUMNS, "week_start between %s and %s",
-                                            "week_start"), (first, end), "weekly_metrics")
-            return [_typed(_WEEKLY_COLUMNS, r) for r in rows]
-
-        # growth of the first week depends on the week before it
-        def tags() -> list[str]:
-            return [periods.week_tag(w) for w in periods.weeks_between(first - timedelta(days=7), end)]
-
-        rows = self._cached(f"weekly:{first}:{periods.week_start(end)}", compute, self.tier_for_range(last_end), tags,
-                            lambda raw: tuple(WeeklyMetrics(*r) for r in raw))
-        return list(rows)
-
-    def get_weekly_metrics_summary(self, start: date, end: date) -> WeeklySummary:
-        weeks = self.get_weekly_metrics(start, end)
-        totals = {m: sum(getattr(w, m) for w in weeks) for m in ADDITIVE}
-        return WeeklySummary(start, end, weeks, totals, sum(1 for w in weeks if w.is_complete))
+        return list(self._period_rows("week", start, end).typed(WeeklyMetrics))
 
     def get_monthly_metrics(self, start: date, end: date) -> list[MonthlyMetrics]:
         """Calendar months overlapping ``start .. end``, with their weekly breakdown."""
-        _check_range(start, end)
-        first = periods.month_start(start)
+        return list(self._period_rows("month", start, end).typed(MonthlyMetrics, WeekBreakdown))
 
-        def compute() -> list[list[Any]]:
-            rows = self._fetch(self._select("monthly_metrics", _MONTHLY_COLUMNS, "month_start between %s and %s",
-                                            "month_start"), (first, end), "monthly_metrics")
-            out = []
-            for r in rows:
-                values = _typed(_MONTHLY_COLUMNS[:-1], r[:-1])
-                breakdown = [[date.fromisoformat(str(b["week_start"])), int(b["days_in_month"]), int(b["total_events"]),
-                              int(b["active_users"]), int(b["revenue_cents"])] for b in (r[-1] or [])]
-                out.append([*values, breakdown])
-            return out
+    def get_quarterly_metrics(self, start: date, end: date) -> list[QuarterlyMetrics]:
+        """Calendar quarters overlapping ``start .. end``, with their monthly breakdown."""
+        return list(self._period_rows("quarter", start, end).typed(QuarterlyMetrics, MonthBreakdown))
 
-        # month-over-month needs the month before, year-over-year the same month a year earlier
-        year_before = first.replace(year=first.year - 1)
-        def tags() -> list[str]:
-            return [periods.month_tag(m) for m in periods.months_between(year_before, end)]
-
-        last_end = periods.month_end(end)
-        def load(raw: list[list[Any]]) -> tuple[MonthlyMetrics, ...]:
-            return tuple(dataclasses.replace(MonthlyMetrics(*r[:-1]),
-                                             weekly_breakdown=tuple(WeekBreakdown(*b) for b in r[-1]))
-                         for r in raw)
-
-        rows = self._cached(f"monthly:{first}:{periods.month_start(end)}", compute, self.tier_for_range(last_end),
-                            tags, load)
-        return list(rows)
+    def get_weekly_metrics_summary(self, start: date, end: date) -> WeeklySummary:
+        weeks = self.get_weekly_metrics(start, end)
+        summary = self.get_period_summary("week", start, end)
+        return WeeklySummary(start, end, weeks, summary.totals, summary.complete_periods)
 
     def get_monthly_metrics_summary(self, year: int) -> MonthlySummary:
-        """The months of ``year`` plus year-over-year growth of the year so far."""
-        if not isinstance(year, int) or not 1900 <= year <= 9999:
-            raise QueryError(f"year must be an integer between 1900 and 9999, got {year!r}")
+        """The months of ``year`` plus year-over-year growth of the months both years have."""
+        _check_year(year)
         months = self.get_monthly_metrics(date(year, 1, 1), date(year, 12, 31))
-        previous = {m.month_start.month: m for m in self.get_monthly_metrics(date(year - 1, 1, 1),
-                                                                              date(year - 1, 12, 31))}
-        totals = {m: sum(getattr(row, m) for row in months) for m in ADDITIVE}
-        same_months = [previous[row.month_start.month] for row in months if row.month_start.month in previous]
-        prev_totals = {m: sum(getattr(row, m) for row in same_months) for m in ADDITIVE}
-        yoy = {m: (growth_pct(totals[m], prev_totals[m]) if same_months else None) for m in ADDITIVE}
-        return MonthlySummary(year, months, totals, prev_totals, yoy)
+        summary = self.get_period_summary("month", date(year, 1, 1), date(year, 12, 31))
+        return MonthlySummary(year, months, summary.totals, summary.previous_totals, summary.growth_pct,
+                              summary.compared_periods)
 
     # ------------------------------------------------------------------ custom metrics
     def get_custom_metric_values(
@@ -465,6 +643,67 @@ class MetricsQueryService:
         return RealtimeValue(metric, labels, value, datetime.now(self.settings.tz))
 
 
+def _periods_before(g: Grain, first: date, count: int) -> list[date]:
+    """The ``count`` period starts of ``g`` just before the period starting at ``first``."""
+    starts = [first]
+    for _ in range(count):
+        starts.append(g.start_of(starts[-1] - timedelta(days=1)))
+    return starts[:0:-1]
+
+
+def _summary_sql(g: Grain, schema: str) -> sql.Composed:
+    """Totals of the range, and of its paired periods and their counterparts with their growth,
+    in one statement (growth by the database's ``metricsmith.growth_pct``)."""
+    key = sql.Identifier(g.start_column)
+    one_day = g.end_column is None  # a day row is one complete day
+    days = sql.SQL("1") if one_day else sql.Identifier("days_with_data")
+    complete = sql.SQL("true") if one_day else sql.Identifier("is_complete")
+    ids = {m: sql.Identifier(m) for m in ADDITIVE}
+    c_ids = {m: sql.Identifier(f"c_{m}") for m in ADDITIVE}
+    p_ids = {m: sql.Identifier(f"p_{m}") for m in ADDITIVE}
+    comma = sql.SQL(", ")
+    return sql.SQL(
+        "with r as (select * from {tbl} where {key} between %(first)s and %(last)s), "
+        "t as (select count(*) as n, coalesce(sum({days}), 0) as days, count(*) filter (where {complete}) "
+        "as complete, {totals} from r), "
+        "m as (select count(*) as compared, {pairs} from unnest(%(cur)s::date[], %(prev)s::date[]) as x(cur, prev) "
+        "join r on r.{key} = x.cur join {tbl} as p on p.{key} = x.prev) "
+        "select t.days, t.complete, m.compared, {out_totals}, {out_avgs}, {out_cur}, {out_prev} "
+        "from t cross join m"
+    ).format(
+        tbl=sql.Identifier(schema, g.model), key=key, days=days, complete=complete,
+        totals=comma.join(sql.SQL("sum({c}) as {c}").format(c=ids[m]) for m in ADDITIVE),
+        pairs=comma.join(sql.SQL("sum(r.{c}) as {cc}, sum(p.{c}) as {pc}").format(c=ids[m], cc=c_ids[m], pc=p_ids[m])
+                         for m in ADDITIVE),
+        out_totals=comma.join(sql.SQL("coalesce(t.{c}, 0)").format(c=ids[m]) for m in ADDITIVE),
+        out_avgs=comma.join(sql.SQL("round(t.{c} / nullif(t.days, 0), 4)").format(c=ids[m]) for m in ADDITIVE),
+        out_cur=comma.join(sql.SQL("coalesce(m.{c}, 0)").format(c=c_ids[m]) for m in ADDITIVE),
+        out_prev=comma.join(sql.SQL("coalesce(m.{c}, 0)").format(c=p_ids[m]) for m in ADDITIVE),
+    )
+
+
+def _interim_growth(current: Any, previous: Any) -> Decimal | None:
+    if not previous:
+        return None
+    return round((Decimal(current) - Decimal(previous)) * 100 / Decimal(previous), 4)
+
+
+def _summary(g: Grain, start: date, end: date, rows: list[dict[str, Any]], previous: list[date],
+             stored: tuple[Any, ...]) -> PeriodSummary:
+    days, complete, compared = int(stored[0]), int(stored[1]), int(stored[2])
+    n = len(ADDITIVE)
+    blocks = [stored[3 + i * n: 3 + (i + 1) * n] for i in range(4)]
+    totals, avgs, cur, prev = ({m: v for m, v in zip(ADDITIVE, b, strict=True)} for b in blocks)
+    growth = {m: _interim_growth(cur[m], prev[m]) if compared else None for m in ADDITIVE}
+    return PeriodSummary(
+        grain=g.name, start=start, end=end, periods=rows,
+        totals={m: int(v) for m, v in totals.items()}, days_with_data=days, avg_daily=avgs,
+        complete_periods=complete, previous_start=previous[0], previous_end=g.end_of(previous[-1]),
+        compared_periods=compared, compared_totals={m: int(v) for m, v in cur.items()},
+        previous_totals={m: int(v) for m, v in prev.items()}, growth_pct=growth,
+    )
+
+
 def _realtime_reader(settings: Settings) -> Any:
     """``(metric, labels, window) -> plain value`` over the realtime service (made on first use)."""
     services: list[RealtimeMetricsService] = []
@@ -492,7 +731,7 @@ def _realtime_reader(settings: Settings) -> Any:
 
 
 __all__ = [
-    "CustomMetricValue", "DailyMetrics", "MetricsQueryService", "MonthlyMetrics", "MonthlySummary",
-    "NotAvailable", "QueryError", "RealtimeValue", "WeekBreakdown", "WeeklyMetrics", "WeeklySummary",
-    "growth_pct",
+    "CustomMetricValue", "DailyMetrics", "MetricsQueryService", "MonthBreakdown", "MonthlyMetrics",
+    "MonthlySummary", "NotAvailable", "PeriodSummary", "QuarterlyMetrics", "QueryError", "RealtimeValue",
+    "WeekBreakdown", "WeeklyMetrics", "WeeklySummary", "breakdown_keys", "grain_of", "period_columns",
 ]

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
-from metricsmith import db
+from metricsmith import db, grains
 from metricsmith.config import Settings, load_settings
 from metricsmith.core import pglock
 from metricsmith.dbt_runner import DbtRun, run_dbt
@@ -31,22 +31,79 @@ MART_MODELS = ("daily_metrics", "weekly_metrics", "monthly_metrics")
 SCHEMA = "analytics"
 
 
-@dataclass(frozen=True)
 class ChangedPeriods:
-    """The periods whose rows were recomputed by the last run (for cache invalidation)."""
+    """The periods whose rows were recomputed by the last run (for cache invalidation).
 
-    days: tuple[date, ...]
-    weeks: tuple[date, ...]
-    months: tuple[date, ...]
+    ``days`` are the recomputed days; ``by_grain`` maps every grain longer than a day
+    (:func:`metricsmith.grains.periods`) to the starts of its recomputed periods: those holding
+    a recomputed day and those whose growth columns compare with one (the next period, the same
+    period a year later ...). ``ChangedPeriods(days, starts_1, starts_2, ...)`` takes the starts
+    positionally, one tuple per grain in declaration order; ``changed.<grain>s`` (e.g.
+    ``changed.quarters``) reads one grain's starts.
+    """
+
+    __slots__ = ("days", "by_grain")
+
+    def __init__(self, days: Iterable[date] = (), *starts: Iterable[date],
+                 by_grain: Mapping[str, Iterable[date]] | None = None) -> None:
+        declared = grains.periods()
+        if len(starts) > len(declared):
+            raise TypeError(f"ChangedPeriods takes one tuple of starts per grain ({len(declared)}), got {len(starts)}")
+        merged: dict[str, set[date]] = {g.name: set() for g in declared}
+        for g, values in zip(declared, starts, strict=False):
+            merged[g.name].update(values)
+        for name, values in (by_grain or {}).items():
+            merged[grains.get(name).name].update(values)
+        self.days: tuple[date, ...] = tuple(sorted(set(days)))
+        self.by_grain: dict[str, tuple[date, ...]] = {n: tuple(sorted(v)) for n, v in merged.items()}
 
     @classmethod
-    def from_days(cls, days: list[date]) -> ChangedPeriods:
-        weeks = sorted({d - timedelta(days=d.weekday()) for d in days})
-        months = sorted({d.replace(day=1) for d in days})
-        # growth columns of the following week / month / same month next year change too
-        grown_weeks = sorted(set(weeks) | {w + timedelta(days=7) for w in weeks})
-        grown_months = sorted(set(months) | {_add_months(m, 1) for m in months} | {_add_months(m, 12) for m in months})
-        return cls(days=tuple(sorted(days)), weeks=tuple(grown_weeks), months=tuple(grown_months))
+    def from_days(cls, days: Iterable[date]) -> ChangedPeriods:
+        days = sorted(set(days))
+        by_grain: dict[str, set[date]] = {}
+        for g in grains.periods():
+            touched = {g.start_of(d) for d in days}
+            # growth columns of the periods comparing with a touched one change too
+            grown = {start for p in touched for start in _compared_with(g, p)}
+            by_grain[g.name] = touched | grown
+        return cls(days, by_grain=by_grain)
+
+    def of(self, grain: str) -> tuple[date, ...]:
+        """Starts of the recomputed periods of ``grain`` (``days`` for the day grain)."""
+        g = grains.get(grain)
+        return self.days if g.end_column is None else self.by_grain.get(g.name, ())
+
+    def __getattr__(self, name: str) -> tuple[date, ...]:
+        if name.endswith("s") and not name.startswith("_"):
+            try:
+                return self.of(name[:-1])
+            except grains.GrainError:
+                pass
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, ChangedPeriods) and self.days == other.days
+                and self.by_grain == other.by_grain)
+
+    def __hash__(self) -> int:
+        return hash((self.days, tuple(sorted(self.by_grain.items()))))
+
+    def __repr__(self) -> str:
+        return f"ChangedPeriods(days={len(self.days)}, " + ", ".join(
+            f"{name}={len(v)}" for name, v in self.by_grain.items()) + ")"
+
+
+def _compared_with(g: grains.Grain, period_start: date) -> set[date]:
+    """Starts of the periods of ``g`` whose growth compares with the one at ``period_start``."""
+    out = set()
+    for c in g.comparisons:
+        # the period whose baseline is period_start: walk forward until baselines pass it
+        candidate = period_start
+        while c.baseline(candidate) < period_start:
+            candidate = g.next_start(candidate)
+        if c.baseline(candidate) == period_start:
+            out.add(candidate)
+    return out
 
 
 @dataclass
@@ -55,7 +112,7 @@ class RollupRunResult:
     timezone: str
     seconds: float
     dbt_seconds: dict[str, float] = field(default_factory=dict)
-    changed: ChangedPeriods = field(default_factory=lambda: ChangedPeriods((), (), ()))
+    changed: ChangedPeriods = field(default_factory=ChangedPeriods)
     ledger: dict[str, Any] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
     #: from the first model's start to the last model's end (dbt start-up and parse excluded)
@@ -68,13 +125,8 @@ class RollupRunResult:
         else:
             why = ", ".join(f"{n} {reason}" for reason, n in sorted(self.reasons.items()))
             what = (f"{len(c.days)} day(s) recomputed ({c.days[0]} .. {c.days[-1]}; {why}), "
-                    f"{len(c.weeks)} week row(s), {len(c.months)} month row(s) refreshed")
+                    + ", ".join(f"{len(c.of(g.name))} {g.name} row(s)" for g in grains.periods()) + " refreshed")
         return f"rollups {self.mode} ({self.timezone}) in {self.seconds:.1f} s: {what}"
-
-
-def _add_months(d: date, n: int) -> date:
-    index = d.year * 12 + d.month - 1 + n
-    return date(index // 12, index % 12 + 1, 1)
 
 
 def _timing(run: DbtRun) -> dict[str, float]:

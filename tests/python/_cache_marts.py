@@ -1,4 +1,4 @@
-"""Test helper for the cache/query tests: the three marts' tables (the issue-3 contract) in a
+"""Test helper for the cache/query tests: the four marts' tables (their dbt contract) in a
 private schema, filled with deterministic rows, plus the plain-Python expectations."""
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ create table {s}.monthly_metrics (month_start date primary key, month_end date, 
   active_users_mom_pct numeric, new_users_mom_pct numeric, revenue_cents_mom_pct numeric,
   total_events_yoy_pct numeric, active_users_yoy_pct numeric, new_users_yoy_pct numeric,
   revenue_cents_yoy_pct numeric, weekly_breakdown jsonb);
+create table {s}.quarterly_metrics (quarter_start date primary key, quarter_end date, days_with_data int,
+  is_complete boolean, total_events bigint, active_users bigint, new_users bigint, active_organizations bigint,
+  sessions bigint, signups bigint, purchases bigint, revenue_cents numeric(38,0), avg_daily_events numeric,
+  avg_daily_active_users numeric, avg_daily_revenue_cents numeric, total_events_qoq_pct numeric,
+  active_users_qoq_pct numeric, new_users_qoq_pct numeric, revenue_cents_qoq_pct numeric,
+  total_events_yoy_pct numeric, active_users_yoy_pct numeric, new_users_yoy_pct numeric,
+  revenue_cents_yoy_pct numeric, monthly_breakdown jsonb);
 """
 
 
@@ -43,6 +50,10 @@ def pct(cur: Any, prev: Any) -> Decimal | None:
 def month_add(d: date, n: int) -> date:
     i = d.year * 12 + d.month - 1 + n
     return date(i // 12, i % 12 + 1, 1)
+
+
+def quarter_start(d: date) -> date:
+    return date(d.year, (d.month - 1) // 3 * 3 + 1, 1)
 
 
 class Marts:
@@ -101,6 +112,22 @@ class Marts:
                     e[m] += self.daily[d][m]
             row["weekly_breakdown"] = [bd[w] for w in sorted(bd)]
             self.monthly[ms] = row
+        self.quarterly = {}
+        for qs in sorted({quarter_start(m) for m in months}):
+            qdays = [d for m in months if quarter_start(m) == qs for d in months[m]]
+            row = self._agg(qdays)
+            ndays = (month_add(qs, 3) - qs).days
+            row.update(quarter_start=qs, quarter_end=month_add(qs, 3) - timedelta(days=1),
+                       days_with_data=len(qdays), is_complete=len(qdays) == ndays)
+            prev, yago = self.quarterly.get(month_add(qs, -3)), self.quarterly.get(month_add(qs, -12))
+            for suffix, base in (("qoq", prev), ("yoy", yago)):
+                for m in ("total_events", "active_users", "new_users", "revenue_cents"):
+                    row[f"{m}_{suffix}_pct"] = pct(row[m], base[m]) if base else None
+            row["monthly_breakdown"] = [
+                {"month_start": m.isoformat(), "days_in_quarter": len(months[m]),
+                 **{k: sum(self.daily[d][k] for d in months[m]) for k in ("total_events", "active_users", "revenue_cents")}}
+                for m in sorted(months) if quarter_start(m) == qs]
+            self.quarterly[qs] = row
         self.write()
 
     def _agg(self, days: list[date]) -> dict[str, Any]:
@@ -114,13 +141,18 @@ class Marts:
     def write(self) -> None:
         s = self.schema
         with self.conn.transaction():
-            self.conn.execute(f"truncate {s}.daily_metrics, {s}.weekly_metrics, {s}.monthly_metrics")
+            self.conn.execute(f"truncate {s}.daily_metrics, {s}.weekly_metrics, {s}.monthly_metrics, "
+                              f"{s}.quarterly_metrics")
             for table, rows in (("daily_metrics", self.daily), ("weekly_metrics", self.weekly),
-                                ("monthly_metrics", self.monthly)):
+                                ("monthly_metrics", self.monthly), ("quarterly_metrics", self.quarterly)):
                 cols = list(next(iter(rows.values())).keys())
                 with self.conn.cursor().copy(f"copy {s}.{table} ({', '.join(cols)}) from stdin") as cp:
                     for row in rows.values():
                         cp.write_row([Jsonb(v) if isinstance(v, list) else v for v in row.values()])
+
+    def rows(self, grain: str) -> dict[date, dict[str, Any]]:
+        """The expected rows of ``grain`` (day, week, month, quarter) by period start."""
+        return {"day": self.daily, "week": self.weekly, "month": self.monthly, "quarter": self.quarterly}[grain]
 
     def set_day(self, day: date, **values: int) -> None:
         self.daily[day].update(values)

@@ -69,9 +69,32 @@ def test_tier_by_period_age() -> None:
     assert tier_for_period("week", date(2024, 12, 9), TODAY) is Tier.CLOSED
     assert tier_for_period("month", date(2024, 12, 1), TODAY) is Tier.OPEN
     assert tier_for_period("month", date(2024, 11, 1), TODAY) is Tier.CLOSED
+    assert tier_for_period("quarter", date(2024, 11, 1), TODAY) is Tier.OPEN  # Q4 2024 holds today
+    assert tier_for_period("quarter", date(2024, 9, 30), TODAY) is Tier.CLOSED
     assert tier_for_range(date(2024, 12, 31), TODAY) is Tier.OPEN  # future end: still open
-    with pytest.raises(ValueError, match="unknown grain"):
-        tier_for_period("quarter", TODAY, TODAY)
+    with pytest.raises(ValueError, match="unknown grain 'year': use day, week, month, quarter"):
+        tier_for_period("year", TODAY, TODAY)
+
+
+def test_tags_name_each_period_and_what_its_growth_reads() -> None:
+    from metricsmith.cache.periods import expand_changes, range_tags
+
+    # a quarter's tags: itself, the quarter before (qoq) and the same quarter a year before (yoy)
+    assert range_tags("quarter", date(2024, 5, 1), date(2024, 5, 1)) == [
+        "quarter:2023-04-01", "quarter:2023-07-01", "quarter:2023-10-01", "quarter:2024-01-01", "quarter:2024-04-01"]
+    assert range_tags("week", date(2024, 1, 3), date(2024, 1, 10)) == [
+        "week:2023-12-25", "week:2024-01-01", "week:2024-01-08"]
+    assert range_tags("day", date(2024, 2, 28), date(2024, 3, 1)) == [
+        "day:2024-02-28", "day:2024-02-29", "day:2024-03-01"]
+    assert expand_changes([date(2024, 12, 31)]) == {
+        "day:2024-12-31", "week:2024-12-30", "month:2024-12-01", "quarter:2024-10-01"}
+    # a changed quarter drops every day inside it and their periods
+    tags = expand_changes(changed={"quarter": [date(2024, 2, 14)]})
+    assert {t for t in tags if t.startswith("quarter:")} == {"quarter:2024-01-01"}
+    assert len([t for t in tags if t.startswith("day:")]) == 91
+    assert "week:2023-12-25" not in tags and "week:2024-01-01" in tags and "week:2024-03-25" in tags
+    with pytest.raises(ValueError, match="unknown grain 'year'"):
+        expand_changes(changed={"year": [date(2024, 1, 1)]})
 
 
 def test_ttl_applied_in_redis_follows_the_tier(marts: Marts, cache: TwoTierCache) -> None:
@@ -319,7 +342,7 @@ def test_invalidation_reaches_another_process(marts: Marts, cache: TwoTierCache)
         assert (second, hits) == (first, 1)  # served from the child's L1
         old = marts.daily[day]["total_events"]
         marts.set_day(day, total_events=old + 500)  # "the dbt run changed this week"
-        result = invalidate_periods(weeks=[week])
+        result = invalidate_periods(changed={"week": [week]})
         assert result.ok and result.processes_notified >= 2 and result.processes_confirmed >= 2
         third, _ = ask()
         assert third == first + 500

@@ -4,9 +4,10 @@ bad input gives clear errors."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from datetime import date, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import psycopg
@@ -49,6 +50,21 @@ def as_dict(row: Any) -> dict[str, Any]:
     return dataclasses.asdict(row)
 
 
+def round4(value: Decimal | None) -> Decimal | None:
+    """The marts' and metricsmith.growth_pct's rounding: 4 decimal places, half away from zero."""
+    return None if value is None else value.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+
+
+def expected_row(grain: str, row: dict[str, Any]) -> dict[str, Any]:
+    """A helper row as the service types it: breakdown starts as dates."""
+    out = dict(row)
+    for column, value in row.items():
+        if column.endswith("_breakdown"):
+            out[column] = [{k: date.fromisoformat(v) if k.endswith("_start") else v for k, v in e.items()}
+                           for e in value]
+    return out
+
+
 def test_daily_rows_equal_the_mart_cold_and_warm(svc: MetricsQueryService, marts: Marts, cache: TwoTierCache) -> None:
     start, end = date(2024, 2, 20), date(2024, 3, 5)  # crosses 29 February
     expected = [marts.daily[start + timedelta(days=i)] for i in range((end - start).days + 1)]
@@ -85,7 +101,8 @@ def test_monthly_summary_with_yoy(svc: MetricsQueryService, marts: Marts) -> Non
     prev = sum(marts.daily[d]["revenue_cents"] for d in marts.daily if d.year == 2023)
     assert summary.totals["revenue_cents"] == this
     assert summary.previous_year_totals["revenue_cents"] == prev
-    assert summary.yoy_pct["revenue_cents"] == pct(this, prev)
+    assert summary.yoy_pct["revenue_cents"] == round4(pct(this, prev))
+    assert summary.compared_months == 12
     # the first year has no previous year: growth is None, not 0 or an error
     first = svc.get_monthly_metrics_summary(2023)
     assert first.yoy_pct["revenue_cents"] is None and first.months[0].total_events_yoy_pct is None
@@ -111,10 +128,14 @@ def test_invalidation_after_a_change(svc: MetricsQueryService, marts: Marts) -> 
 
 def test_warm_cache_then_all_hits(svc: MetricsQueryService, cache: TwoTierCache) -> None:
     result = warm_cache(svc, today=TODAY)
-    assert len(result.warmed) == 4, result.render()
+    # each grain's recent periods, and this year's summary of the two grains with YoY growth
+    assert [w.split()[0] for w in result.warmed] == ["daily", "weekly", "monthly", "quarterly", "monthly",
+                                                     "quarterly"], result.render()
     before = cache.local_stats().counters["computations"]
     svc.get_daily_metrics(TODAY - timedelta(days=29), TODAY)
     svc.get_monthly_metrics_summary(TODAY.year)
+    svc.get_period_summary("quarter", date(2024, 1, 1), date(2024, 12, 31))
+    svc.get_weekly_metrics_summary(date(2024, 10, 14), TODAY)  # `metricsmith query weekly`'s default
     assert cache.local_stats().counters["computations"] == before
 
 
@@ -205,7 +226,10 @@ def test_cli_cache_stats_and_invalidate(marts: Marts, capsys: pytest.CaptureFixt
     assert main(["query", "daily", "--start", "2024-05-01", "--end", "2024-05-03", "--schema", marts.schema]) == 0
     assert main(["cache", "invalidate", "--day", "2024-05-02"]) == 0
     out = capsys.readouterr().out
-    assert "invalidated 2 key(s) for day:2024-05-02, month:2024-05, week:2024-04-29" in out  # + monthly 2024
+    # the day's own tag and its period's in every grain; the keys: this daily read (+ whatever earlier
+    # tests of this session cached under those tags in the default cache)
+    assert re.search(r"invalidated [1-9]\d* key\(s\) for day:2024-05-02, month:2024-05-01, quarter:2024-04-01, "
+                     r"week:2024-04-29", out), out
     assert main(["cache", "stats", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["health"]["status"] == "ok" and stats["stats"]["computations"] >= 1
@@ -389,3 +413,108 @@ def test_counts_stay_integers_whatever_the_sql_type(marts: Marts, conn: psycopg.
         assert type(row.revenue_cents) is int and row.revenue_cents == marts.daily[date(2024, 3, 1)]["revenue_cents"]
     finally:
         conn.execute(f"alter table {marts.schema}.daily_metrics alter column revenue_cents type bigint")
+
+
+# ---------------------------------------------------------------- the generic API, every grain
+@pytest.mark.parametrize("grain", ["day", "week", "month", "quarter"])
+def test_period_metrics_equal_the_mart_for_every_grain(svc: MetricsQueryService, marts: Marts, grain: str) -> None:
+    from metricsmith import grains
+
+    g = grains.get(grain)
+    start, end = date(2023, 11, 15), date(2024, 5, 2)
+    rows = svc.get_period_metrics(grain, start, end)
+    expected = [expected_row(grain, r) for s, r in marts.rows(grain).items()
+                if s <= end and g.end_of(s) >= start]
+    assert rows == expected and rows
+    assert all(list(r) == svc.period_columns(grain) for r in rows)  # every column, in mart order
+    with marts.conn.cursor() as cur:
+        cur.execute(f"select * from {marts.schema}.{g.model} limit 0")
+        assert [d.name for d in cur.description or []] == svc.period_columns(grain)
+    assert svc.get_period_metrics(g.adjective, start, end) == rows  # the adjective names it too
+    assert svc.get_period_metrics(grain, start, end) is not rows  # callers get their own dicts
+
+
+def test_quarterly_rows_typed(svc: MetricsQueryService, marts: Marts) -> None:
+    rows = svc.get_quarterly_metrics(date(2024, 2, 10), date(2024, 8, 1))
+    assert [q.quarter_start for q in rows] == [date(2024, 1, 1), date(2024, 4, 1), date(2024, 7, 1)]
+    q2 = rows[1]
+    want = marts.quarterly[date(2024, 4, 1)]
+    assert q2.quarter_end == date(2024, 6, 30) and q2.is_complete and q2.days_with_data == 91
+    assert type(q2.revenue_cents) is int and q2.revenue_cents == want["revenue_cents"]
+    assert q2.revenue_cents_qoq_pct == want["revenue_cents_qoq_pct"]
+    assert q2.total_events_yoy_pct == want["total_events_yoy_pct"] is not None
+    assert [(b.month_start, b.days_in_quarter) for b in q2.monthly_breakdown] == [
+        (date(2024, 4, 1), 30), (date(2024, 5, 1), 31), (date(2024, 6, 1), 30)]
+    assert sum(b.revenue_cents for b in q2.monthly_breakdown) == q2.revenue_cents
+    assert svc.get_quarterly_metrics(date(2023, 1, 1), date(2023, 1, 1))[0].total_events_qoq_pct is None
+
+
+def test_period_summary_growth_like_with_like(svc: MetricsQueryService, marts: Marts) -> None:
+    summary = svc.get_period_summary("quarter", date(2024, 1, 1), date(2024, 12, 31))
+    quarters = [marts.quarterly[date(2024, m, 1)] for m in (1, 4, 7, 10)]
+    before = [marts.quarterly[date(2023, m, 1)] for m in (1, 4, 7, 10)]
+    assert [p["quarter_start"] for p in summary.periods] == [q["quarter_start"] for q in quarters]
+    days = sum(1 for d in marts.daily if d.year == 2024)
+    assert summary.days_with_data == days == 366 and summary.complete_periods == 4
+    for m in ("total_events", "revenue_cents", "new_users"):
+        total = sum(marts.daily[d][m] for d in marts.daily if d.year == 2024)
+        previous = sum(marts.daily[d][m] for d in marts.daily if d.year == 2023)
+        assert summary.totals[m] == total == sum(q[m] for q in quarters)
+        assert summary.previous_totals[m] == previous == sum(q[m] for q in before)
+        assert summary.growth_pct[m] == round4(pct(total, previous))
+        assert summary.avg_daily[m] == round4(Decimal(total) / days)
+    assert (summary.previous_start, summary.previous_end) == (date(2023, 1, 1), date(2023, 12, 31))
+    # six weeks compare with the six weeks before them
+    weeks = svc.get_period_summary("week", date(2024, 3, 4), date(2024, 4, 14))
+    prior = [marts.weekly[date(2024, 3, 4) - timedelta(weeks=i)] for i in range(1, 7)]
+    assert weeks.previous_start == date(2024, 1, 22) and len(weeks.periods) == 6 == weeks.compared_periods
+    assert weeks.previous_totals["revenue_cents"] == sum(w["revenue_cents"] for w in prior)
+    # the first year has no previous periods: nothing compared, growth None
+    first = svc.get_period_summary("month", date(2023, 1, 1), date(2023, 12, 31))
+    assert first.compared_periods == 0 and first.growth_pct["revenue_cents"] is None
+    assert first.totals["revenue_cents"] == sum(marts.daily[d]["revenue_cents"] for d in marts.daily if d.year == 2023)
+    # a range half outside the data: only the months both ranges have are compared
+    part = svc.get_period_summary("month", date(2024, 7, 1), date(2025, 6, 30))
+    assert part.compared_periods == 6 and len(part.periods) == 6
+    cur = sum(marts.monthly[date(2024, m, 1)]["total_events"] for m in range(7, 13))
+    prev = sum(marts.monthly[date(2023, m, 1)]["total_events"] for m in range(7, 13))
+    assert part.compared_totals["total_events"] == cur and part.previous_totals["total_events"] == prev
+    assert part.growth_pct["total_events"] == round4(pct(cur, prev))
+    # day grain
+    days_summary = svc.get_period_summary("day", date(2024, 2, 28), date(2024, 3, 1))
+    assert days_summary.days_with_data == 3 == days_summary.complete_periods
+    assert days_summary.previous_start == date(2024, 2, 25)
+
+
+def test_unknown_grain_is_a_clear_error(svc: MetricsQueryService) -> None:
+    for call in (lambda: svc.get_period_metrics("year", date(2024, 1, 1), date(2024, 1, 2)),
+                 lambda: svc.get_period_summary("fortnight", date(2024, 1, 1), date(2024, 1, 2)),
+                 lambda: svc.period_columns("hour")):
+        with pytest.raises(QueryError, match="unknown grain .*: use day, week, month, quarter"):
+            call()
+    with pytest.raises(QueryError, match="grain must be a name"):
+        svc.get_period_metrics(7, date(2024, 1, 1), date(2024, 1, 2))  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="is after end"):
+        svc.get_period_metrics("quarter", date(2024, 5, 1), date(2024, 1, 2))
+
+
+def test_period_tiers_and_tags(svc: MetricsQueryService, marts: Marts, cache: TwoTierCache) -> None:
+    # a closed quarter is invalidated by a change to any of its days (or to the quarter its growth reads)
+    q = date(2024, 4, 1)
+    before = svc.get_period_metrics("quarter", q, q)[0]["total_events"]
+    day = date(2024, 5, 20)
+    old = marts.daily[day]["total_events"]
+    marts.set_day(day, total_events=old + 7)
+    try:
+        assert svc.get_period_metrics("quarter", q, q)[0]["total_events"] == before
+        assert invalidate_periods(days=[day], cache=cache).keys_deleted >= 1
+        assert svc.get_period_metrics("quarter", q, q)[0]["total_events"] == before + 7
+        # the next quarter's qoq growth read that quarter: it was dropped with it
+        svc.get_period_metrics("quarter", date(2024, 7, 1), date(2024, 7, 1))
+        marts.set_day(day, total_events=old)
+        assert invalidate_periods(changed={"quarter": [q]}, cache=cache).keys_deleted >= 2
+        assert svc.get_period_metrics("quarter", date(2024, 7, 1), date(2024, 7, 1))[0]["total_events_qoq_pct"] \
+            == marts.quarterly[date(2024, 7, 1)]["total_events_qoq_pct"]
+    finally:
+        marts.set_day(day, total_events=old)
+        invalidate_periods(days=[day], cache=cache)

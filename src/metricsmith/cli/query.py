@@ -217,11 +217,11 @@ def cmd_query_daily(args: argparse.Namespace) -> int:
 
 
 def cmd_query_weekly(args: argparse.Namespace) -> int:
-    from metricsmith.cache.periods import week_start
+    from metricsmith.query import recent_range
 
     with _service(args) as svc:
         end = args.end or svc.today()
-        start = args.start or week_start(end) - timedelta(weeks=11)
+        start = args.start or recent_range("week", end)[0]
         summary = svc.get_weekly_metrics_summary(start, end)
     footer = [f"{len(summary.weeks)} week(s), {summary.complete_weeks} complete; totals: "
               + ", ".join(_total(k, v, args.currency) for k, v in summary.totals.items())]
@@ -313,7 +313,8 @@ def cmd_cache_invalidate(args: argparse.Namespace) -> int:
     if not (args.all or args.day or args.week or args.month or args.slug or args.pattern):
         raise UserFacingError("say what to invalidate: --day, --week, --month, --slug, --pattern or --all")
     patterns = ["*"] if args.all else args.pattern
-    result = invalidate_periods(args.day, args.week, args.month, args.slug, patterns=patterns, cache=get_cache())
+    result = invalidate_periods(args.day, changed={"week": args.week, "month": args.month}, slugs=args.slug,
+                                patterns=patterns, cache=get_cache())
     print(result.render())
     return 0 if result.ok else 1
 
