@@ -1,0 +1,1 @@
+"""One router per resource: metrics, custom metrics, realtime, jobs, operations, dashboard."""

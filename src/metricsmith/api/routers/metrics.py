@@ -1,0 +1,110 @@
+"""``/v1/metrics/{grain}`` and ``/v1/metrics/{grain}/summary`` for every grain declared in
+``dbt_project.yml`` (:mod:`metricsmith.grains`), read through the query service's cache.
+
+Every row carries its completeness (``is_complete``; for the day grain: the day is over) and its
+growth basis (``growth_basis``: for each growth comparison, the start of the period it compares
+with). Closed ranges answer with the closed cache tier's ``max-age``, open ones at most 300 s;
+both with a strong ETag (``If-None-Match`` -> 304).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import Response
+
+from metricsmith import grains
+from metricsmith.api import http, params
+from metricsmith.api.deps import ApiState, MartsReader, State
+from metricsmith.api.errors import BadParameter
+from metricsmith.api.serialization import JSONResponse, csv_text, dumps
+from metricsmith.cache.config import load_cache_config
+from metricsmith.cache.periods import Tier, ttl_for
+from metricsmith.grains import Grain, GrainError
+
+router = APIRouter(prefix="/v1/metrics", tags=["metrics"])
+#: default range: this many periods back from ``end``
+DEFAULT_PERIODS = 12
+DATE_HELP = "YYYY-MM-DD"
+
+
+def grain_param(grain: str) -> Grain:
+    try:
+        return grains.get(grain)
+    except GrainError:
+        raise BadParameter("grain", f"grain: unknown grain {grain!r}; declared: {', '.join(grains.names())}") from None
+
+
+def _range(state: ApiState, g: Grain, start: str | None, end: str | None) -> tuple[date, date]:
+    today = state.query.today()
+    default_days = 30 if g.unit == "day" else g.days_in(g.start_of(today)) * DEFAULT_PERIODS
+    return params.parse_range(start, end, today=today, default_days=default_days, max_days=state.api.max_range_days)
+
+
+def _max_age(state: ApiState, g: Grain, end: date) -> int:
+    tier = state.query.tier_for_range(g.end_of(end))
+    config = state.query.cache.config if state.query.cache is not None else load_cache_config()
+    seconds = ttl_for(tier, config)
+    return int(seconds if tier is Tier.CLOSED else min(seconds, http.MAX_OPEN_AGE))
+
+
+def carried(g: Grain, row: dict[str, Any], today: date) -> dict[str, Any]:
+    """The row plus its completeness and growth basis."""
+    start: date = row[g.start_column]
+    extra: dict[str, Any] = {}
+    if "is_complete" not in row:
+        extra["is_complete"] = g.end_of(start) < today
+    extra["growth_basis"] = {c.suffix: c.baseline(start) for c in g.comparisons}
+    return {**row, **extra}
+
+
+def _csv_columns(g: Grain, fields: list[str]) -> list[str]:
+    tail = [] if "is_complete" in fields else ["is_complete"]
+    return [*fields, *tail, *(f"growth_basis_{c.suffix}" for c in g.comparisons)]
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    basis = row.pop("growth_basis", {})
+    return {**row, **{f"growth_basis_{k}": v for k, v in basis.items()}}
+
+
+@router.get("/{grain}", summary="The mart rows of a grain (day, week, month, quarter ...) overlapping start..end")
+def metrics(request: Request, grain: str, state: State, user: MartsReader,
+            start: str | None = Query(None, description=f"first day ({DATE_HELP}); default: 12 periods before end"),
+            end: str | None = Query(None, description=f"last day ({DATE_HELP}); default: today"),
+            fields: str | None = Query(None, max_length=2000, description="comma-separated columns (default: all)"),
+            format: str | None = Query(None, description="json (default) or csv; Accept: text/csv works too"),
+            accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
+    g = grain_param(grain)
+    lo, hi = _range(state, g, start, end)
+    chosen = params.parse_fields(fields, state.query.period_columns(g.name), keep=[g.start_column])
+    kind = params.parse_format(format, accept)
+    today = state.query.today()
+    rows = [carried(g, {c: r[c] for c in chosen}, today) for r in state.query.get_period_metrics(g.name, lo, hi)]
+    if kind == "csv":
+        body = csv_text([_flat(dict(r)) for r in rows], _csv_columns(g, chosen)).encode()
+        return http.cached(request, body, "text/csv; charset=utf-8", _max_age(state, g, hi))
+    payload = {"grain": g.name, "start": lo, "end": hi, "fields": chosen, "rows": rows}
+    return http.cached(request, dumps(payload), "application/json", _max_age(state, g, hi))
+
+
+@router.get("/{grain}/summary", summary="Totals, averages per day and growth of a grain over start..end")
+def summary(request: Request, grain: str, state: State, user: MartsReader,
+            start: str | None = Query(None, description=f"first day ({DATE_HELP})"),
+            end: str | None = Query(None, description=f"last day ({DATE_HELP}); default: today")) -> Response:
+    g = grain_param(grain)
+    lo, hi = _range(state, g, start, end)
+    result = dataclasses.asdict(state.query.get_period_summary(g.name, lo, hi))
+    today = state.query.today()
+    result["periods"] = [carried(g, row, today) for row in result["periods"]]
+    return http.cached(request, dumps(result), "application/json", _max_age(state, g, hi))
+
+
+@router.get("", summary="The declared grains and their columns")
+def grain_list(state: State, user: MartsReader) -> JSONResponse:
+    return JSONResponse({"grains": [{"name": g.name, "adjective": g.adjective, "start_column": g.start_column,
+                        "end_column": g.end_column, "comparisons": [c.suffix for c in g.comparisons],
+                        "columns": state.query.period_columns(g.name)} for g in grains.load()]})

@@ -1,0 +1,58 @@
+"""Responses serialized with orjson: dataclasses, dates and datetimes natively, Decimal as a number."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and abs(value) < 2**53 else float(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_default, option=_OPTIONS)
+
+
+class JSONResponse(Response):
+    """A JSON response rendered by orjson (the default response class of the app)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+def csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Rows as CSV (header line first); Decimals and dates as their plain text, None as empty."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else _cell(row.get(c)) for c in columns])
+    return out.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return dumps(value).decode()
+    return str(value)
+
+
+def etag(body: bytes) -> str:
+    """A strong ETag: the SHA-256 of the exact body bytes (quoted)."""
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
