@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None, *, api_settings: ApiSettings | 
                   lifespan=lifespan)
     app.state.api = state
     errors.install(app)
-    for module in (metrics, custom_metrics, realtime, jobs, ops, dashboard):
-        app.include_router(module.router)
+    for module in (metrics, custom_metrics, realtime, jobs, ops):
+        app.include_router(module.router, responses=errors.RESPONSES)
+    app.include_router(dashboard.router)
     return app

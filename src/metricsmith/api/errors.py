@@ -14,6 +14,7 @@ import psycopg
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metricsmith.api.serialization import JSONResponse
@@ -121,3 +122,26 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(redis.ConnectionError, _on_unavailable)
     app.add_exception_handler(redis.TimeoutError, _on_unavailable)
     app.add_exception_handler(Exception, _on_unexpected)
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    code: str
+    message: str
+    param: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+
+#: the error answers every route may give (documented in the OpenAPI schema)
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing, unknown, expired or revoked API key"},
+    404: {"model": ErrorBody, "description": "no such path or resource (or not visible to the key's user)"},
+    422: {"model": ErrorBody, "description": "a parameter that cannot be used as given (the body names it)"},
+    503: {"model": ErrorBody, "description": "PostgreSQL (or, for realtime, Redis) unavailable"},
+    500: {"model": ErrorBody, "description": "unexpected error (never with a stack trace)"},
+}

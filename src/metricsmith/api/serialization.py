@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import JSONResponse as StarletteJSONResponse
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
@@ -26,10 +26,8 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_default, option=_OPTIONS)
 
 
-class JSONResponse(Response):
+class JSONResponse(StarletteJSONResponse):
     """A JSON response rendered by orjson (the default response class of the app)."""
-
-    media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
         return dumps(content)

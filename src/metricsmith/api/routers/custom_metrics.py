@@ -65,8 +65,10 @@ def _text(value: Any) -> str:
 
 @router.get("/{slug}/values", summary="A metric's values, filtered by dim.<name>=value, ordered and paged")
 def values(request: Request, slug: Annotated[str, SLUG], state: State, user: User,
-           start: str | None = Query(None, description="first period_start (YYYY-MM-DD)"),
-           end: str | None = Query(None, description="last period_start (YYYY-MM-DD)"),
+           start: str | None = Query(None, description="first period_start (YYYY-MM-DD)",
+                                                 json_schema_extra={"format": "date"}),
+           end: str | None = Query(None, description="last period_start (YYYY-MM-DD)",
+                                               json_schema_extra={"format": "date"}),
            version: Annotated[int | None, Query(ge=1, le=100000)] = None,
            order: str | None = Query(None, description="period_start (default), -period_start, value or -value"),
            limit: Annotated[int, Query(ge=1, le=1000)] = 100,

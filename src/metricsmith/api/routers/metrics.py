@@ -13,7 +13,7 @@ import dataclasses
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.responses import Response
 
 from metricsmith import grains
@@ -29,6 +29,11 @@ router = APIRouter(prefix="/v1/metrics", tags=["metrics"])
 #: default range: this many periods back from ``end``
 DEFAULT_PERIODS = 12
 DATE_HELP = "YYYY-MM-DD"
+DATE = {"format": "date"}
+
+
+def _grain_path() -> Any:
+    return Path(description="a declared grain", json_schema_extra={"enum": list(grains.names())})
 
 
 def grain_param(grain: str) -> Grain:
@@ -71,10 +76,16 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, **{f"growth_basis_{k}": v for k, v in basis.items()}}
 
 
-@router.get("/{grain}", summary="The mart rows of a grain (day, week, month, quarter ...) overlapping start..end")
-def metrics(request: Request, grain: str, state: State, user: MartsReader,
-            start: str | None = Query(None, description=f"first day ({DATE_HELP}); default: 12 periods before end"),
-            end: str | None = Query(None, description=f"last day ({DATE_HELP}); default: today"),
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {304: {"description": "the client's If-None-Match holds the current ETag"},
+                200: {"content": {"application/json": {}, "text/csv": {}}}}
+
+
+@router.get("/{grain}", summary="The mart rows of a grain (day, week, month, quarter ...) overlapping start..end",
+            response_class=Response, responses=NOT_MODIFIED)
+def metrics(request: Request, grain: Annotated[str, _grain_path()], state: State, user: MartsReader,
+            start: str | None = Query(None, description=f"first day ({DATE_HELP}); default: 12 periods before end",
+                                        json_schema_extra=DATE),
+            end: str | None = Query(None, description=f"last day ({DATE_HELP}); default: today", json_schema_extra=DATE),
             fields: str | None = Query(None, max_length=2000, description="comma-separated columns (default: all)"),
             format: str | None = Query(None, description="json (default) or csv; Accept: text/csv works too"),
             accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
@@ -91,10 +102,12 @@ def metrics(request: Request, grain: str, state: State, user: MartsReader,
     return http.cached(request, dumps(payload), "application/json", _max_age(state, g, hi))
 
 
-@router.get("/{grain}/summary", summary="Totals, averages per day and growth of a grain over start..end")
-def summary(request: Request, grain: str, state: State, user: MartsReader,
-            start: str | None = Query(None, description=f"first day ({DATE_HELP})"),
-            end: str | None = Query(None, description=f"last day ({DATE_HELP}); default: today")) -> Response:
+@router.get("/{grain}/summary", summary="Totals, averages per day and growth of a grain over start..end",
+            response_class=Response, responses={304: NOT_MODIFIED[304], 200: {"content": {"application/json": {}}}})
+def summary(request: Request, grain: Annotated[str, _grain_path()], state: State, user: MartsReader,
+            start: str | None = Query(None, description=f"first day ({DATE_HELP})", json_schema_extra=DATE),
+            end: str | None = Query(None, description=f"last day ({DATE_HELP}); default: today",
+                                    json_schema_extra=DATE)) -> Response:
     g = grain_param(grain)
     lo, hi = _range(state, g, start, end)
     result = dataclasses.asdict(state.query.get_period_summary(g.name, lo, hi))
