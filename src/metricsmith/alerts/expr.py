@@ -103,6 +103,9 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     while pos < len(rest):
         m = _TOKEN.match(rest, pos)
         if m is None or m.end() == pos:
+            ops = re.match(r"\s*([<>=!~]+)", rest[pos:])
+            if ops:
+                raise ExpressionError(f"unknown operator {ops.group(1)!r}: use {' '.join(OPERATORS)}")
             raise ExpressionError(f"unexpected {rest[pos:pos + 10].strip()!r} at character {pos + 1}")
         kind = m.lastgroup or ""
         out.append((kind, m.group(kind)))

@@ -1,0 +1,244 @@
+"""Alerts end to end on real PostgreSQL (and Redis for the realtime rule) with a real local
+HTTP receiver: exactly one firing and one resolve notification per incident.
+
+Every expected notification is derived independently in the test (from the data it wrote),
+never from the module under test.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import _alerts_fixtures as fx
+import psycopg
+import pytest
+
+from metricsmith.alerts import silences
+from metricsmith.alerts.evaluate import after_job_run, evaluate, list_incidents
+from metricsmith.alerts.rules import RuleSet, parse_text
+from metricsmith.core.status import JobStatus
+from metricsmith.orchestration import joblog
+from metricsmith.realtime.service import RealtimeMetricsService
+
+receiver = fx.receiver
+alerts_db = fx.alerts_db
+SCHEMA = fx.SCHEMA
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
+
+
+def rules(url: str, body: str) -> RuleSet:
+    return parse_text(f"channels:\n  hook: {{type: webhook, url: '{url}/hook', backoff: 0.05}}\nrules:\n{body}",
+                      "test.yml")
+
+
+def run(ruleset: RuleSet, now: datetime | None = None) -> Any:
+    return evaluate(ruleset, now=now, schema=SCHEMA, drain_seconds=5)
+
+
+def events(rec: fx.Receiver) -> list[tuple[str, str]]:
+    return [(r.json["rule"], r.json["status"]) for r in rec.delivered()]
+
+
+def test_job_forced_to_fail_notifies_once_after_last_retry_then_resolves_once(
+        alerts_db: psycopg.Connection[Any], receiver: fx.Receiver) -> None:
+    ruleset = rules(receiver.url, "  - {name: job-failed, kind: job_failed, job: daily-metrics, channels: [hook],"
+                                  " message: '{{ labels.job }}: {{ summary }}'}")
+    row = joblog.start(alerts_db, "daily-metrics", attempt=1, timeout_seconds=600)
+    error = None
+    for attempt in range(1, 4):  # the job's attempts against an unreachable database
+        joblog.update_attempt(alerts_db, row, attempt, {"attempt_errors": attempt})
+        with pytest.raises(psycopg.OperationalError) as caught:
+            psycopg.connect(UNREACHABLE, connect_timeout=3)
+        error = str(caught.value).strip()
+        run(ruleset)  # between retries the row is RUNNING: nothing to notify yet
+        assert events(receiver) == []
+    joblog.finish(alerts_db, row, joblog.Final(JobStatus.FAILED, error_message=error))
+    run(ruleset)
+    run(ruleset)  # the condition stays true: no second notification
+    assert events(receiver) == [("job-failed", "firing")]
+    body = receiver.delivered()[0].json
+    assert body["labels"]["job"] == "daily-metrics"
+    assert error and error[:40] in body["summary"] and "after 3 attempt(s)" in body["summary"]
+    assert body["message"].startswith("daily-metrics: ") and body["text"] == body["message"]
+
+    ok = joblog.start(alerts_db, "daily-metrics", attempt=1, timeout_seconds=600)
+    joblog.finish(alerts_db, ok, joblog.Final(JobStatus.COMPLETED, rows_affected=1))
+    run(ruleset)
+    run(ruleset)
+    assert events(receiver) == [("job-failed", "firing"), ("job-failed", "resolved")]
+    [incident] = list_incidents(alerts_db)
+    assert incident["state"] == "RESOLVED" and incident["notified_at"] and incident["resolved_at"]
+
+
+def _weeks(conn: psycopg.Connection[Any], first: date, wow: list[float]) -> list[tuple[date, float]]:
+    rows = []
+    for i, pct in enumerate(wow):
+        start = first + timedelta(weeks=i)
+        conn.execute(f"insert into {SCHEMA}.weekly_metrics values (%s, %s, true, 1000, 100, %s)",
+                     (start, start + timedelta(days=6), pct))
+        rows.append((start, pct))
+    return rows
+
+
+def _expected_firing(rows: list[tuple[date, float]], periods: int, threshold: float) -> bool:
+    """Independent reference: the newest ``periods`` complete weeks all below the threshold."""
+    newest = sorted(rows, reverse=True)[:periods]
+    return len(newest) == periods and all(v < threshold for _, v in newest)
+
+
+def test_threshold_across_runs_respects_for_two_periods(alerts_db: psycopg.Connection[Any],
+                                                          receiver: fx.Receiver) -> None:
+    ruleset = rules(receiver.url, "  - {name: revenue-drop, kind: metric_threshold, grain: week, "
+                                  "expr: 'revenue_cents_wow_pct < -20', basis: full, for: 2 periods, channels: [hook]}")
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    data: list[tuple[date, float]] = []
+    expected: list[tuple[str, str]] = []
+    firing = False
+    for batch in ([-5.0, -30.0], [-25.0], [-40.0], [3.0], [-21.0]):
+        data += _weeks(alerts_db, date(2026, 1, 5) + timedelta(weeks=len(data)), batch)
+        now_firing = _expected_firing(data, 2, -20)
+        if now_firing != firing:
+            expected.append(("revenue-drop", "firing" if now_firing else "resolved"))
+        firing = now_firing
+        run(ruleset, now)
+        run(ruleset, now)
+        assert events(receiver) == expected
+    assert expected == [("revenue-drop", "firing"), ("revenue-drop", "resolved")]
+    fired = receiver.delivered()[0].json
+    assert fired["value"] == -25.0 and fired["labels"] == {"grain": "week", "metric": "revenue_cents_wow_pct"}
+
+
+def test_incomplete_and_future_periods_are_not_judged(alerts_db: psycopg.Connection[Any], receiver: fx.Receiver) -> None:
+    ruleset = rules(receiver.url, "  - {name: low-day, kind: metric_threshold, grain: day, expr: 'total_events < 10',"
+                                  " channels: [hook]}")
+    alerts_db.execute(f"insert into {SCHEMA}.daily_metrics values ('2026-03-01', 50, 5, 0), ('2026-03-02', 3, 1, 0)")
+    run(ruleset, datetime(2026, 3, 2, 12, tzinfo=UTC))  # 2026-03-02 is today: not complete
+    assert events(receiver) == []
+    run(ruleset, datetime(2026, 3, 3, 0, 5, tzinfo=UTC))
+    assert events(receiver) == [("low-day", "firing")]
+
+
+def test_custom_metric_threshold_with_dimension_filter(alerts_db: psycopg.Connection[Any], receiver: fx.Receiver) -> None:
+    ruleset = rules(receiver.url, "  - {name: de-signups, kind: metric_threshold, grain: week, custom_metric: signups,"
+                                  " dimensions: {country: DE}, expr: 'value < 10', channels: [hook]}")
+    for version, country, value in ((1, "DE", 1), (2, "DE", 4), (2, "DE", 4), (2, "FR", 2)):
+        alerts_db.execute(f"""insert into {SCHEMA}.custom_metric_values values ('signups', %s, 'week', '2026-02-02',
+                              jsonb_build_object('country', %s::text, 'plan', 'pro'), %s, null, null)""",
+                          (version, country, value))
+    alerts_db.execute(f"delete from {SCHEMA}.custom_metric_values where ctid in (select ctid from "
+                      f"{SCHEMA}.custom_metric_values where value = 4 limit 1)")
+    run(ruleset, datetime(2026, 3, 1, tzinfo=UTC))
+    [(rule, status)] = events(receiver)
+    body = receiver.delivered()[0].json
+    assert (rule, status) == ("de-signups", "firing")
+    assert body["labels"]["country"] == "DE" and body["labels"]["plan"] == "pro" and body["value"] == 4.0
+
+
+def test_two_evaluators_at_once_notify_once(alerts_db: psycopg.Connection[Any], receiver: fx.Receiver) -> None:
+    ruleset = rules(receiver.url, "  - {name: low-day, kind: metric_threshold, grain: day, expr: 'total_events < 10',"
+                                  " channels: [hook]}")
+    alerts_db.execute(f"insert into {SCHEMA}.daily_metrics values ('2026-03-01', 3, 1, 0)")
+    now = datetime(2026, 3, 5, tzinfo=UTC)
+    barrier = threading.Barrier(4)
+    results: list[Any] = []
+
+    def evaluator() -> None:
+        barrier.wait()
+        results.append(run(ruleset, now))
+
+    threads = [threading.Thread(target=evaluator) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and not any(r.skipped for r in results)
+    assert events(receiver) == [("low-day", "firing")]
+    assert sum(1 for r in results for c in r.changes if c.notified) == 1
+    assert fx.notifications(alerts_db) == [("low-day", "firing", "delivered")]
+
+
+def test_flapping_is_damped_by_resolve_after(alerts_db: psycopg.Connection[Any], receiver: fx.Receiver) -> None:
+    ruleset = rules(receiver.url, "  - {name: low-day, kind: metric_threshold, grain: day, expr: 'total_events < 10',"
+                                  " resolve_after: 10m, channels: [hook]}")
+    alerts_db.execute(f"insert into {SCHEMA}.daily_metrics values ('2026-03-01', 3, 1, 0)")
+    t0 = datetime(2026, 3, 5, tzinfo=UTC)
+    run(ruleset, t0)
+    for minute, value in ((1, 50), (2, 3), (3, 50), (8, 50)):  # flaps, then stays clear for 5 min
+        alerts_db.execute(f"update {SCHEMA}.daily_metrics set total_events = %s", (value,))
+        run(ruleset, t0 + timedelta(minutes=minute))
+    assert events(receiver) == [("low-day", "firing")]
+    run(ruleset, t0 + timedelta(minutes=13))  # clear since minute 3: 10 min later it resolves
+    assert events(receiver) == [("low-day", "firing"), ("low-day", "resolved")]
+
+
+def test_silence_holds_the_notification_until_it_ends(alerts_db: psycopg.Connection[Any], receiver: fx.Receiver) -> None:
+    ruleset = rules(receiver.url, "  - {name: low-day, kind: metric_threshold, grain: day, expr: 'total_events < 10',"
+                                  " channels: [hook]}")
+    alerts_db.execute(f"insert into {SCHEMA}.daily_metrics values ('2026-03-01', 3, 1, 0)")
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    silences.add(alerts_db, "low-day", 7200, "planned maintenance", by="test", now=t0)
+    run(ruleset, t0 + timedelta(minutes=1))
+    assert events(receiver) == []
+    [incident] = list_incidents(alerts_db, state="FIRING")
+    assert incident["silenced_until"] == (t0 + timedelta(hours=2)).isoformat()
+    assert incident["notified_at"] is None
+    run(ruleset, t0 + timedelta(hours=2, minutes=1))  # the silence ended, still firing: notify now
+    assert events(receiver) == [("low-day", "firing")]
+
+
+def test_job_overdue_and_data_stale_follow_the_clock(alerts_db: psycopg.Connection[Any], receiver: fx.Receiver) -> None:
+    ruleset = rules(receiver.url, "  - {name: daily-late, kind: job_overdue, job: daily-metrics, within: 3h, channels: [hook]}\n"
+                                  "  - {name: stale-week, kind: data_stale, grain: week, grace: 6h, channels: [hook]}")
+    alerts_db.execute(f"insert into {SCHEMA}.weekly_metrics values ('2031-01-06', '2031-01-12', true, 1, 1, 0)")
+    # 2031-01-14 06:00: the 02:00 run is 4 h late (> 3 h); the newest complete week (01-06) is there
+    now = datetime(2031, 1, 14, 6, tzinfo=UTC)
+    run(ruleset, now)
+    assert events(receiver) == [("daily-late", "firing")]
+    alerts_db.execute(f"""insert into {joblog.TABLE} (job_name, status, started_at, finished_at, duration_ms)
+                          values ('daily-metrics', 'COMPLETED', %s, %s, 1000)""",
+                      (now + timedelta(minutes=1), now + timedelta(minutes=2)))
+    run(ruleset, datetime(2031, 1, 14, 6, 5, tzinfo=UTC))
+    # the next day within 3 h of 02:00: judged by yesterday's schedule, which completed
+    run(ruleset, datetime(2031, 1, 15, 4, 0, tzinfo=UTC))
+    assert events(receiver) == [("daily-late", "firing"), ("daily-late", "resolved")]
+    # 2031-01-20 03:00: within the 6 h grace the week of 01-06 is still the promised one
+    run(ruleset, datetime(2031, 1, 20, 3, 0, tzinfo=UTC))
+    assert ("stale-week", "firing") not in events(receiver)
+    # 12:00: the week of 01-13 is promised and missing; no daily run since 01-14
+    run(ruleset, datetime(2031, 1, 20, 12, 0, tzinfo=UTC))
+    assert sorted(events(receiver)[2:]) == [("daily-late", "firing"), ("stale-week", "firing")]
+
+
+def test_realtime_rate_for_five_minutes(alerts_db: psycopg.Connection[Any], receiver: fx.Receiver) -> None:
+    ruleset = rules(receiver.url, "  - {name: events-stopped, kind: realtime_threshold, expr: 'rate(alerts_test_rate, 60s) < 1',"
+                                  " for: 5m, channels: [hook]}")
+    t0 = datetime(2030, 5, 1, 12, tzinfo=UTC)
+    svc = RealtimeMetricsService(clock=lambda: t0.timestamp())
+    svc.declare_rate("alerts_test_rate", "test", windows=(60,))
+    svc.close()
+    for minute in (0, 2, 4):  # rate 0 < 1 but not yet for 5 minutes
+        run(ruleset, t0 + timedelta(minutes=minute))
+    assert events(receiver) == []
+    run(ruleset, t0 + timedelta(minutes=5))
+    assert events(receiver) == [("events-stopped", "firing")]
+    t6 = t0 + timedelta(minutes=6)
+    marker = RealtimeMetricsService(clock=lambda: t6.timestamp())
+    marker.mark("alerts_test_rate", 600)  # 10 events per second over the window
+    marker.close()
+    run(ruleset, t6)
+    assert events(receiver) == [("events-stopped", "firing"), ("events-stopped", "resolved")]
+
+
+def test_after_job_run_never_raises_and_a_bad_file_evaluates_nothing(
+        alerts_db: psycopg.Connection[Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tmp_path / "alerts.yml"
+    bad.write_text("rules:\n  - {name: low, kind: job_failed, channels: [nowhere]}\n")
+    monkeypatch.setenv("METRICSMITH_ALERTS_FILE", str(bad))
+    joblog.finish(alerts_db, joblog.start(alerts_db, "daily-metrics", attempt=1, timeout_seconds=60),
+                  joblog.Final(JobStatus.FAILED, error_message="boom"))
+    assert after_job_run(type("R", (), {"job_name": "daily-metrics"})()) is None
+    assert list_incidents(alerts_db) == []
+    monkeypatch.setenv("METRICSMITH_ALERTS_FILE", str(tmp_path / "missing.yml"))
+    assert after_job_run(object()) is None
