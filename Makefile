@@ -8,7 +8,7 @@ export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test test-deep install lint format bench down status clean help
+.PHONY: demo test test-deep install browser lint format bench down status clean help
 
 help:
 	@echo "make demo   - install, start the embedded servers, generate a sample year, run the pipeline, print a summary"
@@ -25,13 +25,25 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian's chromium for the dashboard's browser tests (Playwright drives it; it never downloads a
+# browser). Installed with apt when missing and running as root; otherwise those tests skip, saying why.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "could not install chromium: the browser tests will skip"; \
+	else echo "no $(CHROMIUM) and not root: the browser tests will skip (apt-get install chromium as root)"; fi
+
 demo: $(STAMP)
 	$(BIN)/metricsmith demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-deep: $(STAMP)
+test-deep: $(STAMP) browser
 	METRICSMITH_DEEP=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -70,19 +70,18 @@ function drawSeries(grain, rows) {
   const g = state.grains.find((x) => x.name === grain);
   const key = g.start_column;
   for (const [measure, label] of MEASURES) {
-    const done = rows.filter((r) => r.is_complete);
-    const partial = rows.filter((r) => !r.is_complete);
     const growth = growthColumn(grain, measure);
+    const partial = rows.filter((r) => !r.is_complete);
+    // one trace (so every bar gets the same width); a partial period is orange and hatched
     const traces = [
-      { type: "bar", name: "complete", x: done.map((r) => r[key]), y: done.map((r) => r[measure]),
-        marker: { color: COLORS.complete },
-        customdata: done.map((r) => (growth ? r[growth] : null)),
-        hovertemplate: "%{x}: %{y}" + (growth ? "<br>growth %{customdata:.1f} %" : "") + "<extra></extra>" },
-      { type: "bar", name: "partial", x: partial.map((r) => r[key]), y: partial.map((r) => r[measure]),
-        marker: { color: COLORS.partial, pattern: { shape: "/" } },
-        hovertemplate: "%{x}: %{y} (partial period)<extra></extra>" },
+      { type: "bar", name: label, x: rows.map((r) => r[key]), y: rows.map((r) => r[measure]),
+        marker: { color: rows.map((r) => (r.is_complete ? COLORS.complete : COLORS.partial)),
+                  pattern: { shape: rows.map((r) => (r.is_complete ? "" : "/")) } },
+        customdata: rows.map((r) => [growth ? r[growth] : null, r.is_complete ? "" : " (partial period)"]),
+        hovertemplate: "%{x}: %{y}%{customdata[1]}" + (growth ? "<br>growth %{customdata[0]:.1f} %" : "")
+          + "<extra></extra>" },
     ];
-    const layout = Object.assign({}, LAYOUT, { title: { text: label + " — " + g.adjective }, barmode: "overlay" });
+    const layout = Object.assign({}, LAYOUT, { title: { text: label + " — " + g.adjective }, showlegend: false });
     Plotly.react("chart-" + measure, traces, layout, { displaylogo: false, responsive: true });
     const el = document.getElementById("chart-" + measure);
     el.dataset.points = String(rows.length);
@@ -91,19 +90,22 @@ function drawSeries(grain, rows) {
   }
 }
 
-function drawSummary(summary) {
+function drawSummary(summary, rows) {
   const tiles = document.getElementById("summary");
   tiles.innerHTML = "";
   for (const [measure, label] of MEASURES) {
     const growth = summary.growth_pct[measure];
+    const additive = summary.totals[measure] !== undefined;
+    const mean = rows.length ? rows.reduce((sum, r) => sum + r[measure], 0) / rows.length : null;
     const tile = document.createElement("div");
     tile.className = "tile";
     const cls = growth === null || growth === undefined ? "" : growth >= 0 ? "up" : "down";
     tile.innerHTML = '<div class="label"></div><div class="value"></div><div class="growth ' + cls + '"></div>';
-    tile.querySelector(".label").textContent = label + " (total, " + summary.complete_periods + " complete of "
-      + summary.periods.length + ")";
-    tile.querySelector(".value").textContent = fmt(summary.totals[measure]);
-    tile.querySelector(".growth").textContent = growth === null || growth === undefined ? "no comparison"
+    tile.querySelector(".label").textContent = label + (additive ? " (total, " : " (mean per period, ")
+      + summary.complete_periods + " complete of " + summary.periods.length + ")";
+    tile.querySelector(".value").textContent = fmt(additive ? summary.totals[measure] : mean);
+    tile.querySelector(".growth").textContent = !additive ? "distinct counts do not add up across periods"
+      : growth === null || growth === undefined ? "no comparison"
       : (growth >= 0 ? "+" : "") + fmt(growth) + " % vs the " + summary.compared_periods + " periods before";
     tiles.appendChild(tile);
   }
@@ -118,7 +120,7 @@ async function showOverview() {
   const [data, summary] = await Promise.all([api("/v1/metrics/" + grain + query),
                                              api("/v1/metrics/" + grain + "/summary" + query)]);
   drawSeries(grain, data.rows);
-  if (summary.totals.revenue_cents !== undefined) drawSummary(summary);
+  drawSummary(summary, data.rows);
   document.getElementById("page-overview").dataset.ready = grain + ":" + data.rows.length;
 }
 
