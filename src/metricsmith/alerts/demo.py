@@ -25,12 +25,14 @@ def _last_weekend(newest_day: date) -> date:
     return monday - timedelta(days=1)
 
 
-def demo_step() -> None:
+def demo_step(schema: str | None = None) -> None:
+    """Print what fired and resolved (``schema``: where the marts are, default the marts' schema)."""
     ruleset = load_file()
     rule = ruleset.rule(DEMO_RULE)
     day = grains.day()
+    schema = schema or marts_schema()
     with db.connect(autocommit=True) as conn:
-        row = conn.execute(f"select max({day.start_column}) from {marts_schema()}.{day.model}").fetchone()
+        row = conn.execute(f"select max({day.start_column}) from {schema}.{day.model}").fetchone()
     if row is None or row[0] is None:
         print(f"alerts: {day.model} is empty; nothing to evaluate")
         return
@@ -38,7 +40,7 @@ def demo_step() -> None:
     only = RuleSet(ruleset.source, (rule,), ruleset.channels)
     for as_of in (sunday + timedelta(days=1), sunday + timedelta(days=2)):
         moment = datetime.combine(as_of, time(0, 5), tzinfo=UTC)
-        result = evaluate(only, now=moment, drain_seconds=5)
+        result = evaluate(only, now=moment, schema=schema, drain_seconds=5)
         print(f"as of {moment:%a %Y-%m-%d %H:%M} UTC:")
         for change in result.changes:
             print(f"  {change.event.upper()} {change.rule}: {change.summary}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from metricsmith.alerts.errors import ExpressionError
@@ -22,7 +23,18 @@ FIELDS = ("rule", "kind", "severity", "status", "labels", "value", "threshold", 
 DEFAULT_MESSAGE = "[{{ severity }}] {{ rule }} {{ status }}: {{ summary }}"
 MAX_LENGTH = 4000
 
-_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+class _Sandbox(SandboxedEnvironment):
+    """The sandbox, also refusing ``**`` and repeating text or lists with ``*`` (memory bombs)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" or isinstance(left, str | list | tuple) or isinstance(right, str | list | tuple):
+            raise SecurityError(f"the operator {operator} is not allowed here in a message template")
+        return super().call_binop(context, operator, left, right)
+
+
+_ENV = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False)
 _ENV.globals.clear()
 _ENV.filters = {k: v for k, v in _ENV.filters.items()
                 if k in ("default", "d", "round", "int", "float", "upper", "lower", "title", "trim",
