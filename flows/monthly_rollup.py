@@ -1,5 +1,5 @@
-"""Prefect flow ``monthly-rollup`` (schedule: 0 5 2 * * UTC): monthly_metrics and what it needs,
-with its data tests. Logic: :mod:`metricsmith.orchestration`."""
+"""Prefect flow ``monthly-rollup`` (schedule: 0 5 2 * * UTC, see metricsmith.orchestration.schedules):
+the month grain's mart and what it needs, with its data tests. Logic: :mod:`metricsmith.orchestration`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Prefect flow ``weekly-rollup`` (schedule: 0 4 * * 1 UTC): weekly_metrics and what it needs,
-with its data tests. Logic: :mod:`metricsmith.orchestration`."""
+"""Prefect flow ``weekly-rollup`` (schedule: 0 4 * * 1 UTC, see metricsmith.orchestration.schedules):
+the week grain's mart and what it needs, with its data tests. Logic: :mod:`metricsmith.orchestration`."""
 
 from __future__ import annotations
 

@@ -1,15 +1,16 @@
 """Job health: ``get_metrics_aggregation_health()`` and ``metricsmith health [--json]``.
 
-Per scheduled job: last success, last failure, consecutive failures, whether it is overdue
-against its cron, and data freshness (latest metric_date / week_start / month_start vs what
-the schedule promises).
+Per scheduled job that keeps a grain's mart fresh (the daily job and one rollup per period
+grain of :mod:`metricsmith.grains`): last success, last failure, consecutive failures, whether
+it is overdue against its cron, and data freshness (the newest period start of its mart vs the
+period the schedule promises).
 
 Overdue-ness and freshness are judged from the data, not from one job's own runs: a job's
 mart counts as built by the last successful run of *any* path that builds it - the job
-itself, every other job whose dbt selection includes that mart (the daily job builds all
-three marts; :data:`metricsmith.orchestration.jobs.JOBS` ``marts`` says which), and
+itself, every other job whose dbt selection includes that mart (the daily job builds every
+mart; :data:`metricsmith.orchestration.jobs.JOBS` ``marts`` says which), and
 ``metricsmith rollups run`` / ``backfill`` (a row in the rollup ledger ``int_rollup_ledger``,
-which dbt writes only after all three marts were built). A job is overdue when nothing built
+which dbt writes only after every mart was built). A job is overdue when nothing built
 its mart since its last scheduled time + grace.
 
 Job state: ``failing`` = 2+ consecutive failures of the job, or its last run failed and it is
@@ -24,9 +25,11 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from cronsim import CronSim
+from psycopg import sql
 
-from metricsmith import db
+from metricsmith import db, grains
 from metricsmith.config import Settings, load_settings
+from metricsmith.core.schema import marts_schema
 from metricsmith.core.status import JobStatus
 from metricsmith.orchestration.joblog import TABLE
 from metricsmith.orchestration.jobs import JOBS
@@ -39,24 +42,32 @@ EXIT_STATUS = {"healthy": 0, "degraded": 1, "failing": 2}
 
 #: the path name of a rollup-ledger row (``metricsmith rollups run`` / ``backfill`` / any flow)
 LEDGER_PATH = "rollups ledger"
-#: job -> (mart, key column, promised period for a run at scheduled time t)
-FRESHNESS: dict[str, tuple[str, str]] = {
-    "daily-metrics": ("daily_metrics", "metric_date"),
-    "weekly-rollup": ("weekly_metrics", "week_start"),
-    "monthly-rollup": ("monthly_metrics", "month_start"),
-}
+
+
+def freshness() -> dict[str, tuple[str, str]]:
+    """Scheduled job -> (mart, period start column) it keeps fresh, from its grain."""
+    out = {}
+    for job in SCHEDULES:
+        grain = JOBS[job].grain if job in JOBS else None
+        if grain is not None:
+            g = grains.get(grain)
+            out[job] = (g.model, g.start_column)
+    return out
+
+
+#: scheduled job -> (mart, period start column), as :func:`freshness` reads it at import
+FRESHNESS: dict[str, tuple[str, str]] = freshness()
 
 
 def promised_period(job: str, scheduled: datetime) -> date:
-    """The newest period the mart must hold after the run scheduled at ``scheduled``."""
-    day = scheduled.date()
-    if job == "daily-metrics":
-        return day - timedelta(days=1)  # yesterday is complete
-    if job == "weekly-rollup":
-        monday = day - timedelta(days=day.weekday())
-        return monday - timedelta(days=7)  # the week that just ended
-    first = day.replace(day=1)
-    return (first - timedelta(days=1)).replace(day=1)  # the month that just ended
+    """The newest period the mart must hold after the run scheduled at ``scheduled``: the
+    period of the job's grain that ended before it (yesterday, the last complete ISO week,
+    month, quarter...)."""
+    grain = JOBS[job].grain
+    if grain is None:
+        raise ValueError(f"job {job} keeps no grain fresh")
+    g = grains.get(grain)
+    return g.start_of(g.start_of(scheduled.date()) - timedelta(days=1))
 
 
 @dataclass
@@ -110,12 +121,13 @@ class AggregationHealth:
         def ts(v: datetime | None) -> str:
             return "never" if v is None else f"{v.astimezone(UTC):%Y-%m-%d %H:%M}"
 
+        width = max([15, *(len(j.job_name) for j in self.jobs)])
         lines = [f"metrics aggregation: {self.status.upper()}  (checked {ts(self.checked_at)} UTC)"]
-        lines.append(f"{'job':<15} {'state':<9} {'last built (by)':<33} {'last failure':<17} {'fails':>5}  "
+        lines.append(f"{'job':<{width}} {'state':<9} {'last built (by)':<33} {'last failure':<17} {'fails':>5}  "
                      f"{'latest data':<11} {'promised':<11} next run (UTC)")
         for j in self.jobs:
             built = ts(j.last_built_at) + (f" {j.last_built_by}" if j.last_built_by else "")
-            lines.append(f"{j.job_name:<15} {j.state:<9} {built:<33} {ts(j.last_failure_at):<17} "
+            lines.append(f"{j.job_name:<{width}} {j.state:<9} {built:<33} {ts(j.last_failure_at):<17} "
                          f"{j.consecutive_failures:>5}  {str(j.latest_period or '-'):<11} {str(j.promised_period):<11} "
                          f"{ts(j.next_scheduled_at)}")
             for reason in j.reasons:
@@ -123,11 +135,16 @@ class AggregationHealth:
         return "\n".join(lines)
 
 
+def _exists(conn: Any, schema: str, table: str) -> bool:
+    row = conn.execute("select to_regclass(%s) is not null", (f'"{schema}"."{table}"',)).fetchone()
+    return bool(row and row[0])
+
+
 def _latest_period(conn: Any, schema: str, mart: str, column: str) -> date | None:
-    row = conn.execute("select to_regclass(%s) is not null", (f"{schema}.{mart}",)).fetchone()
-    if not row or not row[0]:
+    if not _exists(conn, schema, mart):
         return None
-    value = conn.execute(f"select max({column}) from {schema}.{mart}").fetchone()
+    value = conn.execute(sql.SQL("select max({}) from {}").format(
+        sql.Identifier(column), sql.Identifier(schema, mart))).fetchone()
     return value[0] if value else None
 
 
@@ -148,72 +165,110 @@ def _last_built(conn: Any, mart: str, now: datetime, schema: str) -> tuple[datet
     ).fetchone()
     if row:
         best = (row[0], str(row[1]))
-    exists = conn.execute("select to_regclass(%s) is not null", (f"{schema}.int_rollup_ledger",)).fetchone()
-    if exists and exists[0]:
-        ledger = conn.execute(f"select max(finished_at) from {schema}.int_rollup_ledger where finished_at <= %s",
-                              (now,)).fetchone()
+    if _exists(conn, schema, "int_rollup_ledger"):
+        ledger = conn.execute(sql.SQL("select max(finished_at) from {} where finished_at <= %s").format(
+            sql.Identifier(schema, "int_rollup_ledger")), (now,)).fetchone()
         if ledger and ledger[0] is not None and (best[0] is None or ledger[0] > best[0]):
             best = (ledger[0], LEDGER_PATH)
     return best
 
 
-def _job_health(conn: Any, job: str, cron: str, now: datetime, schema: str) -> JobHealth:
-    prev = next(CronSim(cron, now, reverse=True))
-    nxt = next(CronSim(cron, now))
+@dataclass(frozen=True)
+class _Runs:
+    """A job's own runs, newest first (runs refused by the lock did no work: not counted)."""
+
+    rows: list[tuple[Any, ...]]
+
+    @property
+    def final(self) -> list[tuple[Any, ...]]:
+        return [r for r in self.rows if JobStatus(r[0]).final]
+
+    @property
+    def last_success(self) -> tuple[Any, ...] | None:
+        return next((r for r in self.final if JobStatus(r[0]).ok), None)
+
+    @property
+    def last_failure(self) -> tuple[Any, ...] | None:
+        return next((r for r in self.final if JobStatus(r[0]).failed), None)
+
+    @property
+    def consecutive_failures(self) -> int:
+        count = 0
+        for r in self.final:
+            if JobStatus(r[0]).ok:
+                break
+            count += 1
+        return count
+
+    @property
+    def running(self) -> list[tuple[Any, ...]]:
+        return [r for r in self.rows if r[0] == JobStatus.RUNNING]
+
+    @property
+    def stuck(self) -> list[tuple[Any, ...]]:
+        return [r for r in self.running if r[5]]
+
+
+def _runs(conn: Any, job: str, now: datetime) -> _Runs:
     rows = conn.execute(
         f"""select status::text, started_at, finished_at, error_message, coalesce((details->>'skipped')::boolean, false),
                    started_at + make_interval(secs => coalesce((details->>'timeout_seconds')::int, 21600)) < %s
             from {TABLE} where job_name = %s order by started_at desc, id desc limit 200""",
         (now, job),
     ).fetchall()
-    runs = [r for r in rows if not r[4]]  # runs refused by the lock did no work: not counted
-    final = [r for r in runs if JobStatus(r[0]).final]
-    last_success = next((r for r in final if JobStatus(r[0]).ok), None)
-    last_failure = next((r for r in final if JobStatus(r[0]).failed), None)
-    consecutive = 0
-    for r in final:
-        if JobStatus(r[0]).ok:
-            break
-        consecutive += 1
-    running = [r for r in runs if r[0] == JobStatus.RUNNING]
-    stuck = [r for r in running if r[5]]
-    last_ok_time = last_success[2] if last_success else None
+    return _Runs([r for r in rows if not r[4]])
+
+
+def _failure_reasons(runs: _Runs, overdue: bool) -> tuple[str, list[str]]:
+    consecutive, failure = runs.consecutive_failures, runs.last_failure
+    if consecutive >= 2 or (consecutive >= 1 and overdue):
+        error = (failure[3] or "")[:300] if failure else ""
+        return "failing", [f"{consecutive} consecutive failure(s); last error: {error}"]
+    if consecutive == 1:
+        last = runs.final[0]
+        return "degraded", [f"last run {last[0]}: {(last[3] or '')[:300]}"]
+    return "healthy", []
+
+
+def _judge(h: JobHealth, runs: _Runs, mart: str, column: str) -> None:
+    """Set ``h.state`` and ``h.reasons`` from its runs, builds and data."""
+    state, reasons = _failure_reasons(runs, h.overdue)
+    degraded = []
+    if h.last_built_at is None and not h.running:
+        degraded.append(f"never ran: no run of {', '.join(builders(mart))} (nor rollups run) has built {mart}")
+    elif h.overdue:
+        built = ("never built" if h.last_built_at is None
+                 else f"last built {h.last_built_at:%Y-%m-%d %H:%M} UTC by {h.last_built_by}")
+        degraded.append(f"overdue: {mart} not built since the scheduled time {h.previous_scheduled_at:%Y-%m-%d %H:%M}"
+                        f" UTC (+{GRACE}); {built}")
+    if runs.stuck:
+        degraded.append(f"a run started {runs.stuck[0][1]:%Y-%m-%d %H:%M} is RUNNING past its timeout")
+    if not h.data_fresh:
+        degraded.append(f"stale data: latest {column} {h.latest_period or 'none'} < promised {h.promised_period}")
+    h.state = _worse(state, "degraded") if degraded else state
+    h.reasons = reasons + degraded
+
+
+def _job_health(conn: Any, job: str, cron: str, now: datetime, schema: str) -> JobHealth:
+    prev, nxt = next(CronSim(cron, now, reverse=True)), next(CronSim(cron, now))
+    runs = _runs(conn, job, now)
     mart, column = FRESHNESS[job]
     built_at, built_by = _last_built(conn, mart, now, schema)
-    overdue = now >= prev + GRACE and (built_at is None or built_at < prev)
     latest = _latest_period(conn, schema, mart, column)
     promised = promised_period(job, prev if now >= prev + GRACE else next(CronSim(cron, prev, reverse=True)))
-    fresh = latest is not None and latest >= promised
-
-    reasons: list[str] = []
-    state = "healthy"
-    if consecutive >= 2 or (consecutive >= 1 and overdue):
-        state = "failing"
-        reasons.append(f"{consecutive} consecutive failure(s); last error: {(last_failure[3] or '')[:300] if last_failure else ''}")
-    elif consecutive == 1:
-        state = "degraded"
-        reasons.append(f"last run {final[0][0]}: {(final[0][3] or '')[:300]}")
-    if built_at is None and not running:
-        state = _worse(state, "degraded")
-        reasons.append(f"never ran: no run of {', '.join(builders(mart))} (nor rollups run) has built {mart}")
-    elif overdue:
-        state = _worse(state, "degraded")
-        reasons.append(f"overdue: {mart} not built since the scheduled time {prev:%Y-%m-%d %H:%M} UTC (+{GRACE}); "
-                       f"last built {built_at:%Y-%m-%d %H:%M} UTC by {built_by}")
-    if stuck:
-        state = _worse(state, "degraded")
-        reasons.append(f"a run started {stuck[0][1]:%Y-%m-%d %H:%M} is RUNNING past its timeout")
-    if not fresh:
-        state = _worse(state, "degraded")
-        reasons.append(f"stale data: latest {column} {latest or 'none'} < promised {promised}")
-    return JobHealth(
-        job_name=job, schedule=f"{cron} UTC", state=state,
-        last_run_status=runs[0][0] if runs else None, last_run_started_at=runs[0][1] if runs else None,
-        last_success_at=last_ok_time, last_built_at=built_at, last_built_by=built_by, last_failure_at=last_failure[2] if last_failure else None,
-        last_error=last_failure[3] if last_failure else None, consecutive_failures=consecutive,
-        previous_scheduled_at=prev, next_scheduled_at=nxt, overdue=overdue, running=bool(running),
-        latest_period=latest, promised_period=promised, data_fresh=fresh, reasons=reasons,
+    success, failure = runs.last_success, runs.last_failure
+    h = JobHealth(
+        job_name=job, schedule=f"{cron} UTC", state="healthy",
+        last_run_status=runs.rows[0][0] if runs.rows else None,
+        last_run_started_at=runs.rows[0][1] if runs.rows else None,
+        last_success_at=success[2] if success else None, last_built_at=built_at, last_built_by=built_by,
+        last_failure_at=failure[2] if failure else None, last_error=failure[3] if failure else None,
+        consecutive_failures=runs.consecutive_failures, previous_scheduled_at=prev, next_scheduled_at=nxt,
+        overdue=now >= prev + GRACE and (built_at is None or built_at < prev), running=bool(runs.running),
+        latest_period=latest, promised_period=promised, data_fresh=latest is not None and latest >= promised,
     )
+    _judge(h, runs, mart, column)
+    return h
 
 
 def _worse(a: str, b: str) -> str:
@@ -221,12 +276,13 @@ def _worse(a: str, b: str) -> str:
 
 
 def get_metrics_aggregation_health(*, now: datetime | None = None, settings: Settings | None = None,
-                                   schema: str = "analytics") -> AggregationHealth:
-    """Health of every scheduled job (seed parity: ``getMetricsAggregationHealth()``); ``schema``
-    holds the marts whose freshness is checked."""
+                                   schema: str | None = None) -> AggregationHealth:
+    """Health of every scheduled job that keeps a grain's mart fresh; ``schema`` holds the marts
+    whose freshness is checked (default: :func:`metricsmith.core.schema.marts_schema`)."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
+    schema = schema or marts_schema()
     with db.connect(settings or load_settings(), autocommit=True) as conn:
-        jobs = [_job_health(conn, job, cron, now, schema) for job, cron in SCHEDULES.items()]
+        jobs = [_job_health(conn, job, cron, now, schema) for job, cron in SCHEDULES.items() if job in FRESHNESS]
     status = "healthy"
     for j in jobs:
         status = _worse(status, j.state)

@@ -22,7 +22,7 @@ from metricsmith import generator
 from metricsmith.config import project_root
 from metricsmith.core import dbt as core_dbt
 from metricsmith.core import pglock
-from metricsmith.orchestration import joblog, jobs
+from metricsmith.orchestration import joblog, jobs, runner
 from metricsmith.orchestration.jobs import JobFailed, run_job
 from metricsmith.orchestration.retry import RetryPolicy
 from metricsmith.orchestration.schedules import DEPLOYMENTS, load_flow
@@ -159,10 +159,9 @@ def test_unreachable_twice_then_succeeds(events: None, prefect_harness: None, co
         return env
 
     monkeypatch.setattr(jobs, "dbt_environment", flaky)
-    slept: list[float] = []
     _add_late_events(conn, START + timedelta(days=20), 4, "d")
-    result = run_job("daily-metrics", policy=FAST, sleep=slept.append)
-    assert result.status == "COMPLETED" and result.attempts == 3 and len(slept) == 2
+    result = run_job("daily-metrics", policy=FAST)
+    assert result.status == "COMPLETED" and result.attempts == 3
     row = _log(conn, result.log_id)
     assert row["status"] == "COMPLETED" and row["attempt"] == 3 and row["error_message"] is None
     tries = row["details"]["attempts"]
@@ -181,9 +180,8 @@ def test_unreachable_always_fails_with_the_error(events: None, prefect_harness: 
         return env
 
     monkeypatch.setattr(jobs, "dbt_environment", down)
-    slept: list[float] = []
-    result = run_job("daily-metrics", policy=FAST, sleep=slept.append)
-    assert result.status == "FAILED" and result.attempts == 3 and len(slept) == 2
+    result = run_job("daily-metrics", policy=FAST)
+    assert result.status == "FAILED" and result.attempts == 3
     row = _log(conn, result.log_id)
     assert row["status"] == "FAILED" and row["attempt"] == 3 and row["finished_at"] is not None
     assert "connection" in row["error_message"].lower() and "refused" in row["error_message"].lower()
@@ -212,12 +210,12 @@ def test_broken_model_is_partial_without_retry(events: None, prefect_harness: No
     monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target"))
     spec = jobs.JOBS["daily-metrics"]
     monkeypatch.setitem(jobs.JOBS, "daily-metrics", jobs.JobSpec(spec.name, spec.description,
-                                                                 (*spec.select, "zz_broken"), spec.marts))
-    slept: list[float] = []
+                                                                 (*spec.select, "zz_broken"), spec.marts,
+                                                                 grain=spec.grain))
     with pytest.raises(JobFailed) as info:
         flow(refresh_cache=False)
     result = info.value.result
-    assert result.status == "PARTIAL" and result.attempts == 1 and slept == []
+    assert result.status == "PARTIAL" and result.attempts == 1
     row = _log(conn, result.log_id)
     assert row["status"] == "PARTIAL" and row["attempt"] == 1 and row["models_failed"] == 1 and row["models_ok"] > 5
     assert "zz_broken" in row["error_message"] and "division by zero" in row["error_message"]
@@ -367,3 +365,86 @@ def test_stale_repair_spares_live_owners(events: None, conn: psycopg.Connection[
         for i in (mine, alive):
             joblog.finish(holder, i, joblog.Final("COMPLETED"))
         lock.release(holder)
+
+
+class _SqlWork:
+    """A job whose attempts run real SQL: the first ``failures`` raise what ``failing_sql``
+    makes PostgreSQL raise, then ``select 1``."""
+
+    def __init__(self, name: str, failing_sql: str, failures: int) -> None:
+        self.name, self.timeout_seconds, self.period_start, self.period_end = name, 600, None, None
+        self.failing_sql, self.failures, self.calls = failing_sql, failures, 0
+
+    def details(self) -> dict[str, Any]:
+        return {"probe": True}
+
+    def attempt(self, ctx: runner.Attempt) -> runner.Outcome:
+        self.calls += 1
+        ctx.conn.execute(self.failing_sql if self.calls <= self.failures else "select 1")
+        return runner.Outcome(models_ok=1)
+
+    def effects(self, result: runner.JobResult, outcome: runner.Outcome) -> None:
+        result.rows_affected = self.calls
+
+
+SERIALIZATION = "do $$ begin raise exception 'could not serialize' using errcode = '40001'; end $$"
+UNDEFINED = "select * from no_such_table_anywhere"
+
+
+def _retries_run(in_flow: bool, work: _SqlWork) -> runner.JobResult:
+    if not in_flow:
+        return runner.run(work, policy=FAST)
+    from prefect import flow
+
+    @flow(name=f"probe-{work.name}")
+    def probe() -> runner.JobResult:
+        return runner.run(work, policy=FAST)
+
+    return probe()
+
+
+def _attempt_task_run(flow_run_id: str | None, name: str, final: str) -> Any:
+    """The attempt task run of a flow run, once the server recorded its final state (task run
+    states reach the server as events: poll until they are in, not a timing assertion)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    assert flow_run_id is not None
+    deadline = time.monotonic() + 60
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [t for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+                    if t.name == name]
+            if (runs and runs[0].state_type.value == final) or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.2)
+
+
+@pytest.mark.parametrize("in_flow", [False, True], ids=["no-server", "prefect-task-retries"])
+def test_transient_failure_is_retried_and_a_permanent_one_is_not(
+        in_flow: bool, request: pytest.FixtureRequest, conn: psycopg.Connection[Any]) -> None:
+    """The one retry policy, in process and as Prefect task retries: a real serialization
+    failure (SQLSTATE 40001) is retried and the run completes; a real undefined table is not."""
+    if in_flow:
+        request.getfixturevalue("prefect_harness")
+    mode = "flow" if in_flow else "local"
+    flaky = _SqlWork(f"probe-transient-{mode}", SERIALIZATION, failures=2)
+    result = _retries_run(in_flow, flaky)
+    assert result.status == "COMPLETED" and result.attempts == 3 == flaky.calls and result.rows_affected == 3
+    row = _log(conn, result.log_id)
+    assert row["status"] == "COMPLETED" and row["attempt"] == 3 and row["details"]["probe"] is True
+    tries = row["details"]["attempts"]
+    assert [t["attempt"] for t in tries] == [1, 2] and all(t["transient"] for t in tries)
+    assert all("SerializationFailure" in t["error"] for t in tries)
+
+    broken = _SqlWork(f"probe-permanent-{mode}", UNDEFINED, failures=5)
+    result = _retries_run(in_flow, broken)
+    assert result.status == "FAILED" and result.attempts == 1 == broken.calls
+    row = _log(conn, result.log_id)
+    assert row["status"] == "FAILED" and row["attempt"] == 1 and "no_such_table_anywhere" in row["error_message"]
+    assert [t["transient"] for t in row["details"]["attempts"]] == [False]
+    if in_flow:  # each attempt is a task run state in the UI: one task run per job run, retried by Prefect
+        for job, runs, final in ((flaky, 3, "COMPLETED"), (broken, 1, "FAILED")):
+            log_row = joblog.recent(conn, job.name, limit=1)[0]
+            tasks = _attempt_task_run(log_row["prefect_flow_run_id"], f"{job.name} attempt", final)
+            assert len(tasks) == 1 and tasks[0].run_count == runs and tasks[0].state_type.value == final, tasks

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import random
+import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,10 +12,11 @@ import psycopg
 import pytest
 import yaml
 
-from metricsmith import cli
+from metricsmith import cli, grains, health
+from metricsmith.errors import UserFacingError
 from metricsmith.health import get_metrics_aggregation_health, promised_period
-from metricsmith.orchestration import schedules
-from metricsmith.orchestration.retry import RetryPolicy, is_transient, is_transient_message
+from metricsmith.orchestration import jobs, schedules
+from metricsmith.orchestration.retry import AttemptFailed, RetryPolicy, is_transient, is_transient_message
 
 NOW = datetime(2026, 3, 11, 12, 0, tzinfo=UTC)  # a Wednesday
 MARTS = "health_test_marts"  # hand-made marts: freshness alone never decides these tests
@@ -38,11 +39,9 @@ def job_log(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     # marts with the promised periods, so freshness alone never decides these tests
     conn.execute(f"drop schema if exists {MARTS} cascade")
     conn.execute(f"create schema {MARTS}")
-    for table, col, value in (("daily_metrics", "metric_date", date(2026, 3, 10)),
-                              ("weekly_metrics", "week_start", date(2026, 3, 2)),
-                              ("monthly_metrics", "month_start", date(2026, 2, 1))):
-        conn.execute(f"create table {MARTS}.{table} ({col} date)")
-        conn.execute(f"insert into {MARTS}.{table} values (%s)", (value,))
+    for g in grains.load():  # the period that ended before NOW, per grain (every declared grain)
+        conn.execute(f"create table {MARTS}.{g.model} ({g.start_column} date)")
+        conn.execute(f"insert into {MARTS}.{g.model} values (%s)", (g.start_of(g.start_of(NOW.date()) - timedelta(1)),))
     yield conn
     conn.execute(f"drop schema if exists {MARTS} cascade")
     conn.execute("truncate metricsmith.metrics_aggregation_jobs_log")
@@ -52,6 +51,7 @@ def _healthy_history(conn: psycopg.Connection[Any]) -> None:
     _row(conn, "daily-metrics", "COMPLETED", datetime(2026, 3, 11, 2, 0, tzinfo=UTC))
     _row(conn, "weekly-rollup", "COMPLETED", datetime(2026, 3, 9, 4, 0, tzinfo=UTC))
     _row(conn, "monthly-rollup", "COMPLETED", datetime(2026, 3, 2, 5, 0, tzinfo=UTC))
+    _row(conn, "quarterly-rollup", "COMPLETED", datetime(2026, 1, 3, 6, 0, tzinfo=UTC))
 
 
 def test_healthy(job_log: psycopg.Connection[Any]) -> None:
@@ -122,8 +122,9 @@ def test_marts_built_by_rollups_run_count(job_log: psycopg.Connection[Any]) -> N
     # a ledger row older than the weekly schedule (Monday 04:00 UTC) does not satisfy it
     job_log.execute(f"update {MARTS}.int_rollup_ledger set finished_at = %s", (datetime(2026, 3, 8, 12, tzinfo=UTC),))
     health = get_metrics_aggregation_health(schema=MARTS, now=NOW)
-    daily, weekly, monthly = health.jobs
+    daily, weekly, monthly, quarterly = health.jobs
     assert daily.overdue and weekly.overdue and not monthly.overdue and health.status == "degraded"
+    assert not quarterly.overdue and quarterly.state == "healthy"
     assert any("last built 2026-03-08 12:00 UTC by rollups ledger" in r for r in weekly.reasons)
     assert monthly.state == "healthy"
 
@@ -143,7 +144,7 @@ def test_stale_data_and_stuck_run(job_log: psycopg.Connection[Any]) -> None:
     job_log.execute(f"update {MARTS}.daily_metrics set metric_date = '2026-03-08'")
     _row(job_log, "monthly-rollup", "RUNNING", datetime(2026, 3, 11, 5, 0, tzinfo=UTC))  # 7 h > 2 h timeout
     health = get_metrics_aggregation_health(schema=MARTS, now=NOW)
-    daily, _, monthly = health.jobs
+    daily, _, monthly, _ = health.jobs
     assert not daily.data_fresh and daily.state == "degraded" and any("stale data" in r for r in daily.reasons)
     assert monthly.running and any("RUNNING past its timeout" in r for r in monthly.reasons)
 
@@ -157,7 +158,7 @@ def test_health_cli_exit_status_and_json(job_log: psycopg.Connection[Any], capsy
     daily = next(j for j in doc["jobs"] if j["job_name"] == "daily-metrics")
     assert daily["consecutive_failures"] == 2 and daily["last_error"] == "connection refused"
     assert cli.main(["health"]) == 2
-    assert "daily-metrics   failing" in capsys.readouterr().out
+    assert re.search(r"^daily-metrics +failing ", capsys.readouterr().out, re.MULTILINE)
 
 
 def test_promised_periods() -> None:
@@ -165,14 +166,32 @@ def test_promised_periods() -> None:
     assert promised_period("weekly-rollup", datetime(2026, 3, 9, 4, tzinfo=UTC)) == date(2026, 3, 2)
     assert promised_period("monthly-rollup", datetime(2026, 3, 2, 5, tzinfo=UTC)) == date(2026, 2, 1)
     assert promised_period("monthly-rollup", datetime(2026, 1, 2, 5, tzinfo=UTC)) == date(2025, 12, 1)
+    assert promised_period("quarterly-rollup", datetime(2026, 1, 3, 6, tzinfo=UTC)) == date(2025, 10, 1)
+    assert promised_period("quarterly-rollup", datetime(2026, 4, 3, 6, tzinfo=UTC)) == date(2026, 1, 1)
+
+
+def test_every_period_grain_has_its_job_flow_schedule_and_health() -> None:
+    """Adding a grain to dbt_project.yml is enough: its rollup job, deployment (cron staggered
+    after the finer ones), flow file and health entry all come from metricsmith.grains."""
+    root = Path(__file__).resolve().parents[2]
+    crons = {d.job: d for d in schedules.DEPLOYMENTS}
+    for g in grains.periods():
+        job = f"{g.adjective}-rollup"
+        assert jobs.JOBS[job].grain == g.name and jobs.JOBS[job].select == (f"+{g.model}",)
+        assert crons[job].cron == schedules.SCHEDULES[job]
+        assert (root / crons[job].entrypoint.split(":")[0]).is_file()
+        assert health.FRESHNESS[job] == (g.model, g.start_column)
+    assert crons["quarterly-rollup"].cron == "0 6 3 1,4,7,10 *"
+    assert set(jobs.JOBS["daily-metrics"].marts) == {g.model for g in grains.load()}
 
 
 EXPECTED_CRONS = {"daily-metrics": "0 2 * * *", "weekly-rollup": "0 4 * * 1", "monthly-rollup": "0 5 2 * *",
+                  "quarterly-rollup": "0 6 3 1,4,7,10 *",
                   # the realtime flows
                   "realtime-snapshot": "*/10 * * * *", "realtime-reconciliation": "*/15 * * * *"}
 
 
-def test_prefect_yaml_carries_exactly_the_three_crons_in_utc() -> None:
+def test_prefect_yaml_carries_exactly_the_crons_in_utc() -> None:
     path = Path(__file__).resolve().parents[2] / "prefect.yaml"
     text = path.read_text()
     assert text == schedules.prefect_yaml(), "prefect.yaml is out of date: metricsmith schedules --prefect-yaml > prefect.yaml"
@@ -184,7 +203,7 @@ def test_prefect_yaml_carries_exactly_the_three_crons_in_utc() -> None:
         assert (path.parent / d["entrypoint"].split(":")[0]).is_file()
 
 
-def test_served_deployments_carry_exactly_the_three_crons_in_utc() -> None:
+def test_served_deployments_carry_exactly_the_crons_in_utc() -> None:
     deployments = schedules.runner_deployments()
     found = {}
     for d in deployments:
@@ -194,19 +213,57 @@ def test_served_deployments_carry_exactly_the_three_crons_in_utc() -> None:
 
 
 def test_retry_policy_backoff_and_classification() -> None:
-    policy = RetryPolicy(attempts=3, base_seconds=10, max_seconds=300)
-    rng = random.Random(1)
-    delays = [[policy.delay(a, rng) for _ in range(200)] for a in (1, 2, 3)]
-    for attempt, ds in zip((1, 2, 3), delays, strict=True):
-        full = 10 * 2 ** (attempt - 1)
-        assert all(full / 2 <= d <= full for d in ds) and len({round(d, 6) for d in ds}) > 150  # jitter
-    assert RetryPolicy(base_seconds=100, max_seconds=150).delay(5) <= 150
+    from prefect.states import Completed, Failed
+
+    policy = RetryPolicy(attempts=4, base_seconds=10, max_seconds=300)
+    assert policy.delays() == [10, 20, 40] and RetryPolicy(base_seconds=100, max_seconds=150, attempts=5).delays()[-1] == 150
+    options = policy.task_options()
+    assert options["retries"] == 3 and options["retry_delay_seconds"] == [10, 20, 40]
+    assert options["retry_jitter_factor"] == 0.5 and options["retry_condition_fn"] == policy.retry_condition
+    for retry, full in ((1, 10), (2, 20), (3, 40)):
+        ds = [policy.delay(retry) for _ in range(300)]
+        # Prefect's clamped Poisson jitter: at most 1.5x, the mean stays near the delay
+        assert all(0 <= d <= full * 1.5 for d in ds) and len({round(d, 6) for d in ds}) > 250
+        assert full * 0.8 <= sum(ds) / len(ds) <= full * 1.2
+    assert RetryPolicy(attempts=1).delays() == [] and RetryPolicy(attempts=1).task_options()["retries"] == 0
     for msg in ("connection to server at \"127.0.0.1\", port 1 failed: Connection refused",
                 "canceling statement due to lock timeout", "could not serialize access due to concurrent update",
                 "deadlock detected", "the database system is starting up"):
         assert is_transient_message(msg), msg
-    for msg in ("column \"nope\" does not exist", "division by zero", "Got 3 results, configured to fail if != 0"):
+    for msg in ("column \"nope\" does not exist", "division by zero", "Got 3 results, configured to fail if != 0",
+                "Compilation Error in model weekly_metrics"):
         assert not is_transient_message(msg), msg
     assert is_transient(psycopg.errors.SerializationFailure("x"))
     assert is_transient(psycopg.errors.LockNotAvailable("x"))
     assert not is_transient(psycopg.errors.UndefinedColumn("x"))
+    assert not is_transient(UserFacingError("backfill start 2026-02-01 is after end 2026-01-01"))
+    assert is_transient(AttemptFailed("dbt: connection refused", transient=True))
+    assert not is_transient(AttemptFailed("dbt: division by zero", transient=False))
+    # the retry_condition_fn Prefect calls with the failed state
+    assert policy.retry_condition(None, None, Failed(data=psycopg.errors.SerializationFailure("x")))
+    assert not policy.retry_condition(None, None, Failed(data=psycopg.errors.UndefinedTable("x")))
+    assert not policy.retry_condition(None, None, Completed(data=1))
+
+
+def test_retry_policy_without_a_server_uses_the_same_delays_and_condition() -> None:
+    policy = RetryPolicy(attempts=3, base_seconds=1, max_seconds=1.5)
+    slept: list[float] = []
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise psycopg.errors.SerializationFailure("could not serialize access")
+        return "done"
+
+    assert policy.call(flaky, name="probe", sleep=slept.append) == "done" and len(calls) == 3
+    assert len(slept) == 2 and 0 <= slept[0] <= 1.5 and 0 <= slept[1] <= 1.5 * 1.5
+    calls.clear()
+
+    def broken() -> str:
+        calls.append(1)
+        raise psycopg.errors.UndefinedTable("relation does not exist")
+
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        policy.call(broken, name="probe", sleep=slept.append)
+    assert len(calls) == 1 and len(slept) == 2

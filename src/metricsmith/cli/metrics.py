@@ -15,7 +15,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from metricsmith.dbt_runner import DbtError
+from metricsmith.core.dbt import DbtError
 from metricsmith.errors import UserFacingError
 
 ENV_USER = "METRICSMITH_USER"

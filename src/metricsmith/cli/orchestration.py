@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from metricsmith import db
+from metricsmith.core.status import JobStatus
 from metricsmith.errors import UserFacingError, int_at_least, port_number
 
 OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
@@ -43,10 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.set_defaults(handler=cmd_run)
     log = jsub.add_parser("log", help="the newest rows of metricsmith.metrics_aggregation_jobs_log")
     log.add_argument("--job", choices=list(JOBS))
-    log.add_argument("--status", choices=["RUNNING", "COMPLETED", "FAILED", "PARTIAL"])
+    log.add_argument("--status", choices=[s.value for s in JobStatus])
     log.add_argument("--limit", type=int_at_least(1), default=10)
     log.add_argument("--json", action="store_true")
     log.set_defaults(handler=cmd_log)
+    jsched = jsub.add_parser("schedules", help="the job schedules (UTC): the same as `metricsmith schedules`")
+    jsched.add_argument("--prefect-yaml", action="store_true", help="print the prefect.yaml generated from them")
+    jsched.set_defaults(handler=cmd_schedules)
 
     h = sub.add_parser("health", help="job health: healthy / degraded / failing (exit 0 / 1 / 2)")
     h.add_argument("--json", action="store_true", help="machine-readable output for monitors")
@@ -89,13 +93,13 @@ def _find_server() -> tuple[str | None, str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from metricsmith import dbt_runner
+    from metricsmith.core.dbt import set_verbose
     from metricsmith.orchestration import server
     from metricsmith.orchestration.jobs import JOBS, JobFailed
     from metricsmith.orchestration.schedules import DEPLOYMENTS, load_flow
 
     _offline_env()
-    dbt_runner.set_verbose(args.verbose)
+    set_verbose(args.verbose)
     spec = JOBS[args.job]
     if spec.needs_period and (args.start is None or args.end is None):
         raise UserFacingError(f"{args.job} needs --start and --end")
@@ -143,10 +147,10 @@ def cmd_log(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
         return 0
-    print(f"{'id':>5} {'job':<15} {'status':<9} {'att':>3} {'started (UTC)':<19} {'ms':>8} {'rows':>8}  error")
+    print(f"{'id':>5} {'job':<16} {'status':<9} {'att':>3} {'started (UTC)':<19} {'ms':>8} {'rows':>8}  error")
     for r in rows:
         started = r["started_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if r["started_at"] else ""
-        print(f"{r['id']:>5} {r['job_name']:<15} {r['status']:<9} {r['attempt']:>3} {started:<19} "
+        print(f"{r['id']:>5} {r['job_name']:<16} {r['status']:<9} {r['attempt']:>3} {started:<19} "
               f"{r['duration_ms'] if r['duration_ms'] is not None else '':>8} "
               f"{r['rows_affected'] if r['rows_affected'] is not None else '':>8}  {' '.join((r['error_message'] or '').split())[:90]}")
     return 0
@@ -199,12 +203,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     from prefect.runner import Runner
 
-    from metricsmith import dbt_runner
+    from metricsmith.core.dbt import set_verbose
     from metricsmith.orchestration import server
     from metricsmith.orchestration.schedules import runner_deployments
 
     _offline_env()
-    dbt_runner.set_verbose(args.verbose)
+    set_verbose(args.verbose)
     db.dbt_env()  # fail early on bad configuration
     api_url, where = _find_server()
     if api_url is None:
@@ -276,5 +280,5 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         return 0
     for d in DEPLOYMENTS:
         when = f"{d.cron} {TIMEZONE}" if d.cron else "on demand"
-        print(f"{d.job:<24} {when:<17} {d.entrypoint}")
+        print(f"{d.job:<24} {when:<22} {d.entrypoint}")
     return 0

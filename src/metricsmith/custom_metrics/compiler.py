@@ -22,7 +22,7 @@ from metricsmith.custom_metrics.validation import BOOLEAN, NUMERIC, check_expres
 
 GENERATED_TAG = "metricsmith_custom_metric"
 
-#: analytics.custom_metric_values' description and contract, written into the generated
+#: custom_metric_values' (in the marts schema) description and contract, written into the generated
 #: folder's _generated__models.yml next to the model (it exists only where metrics are compiled)
 VALUES_MODEL_YAML = """\
 models:
@@ -229,7 +229,7 @@ def model_description(metric_id: int, slug: str, version: int) -> str:
 
 
 def render_values_model(inputs: list[tuple[str, int, str]]) -> str:
-    """analytics.custom_metric_values over the generated models: (slug, version, grain) each."""
+    """custom_metric_values (in the marts schema) over the generated models: (slug, version, grain) each."""
     items = []
     for s, v, g in sorted(inputs):
         if g not in GRAINS:

@@ -1,22 +1,30 @@
 """The custom-metrics job (flow ``custom-metrics``): compile and run every active custom metric.
 
-Scheduled after the daily run. Uses the orchestration job log
-(``metricsmith.metrics_aggregation_jobs_log``, job name ``custom-metrics``) and its
-one-at-a-time advisory lock. A generated model that fails at run time is isolated (the others
-publish into analytics.custom_metric_values): the job ends PARTIAL with each failed model's
-error, FAILED when every model failed or dbt itself failed, else COMPLETED.
+Scheduled after the daily run. It runs through the one job runner
+(:func:`metricsmith.orchestration.runner.run`): job log row ``custom-metrics``, one-at-a-time
+advisory lock, stale-row repair, the retry policy. A generated model that fails at run time is
+isolated (the others publish into ``<marts schema>.custom_metric_values``): the job ends PARTIAL
+with each failed model's error, FAILED when every model failed or dbt itself failed, else
+COMPLETED.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
+
+from psycopg import sql
 
 from metricsmith import db
 from metricsmith.config import Settings, load_settings
 from metricsmith.core.dbt import DbtError
+from metricsmith.core.schema import marts_schema
 from metricsmith.core.status import JobStatus
-from metricsmith.custom_metrics.service import CustomMetricsService
+from metricsmith.custom_metrics.service import VALUES_MODEL, CustomMetricsService
+from metricsmith.orchestration import runner
+from metricsmith.orchestration.retry import RetryPolicy, is_transient_message
+from metricsmith.orchestration.runner import Attempt, JobResult, Outcome
 
 JOB_NAME = "custom-metrics"
 #: the daily job runs at 02:00 UTC; this one at 03:00 UTC, after it
@@ -32,53 +40,55 @@ class CustomMetricsJobResult:
     message: str | None
     log_id: int | None
 
+    @classmethod
+    def of(cls, result: JobResult) -> CustomMetricsJobResult:
+        return cls(result.status, result.models_ok, result.models_failed, result.rows_affected,
+                   result.error_message, result.log_id)
+
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
+@dataclass
+class CustomMetricsWork:
+    """One run of every active custom metric (a :class:`runner.Work`)."""
+
+    service: CustomMetricsService
+    full_refresh: bool = False
+    name: str = JOB_NAME
+    timeout_seconds: int = 3600
+    period_start: date | None = None
+    period_end: date | None = None
+    settings: Settings = field(default_factory=load_settings)
+
+    def details(self) -> dict[str, Any]:
+        return {"full_refresh": self.full_refresh}
+
+    def attempt(self, ctx: Attempt) -> Outcome:
+        try:
+            run = self.service.run(full_refresh=self.full_refresh)
+        except DbtError as exc:  # dbt itself failed (or custom_metric_values did): nothing published
+            return Outcome(models_ok=0, models_failed=len(exc.failures) or 1, error_message=str(exc),
+                           transient=is_transient_message(str(exc)))
+        ok = sum(1 for s in run.models.node_status.values() if s == "success")
+        message = "; ".join(f"{f.model}: {f.error}" for f in run.failures) or None
+        return Outcome(models_ok=ok, models_failed=len(run.failures), error_message=message, payload=run)
+
+    def effects(self, result: JobResult, outcome: Outcome) -> None:
+        with db.connect(self.settings, autocommit=True) as conn:
+            query = sql.SQL("select count(*) from {}").format(sql.Identifier(marts_schema(), VALUES_MODEL))
+            got = conn.execute(query).fetchone()
+            result.rows_affected = int(got[0]) if got else 0
+            _invalidate_cached_values(conn)
+
+
 def run_custom_metrics_job(*, full_refresh: bool = False, lock_wait_seconds: float = 600.0,
                            settings: Settings | None = None, service: CustomMetricsService | None = None,
-                           ) -> CustomMetricsJobResult:
-    from metricsmith.core import pglock
-    from metricsmith.orchestration import joblog
-
+                           policy: RetryPolicy | None = None) -> CustomMetricsJobResult:
     settings = settings or load_settings()
-    svc = service or CustomMetricsService(settings)
-    with db.connect(settings, autocommit=True) as conn:
-        lock = pglock.job_lock(JOB_NAME)
-        if not lock.acquire(conn, lock_wait_seconds):
-            row_id = joblog.start(conn, JOB_NAME, attempt=1, timeout_seconds=3600, details={"skipped": True})
-            msg = f"another {JOB_NAME} run holds the lock; waited {lock_wait_seconds:.0f} s"
-            joblog.finish(conn, row_id, joblog.Final(JobStatus.FAILED, error_message=msg))
-            return CustomMetricsJobResult(JobStatus.FAILED, 0, 0, 0, msg, row_id)
-        try:
-            joblog.mark_stale(conn, JOB_NAME)
-            row_id = joblog.start(conn, JOB_NAME, attempt=1, timeout_seconds=3600,
-                                  details={"full_refresh": full_refresh})
-            published = False
-            try:
-                run = svc.run(full_refresh=full_refresh)
-            except DbtError as exc:
-                ok, failed = 0, len(exc.failures) or 1
-                message: str | None = str(exc)
-            else:
-                published = True
-                ok = sum(1 for s in run.models.node_status.values() if s == "success")
-                failed = len(run.failures)
-                message = "; ".join(f"{f.model}: {f.error}" for f in run.failures) or None
-            rows = 0
-            if published:
-                got = conn.execute("select count(*) from analytics.custom_metric_values").fetchone()
-                rows = int(got[0]) if got else 0
-            status = (JobStatus.COMPLETED if published and not failed
-                      else JobStatus.PARTIAL if published and ok else JobStatus.FAILED)
-            joblog.finish(conn, row_id, joblog.Final(status, rows_affected=rows, models_ok=ok, models_failed=failed,
-                                                     error_message=message))
-            if status is not JobStatus.FAILED:
-                _invalidate_cached_values(conn)
-            return CustomMetricsJobResult(status, ok, failed, rows, message, row_id)
-        finally:
-            lock.release(conn)
+    work = CustomMetricsWork(service or CustomMetricsService(settings), full_refresh=full_refresh, settings=settings)
+    result = runner.run(work, settings=settings, policy=policy, lock_wait_seconds=lock_wait_seconds)
+    return CustomMetricsJobResult.of(result)
 
 
 def _invalidate_cached_values(conn: Any) -> None:
@@ -91,4 +101,4 @@ def _invalidate_cached_values(conn: Any) -> None:
         if slugs:
             invalidate_periods(slugs=slugs)
     except Exception as exc:  # noqa: BLE001 - the cache is an optimisation; the job's result stands
-        print(f"warning: custom metric cache invalidation failed: {exc}")
+        runner.logger().warning("custom metric cache invalidation failed: %s", exc)

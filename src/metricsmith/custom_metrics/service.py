@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from metricsmith import db
 from metricsmith.config import Settings, load_settings, project_root
 from metricsmith.core import dbt as core_dbt
 from metricsmith.core.dbt import DbtOutcome
+from metricsmith.core.schema import marts_schema
 from metricsmith.custom_metrics import access, compiler, project, registry
 from metricsmith.custom_metrics import identifiers as ids
 from metricsmith.custom_metrics.errors import (
@@ -370,15 +372,17 @@ class CustomMetricsService:
         with self._conn() as conn:
             who = access.principal(conn, user_id)
             row = self._readable(conn, who, slug)
-            exists = conn.execute("select to_regclass('analytics.custom_metric_values')").fetchone()
+            values = sql.Identifier(marts_schema(), VALUES_MODEL)
+            exists = conn.execute("select to_regclass(%s)", (values.as_string(conn),)).fetchone()
             if not exists or exists[0] is None:
-                raise MetricSpecError("analytics.custom_metric_values is not built yet; run `metricsmith metrics run`")
+                raise MetricSpecError(f"{marts_schema()}.{VALUES_MODEL} is not built yet; run `metricsmith metrics run`")
             cur = conn.cursor(row_factory=dict_row)
-            return cur.execute(
+            return cur.execute(sql.SQL(
                 "select metric_slug, metric_version, grain, period_start, dimensions, value, previous_value,"
-                " growth_pct, computed_at from analytics.custom_metric_values where metric_slug = %s"
+                " growth_pct, computed_at from {} where metric_slug = %s"
                 " and metric_version = %s and (%s::date is null or period_start >= %s::date)"
-                " and (%s::date is null or period_start <= %s::date) order by period_start, dimensions::text",
+                " and (%s::date is null or period_start <= %s::date) order by period_start, dimensions::text"
+            ).format(values),
                 (slug, version or row["current_version"], start, start, end, end)).fetchall()
 
     # -- compile and run (operator actions: they act on every active metric) -------------------
@@ -492,5 +496,6 @@ class CustomMetricsService:
 
 
 def create_metric_definition(user_id: str, spec: dict[str, Any]) -> MetricDefinition:
-    """Seed parity: ``create_metric_definition(user_id, {name, metric_type, data_source, ...})``."""
+    """``create_metric_definition(user_id, {name, metric_type, data_source, ...})``: create a
+    metric as ``user_id`` with the default service."""
     return CustomMetricsService().create(user_id, spec)

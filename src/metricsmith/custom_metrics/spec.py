@@ -119,15 +119,8 @@ def _part(data: Any, where: str) -> Part:
                 percentile=_percentile(data, f"{where}."))
 
 
-def parse_spec(source: str | dict[str, Any]) -> MetricSpec:
-    """Build a :class:`MetricSpec` from YAML/JSON text or a mapping; structural checks only."""
-    data = load_text(source) if isinstance(source, str) else dict(source)
-    unknown = set(data) - _KNOWN_KEYS
-    if unknown:
-        raise MetricSpecError(f"unknown spec keys: {', '.join(sorted(unknown))}")
-    name = _str(data, "name")
-    if not name or not name.strip():
-        raise MetricSpecError("name is required")
+def _kind(data: dict[str, Any]) -> str:
+    """The metric type, from ``type`` / ``metric_type`` and ``aggregation_method``."""
     kind = _str(data, "type") or _str(data, "metric_type")
     method = _str(data, "aggregation_method")
     if method is not None:
@@ -140,48 +133,84 @@ def parse_spec(source: str | dict[str, Any]) -> MetricSpec:
     kind = (kind or "").upper()
     if kind not in METRIC_TYPES:
         raise MetricSpecError(f"type must be one of {', '.join(METRIC_TYPES)}, got {kind or None!r}")
-    source_name = _str(data, "source") or _str(data, "data_source")
-    if not source_name:
-        raise MetricSpecError("source is required (a registered data source, e.g. events or daily_metrics)")
-    grain = (_str(data, "grain", "day") or "day").lower()
-    if grain not in GRAINS:
-        raise MetricSpecError(f"grain must be one of {', '.join(GRAINS)}, got {grain!r}")
-    visibility = (_str(data, "visibility", "PRIVATE") or "PRIVATE").upper()
-    if visibility not in VISIBILITIES:
-        raise MetricSpecError(f"visibility must be one of {', '.join(VISIBILITIES)}, got {visibility!r}")
+    return kind
+
+
+def _choice(data: dict[str, Any], key: str, default: str, allowed: tuple[str, ...], *, upper: bool) -> str:
+    raw = _str(data, key, default) or default
+    value = raw.upper() if upper else raw.lower()
+    if value not in allowed:
+        raise MetricSpecError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _dimensions(data: dict[str, Any]) -> tuple[str, ...]:
     dims = data.get("dimensions") or []
     if not isinstance(dims, list) or not all(isinstance(d, str) for d in dims):
         raise MetricSpecError("dimensions must be a list of column names")
     if len(set(dims)) != len(dims):
         raise MetricSpecError("dimensions must not repeat")
-    expression = _str(data, "expression") or _str(data, "calculation_formula")
+    return tuple(dims)
+
+
+def _ratio_parts(data: dict[str, Any], kind: str, expression: str | None) -> tuple[Part | None, Part | None]:
+    if kind != "RATIO":
+        if "numerator" in data or "denominator" in data:
+            raise MetricSpecError(f"numerator/denominator are only for RATIO, not {kind}")
+        return None, None
+    if "numerator" not in data or "denominator" not in data:
+        raise MetricSpecError("RATIO needs numerator and denominator")
+    parts = _part(data["numerator"], "numerator"), _part(data["denominator"], "denominator")
+    if expression:
+        raise MetricSpecError("RATIO takes numerator/denominator, not expression")
+    return parts
+
+
+def _metric_percentile(data: dict[str, Any], kind: str) -> float | None:
+    percentile = _percentile(data, "")
+    if kind == "PERCENTILE" and percentile is None:
+        raise MetricSpecError("PERCENTILE needs percentile: 0.0-1.0")
+    if kind != "PERCENTILE" and percentile is not None:
+        raise MetricSpecError(f"percentile is only for PERCENTILE, not {kind}")
+    return percentile
+
+
+def _optional_ids(data: dict[str, Any]) -> tuple[str | None, str | None]:
     slug = _str(data, "slug")
     if slug is not None:
         ids.slug(slug)
     team = _str(data, "team")
     if team is not None:
         ids.principal_id(team, "team id")
+    return slug, team
+
+
+def parse_spec(source: str | dict[str, Any]) -> MetricSpec:
+    """Build a :class:`MetricSpec` from YAML/JSON text or a mapping; structural checks only."""
+    data = load_text(source) if isinstance(source, str) else dict(source)
+    unknown = set(data) - _KNOWN_KEYS
+    if unknown:
+        raise MetricSpecError(f"unknown spec keys: {', '.join(sorted(unknown))}")
+    name = _str(data, "name")
+    if not name or not name.strip():
+        raise MetricSpecError("name is required")
+    kind = _kind(data)
+    source_name = _str(data, "source") or _str(data, "data_source")
+    if not source_name:
+        raise MetricSpecError("source is required (a registered data source, e.g. events or daily_metrics)")
+    grain = _choice(data, "grain", "day", GRAINS, upper=False)
+    visibility = _choice(data, "visibility", "PRIVATE", VISIBILITIES, upper=True)
+    dims = _dimensions(data)
+    expression = _str(data, "expression") or _str(data, "calculation_formula")
+    slug, team = _optional_ids(data)
     description = _str(data, "description", "") or ""
     ids.free_text(name, "name", ids.MAX_NAME_LENGTH, newlines=False)
     ids.free_text(description, "description", ids.MAX_DESCRIPTION_LENGTH, newlines=True)
-    numerator = denominator = None
-    if kind == "RATIO":
-        if "numerator" not in data or "denominator" not in data:
-            raise MetricSpecError("RATIO needs numerator and denominator")
-        numerator = _part(data["numerator"], "numerator")
-        denominator = _part(data["denominator"], "denominator")
-        if expression:
-            raise MetricSpecError("RATIO takes numerator/denominator, not expression")
-    elif "numerator" in data or "denominator" in data:
-        raise MetricSpecError(f"numerator/denominator are only for RATIO, not {kind}")
-    percentile = _percentile(data, "")
-    if kind == "PERCENTILE" and percentile is None:
-        raise MetricSpecError("PERCENTILE needs percentile: 0.0-1.0")
-    if kind != "PERCENTILE" and percentile is not None:
-        raise MetricSpecError(f"percentile is only for PERCENTILE, not {kind}")
+    numerator, denominator = _ratio_parts(data, kind, expression)
+    percentile = _metric_percentile(data, kind)
     if kind not in ("COUNT", "RATIO") and not expression:
         raise MetricSpecError(f"{kind} needs an expression")
     return MetricSpec(name=name.strip(), type=kind, source=source_name, grain=grain, expression=expression,
-                      filter=_str(data, "filter"), dimensions=tuple(dims), percentile=percentile,
+                      filter=_str(data, "filter"), dimensions=dims, percentile=percentile,
                       numerator=numerator, denominator=denominator, visibility=visibility,
                       team=team, description=description, slug=slug)

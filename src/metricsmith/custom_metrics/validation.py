@@ -86,22 +86,23 @@ def _token_text(node: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_expression(text: str, columns: dict[str, str], *, field: str,
-                     want: str | None = None) -> CheckedExpression:
-    """Validate ``text`` over ``columns`` (name -> type category); return canonical SQL.
-
-    ``want``: ``"boolean"`` for filters, ``"numeric"`` for SUM / AVERAGE / PERCENTILE
-    expressions, ``None`` for anything.
-    """
+def _check_text(text: Any, field: str) -> None:
     if not isinstance(text, str) or not text.strip():
         raise ExpressionError(field, "must be a non-empty SQL expression")
     if len(text) > MAX_EXPRESSION_LENGTH:
         raise ExpressionError(field, f"is longer than {MAX_EXPRESSION_LENGTH} characters")
+    _no_template_markers(text, field)
+    if "\x00" in text:
+        raise ExpressionError(field, "NUL characters are not allowed", "\\x00")
+
+
+def _no_template_markers(text: str, field: str) -> None:
     for marker in TEMPLATE_MARKERS:
         if marker in text:
             raise ExpressionError(field, "template markers are not allowed", marker)
-    if "\x00" in text:
-        raise ExpressionError(field, "NUL characters are not allowed", "\\x00")
+
+
+def _check_tokens(text: str, field: str) -> None:
     try:
         tokens = sqlglot.Dialect.get_or_raise(DIALECT).tokenize(text)
     except (TokenError, ValueError) as exc:
@@ -111,6 +112,9 @@ def check_expression(text: str, columns: dict[str, str], *, field: str,
             raise ExpressionError(field, "comments are not allowed", f"/* {token.comments[0].strip()} */")
         if token.token_type == TokenType.SEMICOLON:
             raise ExpressionError(field, "only one expression is allowed, no statement separators", ";")
+
+
+def _parse_one(text: str, field: str) -> Any:
     try:
         trees = sqlglot.parse(text, read=DIALECT)
     except (ParseError, TokenError) as exc:
@@ -120,17 +124,32 @@ def check_expression(text: str, columns: dict[str, str], *, field: str,
     tree = trees[0]
     if isinstance(tree, (exp.Query, exp.DML, exp.DDL, exp.Command)) or not isinstance(tree, exp.Expression):
         raise ExpressionError(field, "statements are not allowed; give a scalar expression", _token_text(tree))
-    used: list[str] = []
-    category = _infer(tree, columns, field, used)
+    return tree
+
+
+def _check_category(tree: Any, category: str, want: str | None, field: str) -> None:
     if want == BOOLEAN and category not in (BOOLEAN, UNKNOWN):
         raise ExpressionError(field, f"a filter must be a boolean condition, this is {category}", _token_text(tree))
     if want == NUMERIC and category not in (NUMERIC, UNKNOWN):
         raise ExpressionError(field, f"must be numeric for this metric type, this is {category}", _token_text(tree))
+
+
+def check_expression(text: str, columns: dict[str, str], *, field: str,
+                     want: str | None = None) -> CheckedExpression:
+    """Validate ``text`` over ``columns`` (name -> type category); return canonical SQL.
+
+    ``want``: ``"boolean"`` for filters, ``"numeric"`` for SUM / AVERAGE / PERCENTILE
+    expressions, ``None`` for anything.
+    """
+    _check_text(text, field)
+    _check_tokens(text, field)
+    tree = _parse_one(text, field)
+    used: list[str] = []
+    category = _infer(tree, columns, field, used)
+    _check_category(tree, category, want, field)
     sql = tree.sql(DIALECT, identify=True)
     # what is stored and run is this re-serialized AST, never ``text``; it too must be template-free
-    for marker in TEMPLATE_MARKERS:
-        if marker in sql:
-            raise ExpressionError(field, "template markers are not allowed", marker)
+    _no_template_markers(sql, field)
     return CheckedExpression(sql=sql, category=category, columns=tuple(dict.fromkeys(used)))
 
 

@@ -1,19 +1,22 @@
 """The markdown artifact each job run publishes in the Prefect UI: rows changed, periods
-touched and the latest growth figures."""
+touched and, per grain (:mod:`metricsmith.grains`), the newest periods with their growth."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from metricsmith.orchestration.jobs import JobResult
+from metricsmith import grains
+from metricsmith.orchestration.runner import GROWTH_MEASURES, JobResult
+
+_LABELS = {"total_events": "events", "active_users": "active users", "revenue_cents": "revenue"}
 
 
 def _pct(v: Any) -> str:
     return "n/a" if v is None else f"{float(v):+.1f} %"
 
 
-def render_markdown(result: JobResult) -> str:
-    c = result.changed
+def _summary(result: JobResult) -> list[str]:
+    days = result.changed_days
     lines = [
         f"### {result.job_name}: {result.status}",
         "",
@@ -21,29 +24,36 @@ def render_markdown(result: JobResult) -> str:
         "|---|---|",
         f"| attempts | {result.attempts} |",
         f"| duration | {result.seconds:.1f} s |",
-        f"| mart rows written | {result.rows_affected:,} |",
+        f"| rows written | {result.rows_affected:,} |",
         f"| models ok / failed | {result.models_ok} / {result.models_failed} |",
-        f"| days touched | {len(c.days)}" + (f" ({c.days[0]} .. {c.days[-1]})" if c.days else "") + " |",
-        f"| weeks touched | {len(c.weeks)} |",
-        f"| months touched | {len(c.months)} |",
-        f"| job log id | {result.log_id} |",
+        f"| days touched | {len(days)}" + (f" ({days[0]} .. {days[-1]})" if days else "") + " |",
     ]
+    lines += [f"| {name}s touched | {len(periods)} |" for name, periods in result.changed.items()]
+    lines.append(f"| job log id | {result.log_id} |")
+    return lines
+
+
+def _grain_table(grain: grains.Grain, rows: list[dict[str, Any]]) -> list[str]:
+    growth = [(m, c.suffix) for c in grain.comparisons for m in GROWTH_MEASURES]
+    head = ["", f"**Latest {grain.name}s**", "",
+            "| " + " | ".join([grain.name, *(_LABELS[m] for m in GROWTH_MEASURES),
+                               *(f"{_LABELS[m]} {s.upper()}" for m, s in growth)]) + " |",
+            "|---|" + "---:|" * (len(GROWTH_MEASURES) + len(growth))]
+    body = []
+    for row in rows:
+        cells = [str(row[grain.start_column]), f"{row['total_events']:,}", f"{row['active_users']:,}",
+                 f"{row['revenue_cents'] / 100:,.2f}", *(_pct(row.get(f"{m}_{s}_pct")) for m, s in growth)]
+        body.append("| " + " | ".join(cells) + " |")
+    return head + body
+
+
+def render_markdown(result: JobResult) -> str:
+    lines = _summary(result)
     if result.error_message:
         lines += ["", "**Error**", "", "```", result.error_message[:4000], "```"]
-    if result.latest_weeks:
-        lines += ["", "**Latest weeks**", "", "| week | events | active users | revenue | events WoW | users WoW | revenue WoW |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for w in result.latest_weeks:
-            lines.append(f"| {w['week_start']} | {w['total_events']:,} | {w['active_users']:,} | "
-                         f"{w['revenue_cents'] / 100:,.2f} | {_pct(w['total_events_wow_pct'])} | "
-                         f"{_pct(w['active_users_wow_pct'])} | {_pct(w['revenue_cents_wow_pct'])} |")
-    if result.latest_months:
-        lines += ["", "**Latest months**", "", "| month | events | active users | revenue | events MoM | users MoM | revenue YoY |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for m in result.latest_months:
-            lines.append(f"| {m['month_start']} | {m['total_events']:,} | {m['active_users']:,} | "
-                         f"{m['revenue_cents'] / 100:,.2f} | {_pct(m['total_events_mom_pct'])} | "
-                         f"{_pct(m['active_users_mom_pct'])} | {_pct(m['revenue_cents_yoy_pct'])} |")
+    for name, rows in result.latest.items():
+        if rows:
+            lines += _grain_table(grains.get(name), rows)
     return "\n".join(lines)
 
 

@@ -7,12 +7,15 @@ sync) and ``metricsmith serve`` builds its deployments from it too.
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from metricsmith import grains
 from metricsmith.config import project_root
+from metricsmith.orchestration.jobs import rollup_job_name
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -35,13 +38,48 @@ class Deployment:
         return self.job
 
 
+def rollup_cron(position: int, grain: grains.Grain) -> str:
+    """When the rollup of the ``position``-th period grain (1 = the first after the day) runs:
+    at ``03:00 + position`` h UTC on day ``position`` of each new period (weekday ``position``
+    for weeks), so each runs after the daily job and the finer rollups: weekly Mondays 04:00,
+    monthly the 2nd 05:00, quarterly the 3rd of January, April, July and October 06:00."""
+    hour = 3 + position
+    if grain.unit == "week":
+        return f"0 {hour} * * {position % 7}"
+    months = "*" if grain.unit == "month" and grain.count == 1 else ",".join(
+        str(m) for m in range(1, 13, grain.count if grain.unit == "month" else 1))
+    return f"0 {hour} {position} {months} *"
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def _when(cron: str) -> str:
+    """``0 4 * * 1`` -> "Mondays 04:00 UTC" (the crons :func:`rollup_cron` writes)."""
+    _, hour, dom, months, dow = cron.split()
+    at = f"{int(hour):02d}:00 {TIMEZONE}"
+    if dow != "*":
+        return f"{calendar.day_name[(int(dow) - 1) % 7]}s {at}"
+    if months == "*":
+        return f"the {_ordinal(int(dom))} of each month {at}"
+    names = [calendar.month_name[int(m)] for m in months.split(",")]
+    return f"the {_ordinal(int(dom))} of {', '.join(names[:-1])} and {names[-1]} {at}"
+
+
+def _rollup_deployments() -> list[Deployment]:
+    out = []
+    for position, g in enumerate(grains.periods(), start=1):
+        cron = rollup_cron(position, g)
+        out.append(Deployment(rollup_job_name(g), f"flows/{g.adjective}_rollup.py:{g.adjective}_rollup", cron,
+                              f"{g.adjective.capitalize()} rollup with its data tests, {_when(cron)}"))
+    return out
+
+
 DEPLOYMENTS: tuple[Deployment, ...] = (
     Deployment("daily-metrics", "flows/daily_metrics.py:daily_metrics", "0 2 * * *",
-               "Incremental daily metrics (and the weeks/months of changed days), every day 02:00 UTC"),
-    Deployment("weekly-rollup", "flows/weekly_rollup.py:weekly_rollup", "0 4 * * 1",
-               "Weekly rollup with its data tests, Mondays 04:00 UTC"),
-    Deployment("monthly-rollup", "flows/monthly_rollup.py:monthly_rollup", "0 5 2 * *",
-               "Monthly rollup with its data tests, the 2nd of each month 05:00 UTC"),
+               "Incremental daily metrics (and every longer period of the changed days), every day 02:00 UTC"),
+    *_rollup_deployments(),
     Deployment("backfill", "flows/backfill.py:backfill", None,
                "Recompute a date range (parameters start, end); run on demand"),
     Deployment("custom-metrics", "flows/custom_metrics.py:custom_metrics", None,
