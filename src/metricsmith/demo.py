@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Callable
 from datetime import date, timedelta
 
-from metricsmith import db, migrate
+from metricsmith import db, grains, migrate
 from metricsmith.config import load_settings
 
 DEMO_DAYS = 365
@@ -43,9 +43,12 @@ def step_generate() -> None:
 # Each capability's step is imported when it runs: `metricsmith --help` and the first
 # steps do not pay for importing Prefect, dbt and the rest.
 def step_rollups() -> None:
-    from metricsmith.rollups import demo_step
+    """Run the rollups incrementally (the first time builds everything; a second demo only
+    reads what arrived since) and print the latest periods of every grain with their growth."""
+    from metricsmith.cli import rollups as cli
 
-    demo_step()
+    print(cli.render_result(cli.run(quiet=True)))
+    cli.show()
 
 
 def step_orchestration() -> None:
@@ -75,7 +78,7 @@ def step_realtime() -> None:
 STEPS: list[tuple[str, Callable[[], None]]] = [
     ("servers and migrations", step_servers),
     ("sample events", step_generate),
-    ("rollups: daily / weekly / monthly metrics", step_rollups),
+    ("rollups: " + " / ".join(g.adjective for g in grains.load()) + " metrics", step_rollups),
     ("orchestration: job log and health", step_orchestration),
     ("metric cache", step_cache),
     ("custom metrics: stored definitions -> generated dbt models", step_custom_metrics),
@@ -98,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from metricsmith.dbt_runner import set_verbose
+    from metricsmith.core.dbt import set_verbose
 
     set_verbose(args.verbose)
     return run_demo()

@@ -30,7 +30,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from metricsmith import db, grains
+from metricsmith import db, grains, rollups
 from metricsmith.cache import periods
 from metricsmith.cache.core import TwoTierCache, get_cache
 from metricsmith.cache.periods import Tier, ttl_for
@@ -39,19 +39,12 @@ from metricsmith.core.schema import marts_schema
 from metricsmith.custom_metrics import access
 from metricsmith.custom_metrics.errors import MetricNotFound
 from metricsmith.errors import UserFacingError
-from metricsmith.grains import Grain, GrainError
+from metricsmith.grains import Comparison, Grain, GrainError
 from metricsmith.realtime.service import RealtimeMetricsService
+from metricsmith.rollups import AVERAGES, GROWTH_MEASURES, MEASURES  # re-exported: the marts' measures
 
-MEASURES = (
-    "total_events", "active_users", "new_users", "active_organizations", "sessions",
-    "signups", "purchases", "revenue_cents",
-)
 #: Measures that add up across periods (distinct counts do not).
 ADDITIVE = ("total_events", "new_users", "signups", "purchases", "revenue_cents")
-GROWTH_MEASURES = ("total_events", "active_users", "new_users", "revenue_cents")
-AVERAGES = ("avg_daily_events", "avg_daily_active_users", "avg_daily_revenue_cents")
-#: what each element of a ``<finer adjective>_breakdown`` column holds besides its start and day count
-BREAKDOWN_MEASURES = ("total_events", "active_users", "revenue_cents")
 
 
 class QueryError(UserFacingError):
@@ -272,20 +265,12 @@ def grain_of(name: str | Grain) -> Grain:
 
 def breakdown_keys(grain: str | Grain) -> list[str]:
     """The keys of one element of ``grain``'s breakdown column, in order ([] without one)."""
-    g = grain_of(grain)
-    if g.breakdown is None:
-        return []
-    return [grains.get(g.breakdown).start_column, f"days_in_{g.name}", *BREAKDOWN_MEASURES]
+    return rollups.breakdown_keys(grain_of(grain))
 
 
 def period_columns(grain: str | Grain) -> list[str]:
     """Every column of ``grain``'s mart, in mart order (the dbt contract)."""
-    g = grain_of(grain)
-    if g.end_column is None:
-        return [g.start_column, *MEASURES]
-    growth = [f"{m}_{c.suffix}_pct" for c in g.comparisons for m in GROWTH_MEASURES]
-    tail = [] if g.breakdown_column is None else [g.breakdown_column]
-    return [g.start_column, g.end_column, "days_with_data", "is_complete", *MEASURES, *AVERAGES, *growth, *tail]
+    return rollups.mart_columns(grain_of(grain))
 
 
 def _num(value: Any) -> Any:
@@ -390,9 +375,9 @@ def year_range(year: int) -> tuple[date, date]:
     return date(year, 1, 1), date(year, 12, 31)
 
 
-def compares_with_year(grain: str | Grain) -> bool:
-    """Whether ``grain`` has a growth column over the same period a year before (``yoy``)."""
-    return any(c.months == 12 for c in grain_of(grain).comparisons)
+def year_comparison(grain: str | Grain) -> Comparison | None:
+    """``grain``'s comparison with the same period a year before (``yoy``), if it has one."""
+    return rollups.year_comparison(grain_of(grain))
 
 
 class MetricsQueryService:
@@ -734,4 +719,5 @@ __all__ = [
     "CustomMetricValue", "DailyMetrics", "MetricsQueryService", "MonthBreakdown", "MonthlyMetrics",
     "MonthlySummary", "NotAvailable", "PeriodSummary", "QuarterlyMetrics", "QueryError", "RealtimeValue",
     "WeekBreakdown", "WeeklyMetrics", "WeeklySummary", "breakdown_keys", "grain_of", "period_columns",
+    "recent_range", "year_comparison", "year_range", "MEASURES", "GROWTH_MEASURES", "AVERAGES", "ADDITIVE",
 ]

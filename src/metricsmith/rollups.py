@@ -1,8 +1,10 @@
-"""Rollups: run the incremental dbt models ``daily_metrics``, ``weekly_metrics`` and
-``monthly_metrics`` (and what they need), backfill a date range, and read what changed.
+"""Rollups: run the incremental dbt marts of every declared grain (``daily_metrics``,
+``weekly_metrics``, ``monthly_metrics``, ``quarterly_metrics``: :mod:`metricsmith.grains`) and
+what they need, backfill a date range, and read what changed.
 
-Every run goes through dbt (in-process, :func:`metricsmith.dbt_runner.run_dbt`). Change
-tracking lives in dbt-owned tables in the ``analytics`` schema: ``int_rollup_batch`` (this
+Every run goes through dbt (in-process, :func:`metricsmith.core.dbt.invoke`). Change tracking
+lives in dbt-owned tables in the marts' schema (:func:`metricsmith.core.schema.marts_schema`):
+``int_rollup_batch`` (this
 run's window of ``raw.events.inserted_at``, the server's insertion time, whatever the client's
 ``received_at`` says), ``int_changed_days`` (days recomputed) and the append-only
 ``int_rollup_ledger`` (one row per finished run; the newest ``high_watermark`` is where the
@@ -15,20 +17,57 @@ import contextlib
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from typing import Any
+
+from psycopg import sql
 
 from metricsmith import db, grains
 from metricsmith.config import Settings, load_settings
 from metricsmith.core import pglock
-from metricsmith.dbt_runner import DbtRun, run_dbt
+from metricsmith.core.dbt import DbtOutcome, invoke
+from metricsmith.core.schema import marts_schema
 from metricsmith.errors import UserFacingError
+from metricsmith.grains import Comparison, Grain
 
 #: every model the rollups need, up to the ledger that closes a run, and the rejected rows
 ROLLUP_SELECTORS = ("+int_rollup_ledger", "stg_events_rejected")
 #: the models that change with the time zone (all of them are rebuilt by --full-refresh)
-MART_MODELS = ("daily_metrics", "weekly_metrics", "monthly_metrics")
-SCHEMA = "analytics"
+MART_MODELS = tuple(g.model for g in grains.load())
+
+#: the measures of every mart row, in contract order
+MEASURES = (
+    "total_events", "active_users", "new_users", "active_organizations", "sessions",
+    "signups", "purchases", "revenue_cents",
+)
+#: the measures with growth columns (``<measure>_<suffix>_pct`` per comparison of a grain)
+GROWTH_MEASURES = ("total_events", "active_users", "new_users", "revenue_cents")
+#: the per-day averages of the marts longer than a day
+AVERAGES = ("avg_daily_events", "avg_daily_active_users", "avg_daily_revenue_cents")
+#: what each element of a ``<finer adjective>_breakdown`` column holds besides its start and day count
+BREAKDOWN_MEASURES = ("total_events", "active_users", "revenue_cents")
+
+
+def mart_columns(g: Grain) -> list[str]:
+    """Every column of ``g``'s mart, in contract order: the period, the measures, the averages,
+    the growth columns of each comparison, the breakdown."""
+    if g.end_column is None:
+        return [g.start_column, *MEASURES]
+    growth = [f"{m}_{c.suffix}_pct" for c in g.comparisons for m in GROWTH_MEASURES]
+    tail = [] if g.breakdown_column is None else [g.breakdown_column]
+    return [g.start_column, g.end_column, "days_with_data", "is_complete", *MEASURES, *AVERAGES, *growth, *tail]
+
+
+def breakdown_keys(g: Grain) -> list[str]:
+    """The keys of one element of ``g``'s breakdown column, in order ([] without one)."""
+    if g.breakdown is None:
+        return []
+    return [grains.get(g.breakdown).start_column, f"days_in_{g.name}", *BREAKDOWN_MEASURES]
+
+
+def year_comparison(g: Grain) -> Comparison | None:
+    """``g``'s comparison with the same period a year before (``yoy``), if it has one."""
+    return next((c for c in g.comparisons if c.months == 12), None)
 
 
 class ChangedPeriods:
@@ -118,18 +157,8 @@ class RollupRunResult:
     #: from the first model's start to the last model's end (dbt start-up and parse excluded)
     models_seconds: float = 0.0
 
-    def render(self) -> str:
-        c = self.changed
-        if not c.days:
-            what = "no day changed"
-        else:
-            why = ", ".join(f"{n} {reason}" for reason, n in sorted(self.reasons.items()))
-            what = (f"{len(c.days)} day(s) recomputed ({c.days[0]} .. {c.days[-1]}; {why}), "
-                    + ", ".join(f"{len(c.of(g.name))} {g.name} row(s)" for g in grains.periods()) + " refreshed")
-        return f"rollups {self.mode} ({self.timezone}) in {self.seconds:.1f} s: {what}"
 
-
-def _timing(run: DbtRun) -> dict[str, float]:
+def _timing(run: DbtOutcome) -> dict[str, float]:
     out: dict[str, float] = {}
     for r in run.results:
         node = getattr(r, "node", None)
@@ -138,7 +167,7 @@ def _timing(run: DbtRun) -> dict[str, float]:
     return out
 
 
-def _models_span(run: DbtRun) -> float:
+def _models_span(run: DbtOutcome) -> float:
     starts, ends = [], []
     for r in run.results:
         for t in getattr(r, "timing", None) or []:
@@ -187,14 +216,16 @@ def run_rollups(
         args.append("--full-refresh")
     started = time.perf_counter()
     with _rollup_lock(settings, lock_wait_seconds):
-        run = run_dbt(args, vars=vars_, settings=settings)
+        run = invoke(args, vars=vars_, settings=settings).raise_for_status()
     seconds = time.perf_counter() - started
     result = RollupRunResult(mode=mode, timezone=tz, seconds=seconds, dbt_seconds=_timing(run),
                              models_seconds=_models_span(run))
+    changed_days = sql.Identifier(marts_schema(), "int_changed_days")
     with db.connect(settings, autocommit=True) as conn:
-        days = [r[0] for r in conn.execute(f"select metric_date from {SCHEMA}.int_changed_days order by 1").fetchall()]
+        days = [r[0] for r in conn.execute(
+            sql.SQL("select metric_date from {} order by 1").format(changed_days)).fetchall()]
         result.reasons = {r[0]: int(r[1]) for r in conn.execute(
-            f"select reason, count(*) from {SCHEMA}.int_changed_days group by reason").fetchall()}
+            sql.SQL("select reason, count(*) from {} group by reason").format(changed_days)).fetchall()}
         result.changed = ChangedPeriods.from_days(days)
         result.ledger = last_run(conn) or {}
     if result.mode == "incremental" and result.ledger.get("is_full_rebuild"):
@@ -203,17 +234,22 @@ def run_rollups(
     return result
 
 
-_PCT = ("total_events", "active_users", "new_users", "revenue_cents")
-_AVG = ("avg_daily_events", "avg_daily_active_users", "avg_daily_revenue_cents")
-#: column types this version builds where older versions built others (bigint revenue sums,
-#: numeric without precision): a table that differs is rebuilt by the next run
+#: what dbt builds sums, averages and growth as (older versions built bigint sums, numeric
+#: without precision): a table that differs is rebuilt by the next run
+SUM_TYPE, AVERAGE_TYPE, GROWTH_TYPE = "numeric(38,0)", "numeric(42,4)", "numeric(46,4)"
+
+
+def _built_types(g: Grain) -> dict[str, str]:
+    types = {"revenue_cents": SUM_TYPE}
+    if g.end_column is not None:
+        types |= dict.fromkeys(AVERAGES, AVERAGE_TYPE)
+        types |= {f"{m}_{c.suffix}_pct": GROWTH_TYPE for c in g.comparisons for m in GROWTH_MEASURES}
+    return types
+
+
+#: column types this version builds, by table
 BUILT_TYPES: dict[str, dict[str, str]] = {
-    "int_daily_user_activity": {"revenue_cents": "numeric(38,0)"},
-    "daily_metrics": {"revenue_cents": "numeric(38,0)"},
-    "weekly_metrics": {"revenue_cents": "numeric(38,0)", **dict.fromkeys(_AVG, "numeric(42,4)"),
-                       **{f"{c}_wow_pct": "numeric(46,4)" for c in _PCT}},
-    "monthly_metrics": {"revenue_cents": "numeric(38,0)", **dict.fromkeys(_AVG, "numeric(42,4)"),
-                        **{f"{c}_{g}_pct": "numeric(46,4)" for c in _PCT for g in ("mom", "yoy")}},
+    "int_daily_user_activity": {"revenue_cents": SUM_TYPE}, **{g.model: _built_types(g) for g in grains.load()},
 }
 
 
@@ -224,7 +260,7 @@ def outdated_tables(settings: Settings | None = None) -> list[str]:
             "select c.relname, a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a "
             "join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace "
             "where n.nspname = %s and c.relname = any(%s) and a.attnum > 0 and not a.attisdropped",
-            (SCHEMA, list(BUILT_TYPES))).fetchall()
+            (marts_schema(), list(BUILT_TYPES))).fetchall()
     found: dict[str, dict[str, str]] = {}
     for table, column, type_ in rows:
         found.setdefault(table, {})[column] = type_
@@ -251,78 +287,32 @@ def backfill(start: date, end: date, *, settings: Settings | None = None) -> Rol
 
 def last_run(conn: Any) -> dict[str, Any] | None:
     """The newest row of the ledger, or None before the first run."""
-    if not _table_exists(conn, "int_rollup_ledger"):
-        return None
-    cur = conn.execute(f"select * from {SCHEMA}.int_rollup_ledger order by finished_at desc limit 1")
-    row = cur.fetchone()
-    if row is None:
-        return None
-    return {d.name: v for d, v in zip(cur.description, row, strict=True)}
+    rows = ledger(conn, 1)
+    return rows[0] if rows else None
 
 
 def ledger(conn: Any, limit: int = 10) -> list[dict[str, Any]]:
+    """The newest ``limit`` rows of the ledger (newest first); [] before the first run."""
     if not _table_exists(conn, "int_rollup_ledger"):
         return []
-    cur = conn.execute(f"select * from {SCHEMA}.int_rollup_ledger order by finished_at desc limit %s", (limit,))
+    cur = conn.execute(sql.SQL("select * from {} order by finished_at desc limit %s").format(
+        sql.Identifier(marts_schema(), "int_rollup_ledger")), (limit,))
     names = [d.name for d in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def _table_exists(conn: Any, name: str) -> bool:
-    row = conn.execute("select to_regclass(%s) is not null", (f"{SCHEMA}.{name}",)).fetchone()
+    row = conn.execute("select to_regclass(format('%%I.%%I', %s::text, %s::text)) is not null",
+                       (marts_schema(), name)).fetchone()
     return bool(row and row[0])
 
 
-def latest_weeks(conn: Any, n: int = 4) -> list[dict[str, Any]]:
-    return _latest(conn, "weekly_metrics", "week_start", n)
-
-
-def latest_months(conn: Any, n: int = 3) -> list[dict[str, Any]]:
-    return _latest(conn, "monthly_metrics", "month_start", n)
-
-
-def _latest(conn: Any, table: str, key: str, n: int) -> list[dict[str, Any]]:
-    if not _table_exists(conn, table):
+def latest_periods(conn: Any, grain: str, n: int = 3) -> list[dict[str, Any]]:
+    """The last ``n`` rows of ``grain``'s mart, oldest first ([] before it is built)."""
+    g = grains.get(grain)
+    if not _table_exists(conn, g.model):
         return []
-    cur = conn.execute(f"select * from {SCHEMA}.{table} order by {key} desc limit %s", (n,))
+    cur = conn.execute(sql.SQL("select * from {} order by {} desc limit %s").format(
+        sql.Identifier(marts_schema(), g.model), sql.Identifier(g.start_column)), (n,))
     names = [d.name for d in cur.description]
     return [dict(zip(names, row, strict=True)) for row in reversed(cur.fetchall())]
-
-
-def _pct(value: Any) -> str:
-    return "    n/a" if value is None else f"{float(value):+7.1f}%"
-
-
-def render_periods(weeks: list[dict[str, Any]], months: list[dict[str, Any]]) -> str:
-    """A compact text table of weeks and months with their growth."""
-    lines = ["week        days  events     users   new     revenue     events/users/revenue WoW"]
-    for w in weeks:
-        lines.append(
-            f"{w['week_start']}  {w['days_with_data']}{' ' if w['is_complete'] else '*'}  "
-            f"{w['total_events']:>9,} {w['active_users']:>8,} {w['new_users']:>6,} {w['revenue_cents'] / 100:>11,.2f}   "
-            f"{_pct(w['total_events_wow_pct'])} {_pct(w['active_users_wow_pct'])} {_pct(w['revenue_cents_wow_pct'])}")
-    lines.append("month       days  events     users   new     revenue     events/users MoM  users/revenue YoY")
-    for m in months:
-        lines.append(
-            f"{m['month_start']}  {m['days_with_data']:>2}{' ' if m['is_complete'] else '*'} "
-            f"{m['total_events']:>9,} {m['active_users']:>8,} {m['new_users']:>6,} {m['revenue_cents'] / 100:>11,.2f}   "
-            f"{_pct(m['total_events_mom_pct'])} {_pct(m['active_users_mom_pct'])}  "
-            f"{_pct(m['active_users_yoy_pct'])} {_pct(m['revenue_cents_yoy_pct'])}")
-    lines.append("(* = period not complete; revenue in currency units)")
-    return "\n".join(lines)
-
-
-def parse_day(text: str) -> date:
-    try:
-        return datetime.strptime(text, "%Y-%m-%d").date()
-    except ValueError:
-        raise UserFacingError(f"not a date (YYYY-MM-DD): {text!r}") from None
-
-
-def demo_step() -> None:
-    """`make demo`: run the rollups incrementally (the first time builds everything; a second
-    demo only reads what arrived since) and print the latest weeks and months with growth."""
-    result = run_rollups(quiet=True)
-    print(result.render())
-    with db.connect(autocommit=True) as conn:
-        print(render_periods(latest_weeks(conn, 4), latest_months(conn, 3)))

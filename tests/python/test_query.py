@@ -518,3 +518,76 @@ def test_period_tiers_and_tags(svc: MetricsQueryService, marts: Marts, cache: Tw
     finally:
         marts.set_day(day, total_events=old)
         invalidate_periods(days=[day], cache=cache)
+
+
+# ---------------------------------------------------------------- CLI: every grain, one date parser
+def test_cli_query_quarterly(marts: Marts, cache: TwoTierCache, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from metricsmith.cli import main
+
+    base = ["--schema", marts.schema]
+    assert main(["query", "quarterly", "--year", "2024", *base]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["quarter_start", "days_with_data", "total_events"]
+    assert [line.split()[0] for line in out[2:6]] == ["2024-01-01", "2024-04-01", "2024-07-01", "2024-10-01"]
+    assert out[6] == "2024 (4 quarters) vs the same quarters of 2023: the 4 quarters both years have"
+    this = sum(marts.daily[d]["revenue_cents"] for d in marts.daily if d.year == 2024)
+    prev = sum(marts.daily[d]["revenue_cents"] for d in marts.daily if d.year == 2023)
+    revenue = next(line for line in out if line.split()[0] == "revenue_cents")
+    assert revenue.split() == ["revenue_cents", f"{this:,}", "vs", f"{prev:,}", "YoY", f"{round4(pct(this, prev)):+.2f}%"]
+
+    assert main(["query", "quarterly", "--year", "2024", "--format", "json", *base]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["compared_quarters"] == 4 and len(data["quarters"]) == 4
+    assert data["quarters"][1]["monthly_breakdown"][0] == {
+        "month_start": "2024-04-01", "days_in_quarter": 30,
+        **{k: sum(marts.daily[date(2024, 4, d)][k] for d in range(1, 31))
+           for k in ("total_events", "active_users", "revenue_cents")}}
+    assert data["yoy_pct"]["revenue_cents"] == pytest.approx(float(round4(pct(this, prev))))  # type: ignore[arg-type]
+
+    # a range instead of a year: the quarters overlapping it, against as many quarters before
+    assert main(["query", "quarterly", "--start", "2024-05-01", "--end", "2024-08-01", *base]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[2:4]] == ["2024-04-01", "2024-07-01"]
+    assert out[4].startswith("2 quarters, 2 complete; totals: total_events=")
+    assert out[5].startswith("vs the previous 2 quarters (2023-10-01 .. 2024-03-31; 2 compared")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["query", "quarterly", "--year", "24"], "'24' is not a year (1900..9999)"),
+        (["query", "weekly", "--start", "2024-02-30"], "'2024-02-30' is not a date (YYYY-MM-DD)"),
+        (["query", "daily", "--end", "20240101"], "'20240101' is not a date (YYYY-MM-DD)"),
+        (["backfill", "--start", "2024-W01-1", "--end", "2024-01-02"], "'2024-W01-1' is not a date (YYYY-MM-DD)"),
+        (["generate", "--start", "tomorrow"], "'tomorrow' is not a date (YYYY-MM-DD)"),
+        (["cache", "invalidate", "--quarter", "2024-13"], "'2024-13' is not a date (YYYY-MM-DD) or a month (YYYY-MM)"),
+        (["query", "yearly"], "invalid choice: 'yearly'"),
+    ],
+)
+def test_cli_bad_arguments_one_message(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from metricsmith.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_year_and_range_are_exclusive(marts: Marts, capsys: pytest.CaptureFixture[str]) -> None:
+    from metricsmith.cli import main
+
+    assert main(["query", "monthly", "--year", "2024", "--start", "2024-01-01", "--schema", marts.schema]) == 2
+    assert "give either --year or --start / --end, not both" in capsys.readouterr().err
+
+
+def test_cli_invalidate_a_quarter(marts: Marts, capsys: pytest.CaptureFixture[str]) -> None:
+    from metricsmith.cli import main
+
+    assert main(["query", "quarterly", "--start", "2024-04-01", "--end", "2024-04-01", "--schema", marts.schema]) == 0
+    capsys.readouterr()
+    assert main(["cache", "invalidate", "--quarter", "2024-05"]) == 0
+    out = capsys.readouterr().out
+    # every day of the second quarter (91), its 14 ISO weeks, 3 months and the quarter itself
+    assert re.search(r"invalidated [1-9]\d* key\(s\) for day:2024-04-01, .* \(\+102 tags\)", out), out

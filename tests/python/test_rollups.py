@@ -12,7 +12,7 @@ import pytest
 from rollups_reference import Event, diff_tables, fetch_tables, insert_events, reference
 
 from metricsmith import rollups
-from metricsmith.dbt_runner import DbtError
+from metricsmith.core.dbt import DbtError, invoke
 
 BERLIN = "Europe/Berlin"
 
@@ -200,8 +200,8 @@ def test_backfill_cli_rejects_bad_ranges(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         main(["backfill", "--start", "2024-13-01", "--end", "2024-03-01"])
     with pytest.raises(DbtError, match="backfill_start .* is after backfill_end"):
-        rollups.run_dbt(["run", "--select", "int_rollup_batch"],
-                        vars={"backfill_start": "2024-03-05", "backfill_end": "2024-03-01"})
+        invoke(["run", "--select", "int_rollup_batch"],
+               vars={"backfill_start": "2024-03-05", "backfill_end": "2024-03-01"}).raise_for_status()
 
 
 def test_partial_selection_does_not_advance_the_watermark(empty_events: psycopg.Connection[Any]) -> None:
@@ -213,7 +213,7 @@ def test_partial_selection_does_not_advance_the_watermark(empty_events: psycopg.
     rollups.run_rollups(full_refresh=True, timezone="UTC", quiet=True)
     runs_before = len(rollups.ledger(conn, 1000))
     insert_events(conn, late)
-    rollups.run_dbt(["run", "--quiet", "--select", "+weekly_metrics+"], vars={"metrics_timezone": "UTC"})
+    invoke(["run", "--quiet", "--select", "+weekly_metrics+"], vars={"metrics_timezone": "UTC"}).raise_for_status()
     assert len(rollups.ledger(conn, 1000)) == runs_before
     rollups.run_rollups(timezone="UTC", quiet=True)
     assert len(rollups.ledger(conn, 1000)) == runs_before + 1

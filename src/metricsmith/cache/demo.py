@@ -3,24 +3,38 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import date, timedelta
+
+
+def _last_day() -> date | None:
+    """The newest day of the daily mart, None before it is built."""
+    from psycopg import sql
+
+    from metricsmith import db, grains
+    from metricsmith.core.schema import marts_schema
+
+    g = grains.day()
+    with db.connect(autocommit=True) as conn:
+        exists = conn.execute("select to_regclass(format('%%I.%%I', %s::text, %s::text)) is not null",
+                              (marts_schema(), g.model)).fetchone()
+        if not (exists and exists[0]):
+            return None
+        row = conn.execute(sql.SQL("select max({}) from {}").format(
+            sql.Identifier(g.start_column), sql.Identifier(marts_schema(), g.model))).fetchone()
+    return row[0] if row else None
 
 
 def step_cache() -> None:
-    from metricsmith import db
     from metricsmith.cache import get_cache
+    from metricsmith.core.schema import marts_schema
     from metricsmith.query import MetricsQueryService
 
-    with db.connect(autocommit=True) as conn:
-        exists = conn.execute("select to_regclass('analytics.daily_metrics') is not null").fetchone()
-        last = conn.execute("select max(metric_date) from analytics.daily_metrics").fetchone() if exists and \
-            exists[0] else None
-    if last is None or last[0] is None:
-        print("skipped: analytics.daily_metrics is not built yet (run the rollups step first)")
+    end = _last_day()
+    if end is None:
+        print(f"skipped: the daily mart in {marts_schema()} is not built yet (run the rollups step first)")
         return
     cache = get_cache()
     cache.wait_until_listening()
-    end = last[0]
     start = end - timedelta(days=29)
     cache.invalidate(keys=[f"daily:{start}:{end}"])  # a cold read every time the demo runs
     with MetricsQueryService(cache=cache) as svc:

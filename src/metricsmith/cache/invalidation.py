@@ -139,7 +139,7 @@ def _warm_jobs(svc: MetricsQueryService, today: date) -> list[tuple[str, Any]]:
         read = svc.get_period_metrics if g.end_column is None else svc.get_period_summary
         jobs.append((f"{g.adjective} {start} .. {end}", functools.partial(read, g.name, start, end)))
     for g in grains.periods():
-        if query.compares_with_year(g):
+        if query.year_comparison(g) is not None:
             first, last = query.year_range(today.year)
             jobs.append((f"{g.adjective} summary {today.year}",
                          functools.partial(svc.get_period_summary, g.name, first, last)))

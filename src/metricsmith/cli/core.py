@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from datetime import date
 
 from metricsmith import db, embedded, migrate
+from metricsmith.cli.args import day
 from metricsmith.config import load_settings
 from metricsmith.errors import UserFacingError
 
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=int, default=365)
     p.add_argument("--events-per-day", type=int, default=10_000, help="average events per day")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--start", type=date.fromisoformat, default=None,
+    p.add_argument("--start", type=day, default=None,
                    help="first day (YYYY-MM-DD); default: --days before today")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_generate)

@@ -1,4 +1,5 @@
-"""`metricsmith query ...` (read metrics through the cache) and `metricsmith cache ...` (operate it)."""
+"""`metricsmith query <grain>` for every declared grain, `metricsmith query custom` (read metrics
+through the cache) and `metricsmith cache ...` (operate it)."""
 
 from __future__ import annotations
 
@@ -9,75 +10,76 @@ import io
 import json
 import sys
 from collections.abc import Sequence
-from datetime import date, timedelta
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from metricsmith import grains, rollups
+from metricsmith.cli.args import day, day_or_month, year
+from metricsmith.cli.rollups import growth_label
 from metricsmith.errors import UserFacingError
+from metricsmith.grains import Grain
 
-#: Columns shown by ``--format table`` (json and csv always carry every column).
-TABLE_COLUMNS = {
-    "daily": ["metric_date", "total_events", "active_users", "new_users", "sessions", "purchases", "revenue_cents"],
-    "weekly": ["week_start", "days_with_data", "total_events", "active_users", "new_users", "revenue_cents",
-               "total_events_wow_pct", "revenue_cents_wow_pct"],
-    "monthly": ["month_start", "days_with_data", "total_events", "active_users", "revenue_cents",
-                "revenue_cents_mom_pct", "total_events_yoy_pct", "revenue_cents_yoy_pct"],
-    "custom": ["period_start", "dimensions", "value", "previous_value", "growth_pct"],
-}
+#: Columns shown by ``--format table`` for custom metric values (json and csv carry every column).
+CUSTOM_COLUMNS = ["period_start", "dimensions", "value", "previous_value", "growth_pct"]
 
 
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+def table_columns(g: Grain) -> list[str]:
+    """The compact set ``--format table`` shows for a grain (json and csv carry every column)."""
+    if g.end_column is None:
+        return [g.start_column, "total_events", "active_users", "new_users", "sessions", "purchases", "revenue_cents"]
+    growth = [f"{m}_{c.suffix}_pct" for c in g.comparisons for m in ("total_events", "revenue_cents")]
+    return [g.start_column, "days_with_data", "total_events", "active_users", "new_users", "revenue_cents", *growth]
 
 
-def _month(text: str) -> date:
-    try:
-        return date.fromisoformat(text + "-01" if len(text) == 7 else text).replace(day=1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a month (YYYY-MM)") from None
+def _yearly(g: Grain) -> bool:
+    return rollups.year_comparison(g) is not None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--columns", help="comma-separated columns for --format table (default: a compact set)")
+    p.add_argument("--no-cache", action="store_true", help="read PostgreSQL directly")
+    p.add_argument("--schema", help="schema of the dbt marts (default: the dbt target's, e.g. analytics)")
+    p.add_argument("--currency", action="store_true",
+                   help="revenue in currency units (revenue_cents / 100, columns named revenue*) instead of "
+                        "cents (the marts' unit, the default)")
+
+
+def _register_grain(qsub: argparse._SubParsersAction, g: Grain) -> None:
+    if g.end_column is None:
+        p = qsub.add_parser(g.adjective, help=f"one row per {g.name}")
+        p.add_argument("--start", type=day, help="first day (default: 29 days before --end)")
+        p.add_argument("--end", type=day, help="last day (default: today in the reporting time zone)")
+    elif _yearly(g):
+        p = qsub.add_parser(g.adjective, help=f"the {g.name}s of a year with their growth, and the year "
+                                              f"against the same {g.name}s of the year before")
+        p.add_argument("--year", type=year, help="default: this year (unless --start / --end)")
+        p.add_argument("--start", type=day, help=f"{g.name}s from the one holding this day instead of a year")
+        p.add_argument("--end", type=day, help="up to this day (default: today)")
+    else:
+        p = qsub.add_parser(g.adjective, help=f"{g.name}s overlapping a range, with their growth and totals")
+        p.add_argument("--start", type=day, help=f"default: the start of the {g.name} 11 {g.name}s before --end's")
+        p.add_argument("--end", type=day, help="default: today")
+    _common(p)
+    p.set_defaults(handler=cmd_query_grain, grain=g.name)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    q = sub.add_parser("query", help="read daily / weekly / monthly / custom metrics (through the cache)")
+    names = " / ".join(g.adjective for g in grains.load())
+    q = sub.add_parser("query", help=f"read {names} / custom metrics (through the cache)")
     qsub = q.add_subparsers(dest="query_kind", metavar="KIND")
     qsub.required = True
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--format", choices=["table", "json", "csv"], default="table")
-        p.add_argument("--columns", help="comma-separated columns for --format table (default: a compact set)")
-        p.add_argument("--no-cache", action="store_true", help="read PostgreSQL directly")
-        p.add_argument("--schema", default="analytics", help="schema of the dbt marts (default: analytics)")
-        p.add_argument("--currency", action="store_true",
-                       help="revenue in currency units (revenue_cents / 100, columns named revenue*) instead of "
-                            "cents (the marts' unit, the default)")
-
-    p = qsub.add_parser("daily", help="one row per day")
-    p.add_argument("--start", type=_date, help="first day (default: 29 days before --end)")
-    p.add_argument("--end", type=_date, help="last day (default: today in the reporting time zone)")
-    common(p)
-    p.set_defaults(handler=cmd_query_daily)
-
-    p = qsub.add_parser("weekly", help="ISO weeks overlapping a range, with week-over-week growth and totals")
-    p.add_argument("--start", type=_date, help="default: the Monday 11 weeks before --end's week")
-    p.add_argument("--end", type=_date, help="default: today")
-    common(p)
-    p.set_defaults(handler=cmd_query_weekly)
-
-    p = qsub.add_parser("monthly", help="the months of a year with month-over-month and year-over-year growth")
-    p.add_argument("--year", type=int, help="default: this year")
-    common(p)
-    p.set_defaults(handler=cmd_query_monthly)
+    for g in grains.load():
+        _register_grain(qsub, g)
 
     p = qsub.add_parser("custom", help="values of a custom metric (visibility enforced)")
     p.add_argument("slug")
     p.add_argument("--as", dest="user", required=True, help="the user asking (access is checked for them)")
-    p.add_argument("--start", type=_date)
-    p.add_argument("--end", type=_date)
+    p.add_argument("--start", type=day)
+    p.add_argument("--end", type=day)
     p.add_argument("--version", type=int, help="a version of the metric (default: its current one)")
-    common(p)
+    _common(p)
     p.set_defaults(handler=cmd_query_custom)
 
     c = sub.add_parser("cache", help="cache statistics, invalidation and warming")
@@ -90,16 +92,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_cache_stats)
 
     p = csub.add_parser("invalidate", help="drop cached values by period, metric slug or key pattern")
-    p.add_argument("--day", type=_date, action="append", default=[], help="a changed day (repeatable)")
-    p.add_argument("--week", type=_date, action="append", default=[], help="any day of a changed ISO week")
-    p.add_argument("--month", type=_month, action="append", default=[], help="a changed month (YYYY-MM)")
+    p.add_argument("--day", type=day, action="append", default=[], metavar="YYYY-MM-DD",
+                   help="a changed day (each option repeatable)")
+    for g in grains.periods():
+        monthly = g.unit == "month"
+        p.add_argument(f"--{g.name}", dest=f"changed_{g.name}", type=day_or_month if monthly else day,
+                       action="append", default=[], metavar="YYYY-MM" + ("[-DD]" if monthly else "-DD"),
+                       help=f"any day of a changed {g.name}" + ("; YYYY-MM is that month's first day" if monthly else ""))
     p.add_argument("--slug", action="append", default=[], help="a custom metric slug")
     p.add_argument("--pattern", action="append", default=[], help="key glob, e.g. 'daily:*' or 'monthly:2024-*'")
     p.add_argument("--all", action="store_true", help="drop everything")
     p.set_defaults(handler=cmd_cache_invalidate)
 
     p = csub.add_parser("warm", help="pre-compute the predictable dashboard queries")
-    p.add_argument("--today", type=_date, help="pretend today is this day (default: today)")
+    p.add_argument("--today", type=day, help="pretend today is this day (default: today)")
     p.set_defaults(handler=cmd_cache_warm)
 
 
@@ -158,40 +164,47 @@ def _cell(value: Any, money: bool = False) -> str:
     return str(value)
 
 
-def render_rows(rows: Sequence[Any], kind: str, fmt: str, columns: str | None = None,
-                footer: list[str] | None = None, *, currency: bool = False) -> str:
-    """Rows as a table, JSON or CSV. Money is in cents (``revenue_cents``), or with ``currency``
-    in currency units (``revenue``, two decimals) - in every format alike."""
-    dicts = [dataclasses.asdict(r) for r in rows]
-    all_columns = [f.name for f in dataclasses.fields(rows[0])] if rows else TABLE_COLUMNS[kind]
-    if currency and kind != "custom":  # custom metric values carry their own unit
-        dicts = [_in_currency(d, "") for d in dicts]
-        all_columns = [_currency_name(c) for c in all_columns]
-    if fmt == "json":
-        return json.dumps(_plain(dicts), indent=2)
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(all_columns)
-        for d in dicts:
-            writer.writerow(["" if d[c] is None else (json.dumps(_plain(d[c])) if isinstance(d[c], (list, tuple, dict))
-                                                    else d[c]) for c in all_columns])
-        return out.getvalue().rstrip("\n")
-    wanted = [c.strip() for c in columns.split(",")] if columns else TABLE_COLUMNS[kind]
-    if currency and kind != "custom":
-        wanted = [_currency_name(c) for c in wanted]
-    unknown = [c for c in wanted if c not in all_columns]
-    if unknown:
-        raise UserFacingError(f"unknown column(s) {', '.join(unknown)}; available: {', '.join(all_columns)}")
-    money = {c: _is_money(c, currency and kind != "custom") for c in wanted}
+def _csv(dicts: list[dict[str, Any]], all_columns: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(all_columns)
+    for d in dicts:
+        writer.writerow(["" if d[c] is None else (json.dumps(_plain(d[c])) if isinstance(d[c], (list, tuple, dict))
+                                                else d[c]) for c in all_columns])
+    return out.getvalue().rstrip("\n")
+
+
+def _table(dicts: list[dict[str, Any]], wanted: list[str], money: dict[str, bool]) -> list[str]:
     table = [wanted] + [[_cell(d[c], money[c]) for c in wanted] for d in dicts]
     widths = [max(len(row[i]) for row in table) for i in range(len(wanted))]
     lines = ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True)))
              for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    if not rows:
+    if not dicts:
         lines.append("(no rows)")
-    return "\n".join(lines + (footer or []))
+    return lines
+
+
+def render_rows(rows: Sequence[dict[str, Any]], all_columns: list[str], default_columns: list[str], fmt: str,
+                columns: str | None = None, footer: list[str] | None = None, *, currency: bool = False) -> str:
+    """Rows (dicts) as a table, JSON or CSV. Money is in cents (``revenue_cents``), or with
+    ``currency`` in currency units (``revenue``, two decimals) - in every format alike."""
+    dicts = list(rows)
+    if currency:
+        dicts = [_in_currency(d, "") for d in dicts]
+        all_columns = [_currency_name(c) for c in all_columns]
+    if fmt == "json":
+        return json.dumps(_plain(dicts), indent=2)
+    if fmt == "csv":
+        return _csv(dicts, all_columns)
+    wanted = [c.strip() for c in columns.split(",")] if columns else default_columns
+    if currency:
+        wanted = [_currency_name(c) for c in wanted]
+    unknown = [c for c in wanted if c not in all_columns]
+    if unknown:
+        raise UserFacingError(f"unknown column(s) {', '.join(unknown)}; available: {', '.join(all_columns)}")
+    money = {c: _is_money(c, currency) for c in wanted}
+    return "\n".join(_table(dicts, wanted, money) + (footer or []))
 
 
 def _service(args: argparse.Namespace) -> Any:
@@ -206,56 +219,86 @@ def _total(measure: str, value: int, currency: bool) -> str:
     return f"{measure}={value:,}"
 
 
+def _amount(measure: str, value: int, currency: bool) -> str:
+    return f"{value / 100:>16,.2f}" if currency and measure == _CENTS else f"{value:>16,}"
+
+
+def _pct(value: Decimal | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}%"
+
+
+def _plural(n: int, name: str) -> str:
+    return f"{n} {name}{'' if n == 1 else 's'}"
+
+
 # ---------------------------------------------------------------- query handlers
-def cmd_query_daily(args: argparse.Namespace) -> int:
+def cmd_query_grain(args: argparse.Namespace) -> int:
+    """`metricsmith query <grain>`: a range of periods with its summary, or a year."""
+    from metricsmith.query import period_columns, recent_range
+
+    g = grains.get(args.grain)
+    by_year = _yearly(g) and getattr(args, "year", None) is not None
+    if by_year and (args.start or args.end):
+        raise UserFacingError("give either --year or --start / --end, not both")
     with _service(args) as svc:
+        if _yearly(g) and not (args.start or args.end):
+            return _print_year(args, svc, g, args.year or svc.today().year)
         end = args.end or svc.today()
-        start = args.start or end - timedelta(days=29)
-        rows = svc.get_daily_metrics(start, end)
-    print(render_rows(rows, "daily", args.format, args.columns, currency=args.currency))
-    return 0
-
-
-def cmd_query_weekly(args: argparse.Namespace) -> int:
-    from metricsmith.query import recent_range
-
-    with _service(args) as svc:
-        end = args.end or svc.today()
-        start = args.start or recent_range("week", end)[0]
-        summary = svc.get_weekly_metrics_summary(start, end)
-    footer = [f"{len(summary.weeks)} week(s), {summary.complete_weeks} complete; totals: "
-              + ", ".join(_total(k, v, args.currency) for k, v in summary.totals.items())]
-    print(render_rows(summary.weeks, "weekly", args.format, args.columns,
+        start = args.start or recent_range(g, end)[0]
+        if g.end_column is None:
+            rows, footer = svc.get_period_metrics(g.name, start, end), None
+        else:
+            summary = svc.get_period_summary(g.name, start, end)
+            rows, footer = summary.periods, _range_footer(g, summary, args.currency)
+    print(render_rows(rows, period_columns(g), table_columns(g), args.format, args.columns,
                       footer if args.format == "table" else None, currency=args.currency))
     return 0
 
 
-def cmd_query_monthly(args: argparse.Namespace) -> int:
-    with _service(args) as svc:
-        year = args.year or svc.today().year
-        summary = svc.get_monthly_metrics_summary(year)
+def _range_footer(g: Grain, summary: Any, currency: bool) -> list[str]:
+    n = len(list(g.periods_between(summary.start, summary.end)))
+    lines = [f"{_plural(len(summary.periods), g.name)}, {summary.complete_periods} complete; totals: "
+             + ", ".join(_total(k, v, currency) for k, v in summary.totals.items())]
+    growth = ", ".join(f"{_currency_name(k) if currency else k} {_pct(v)}" for k, v in summary.growth_pct.items())
+    lines.append(f"vs the previous {_plural(n, g.name)} ({summary.previous_start} .. {summary.previous_end}; "
+                 f"{summary.compared_periods} compared, each with the {g.name} {n} before): {growth}")
+    return lines
+
+
+def _print_year(args: argparse.Namespace, svc: Any, g: Grain, year_: int) -> int:
+    from metricsmith.query import period_columns, year_range
+
+    comparison = rollups.year_comparison(g)
+    assert comparison is not None  # only called for such grains
+    suffix = comparison.suffix
+    summary = svc.get_period_summary(g.name, *year_range(year_))
     if args.format == "json":
-        data = dataclasses.asdict(summary)
+        data = {"year": year_, f"{g.name}s": summary.periods, "totals": summary.totals,
+                "previous_year_totals": summary.previous_totals, f"{suffix}_pct": summary.growth_pct,
+                f"compared_{g.name}s": summary.compared_periods}
         print(json.dumps(_plain(_in_currency(data, "") if args.currency else data), indent=2))
         return 0
-    footer = [f"{year} ({len(summary.months)} month(s)) vs the same months of {year - 1}:"]
-    for measure, total in summary.totals.items():
-        yoy = summary.yoy_pct[measure]
-        name, now, before = measure, f"{total:>16,}", f"{summary.previous_year_totals[measure]:>16,}"
-        if args.currency and measure == _CENTS:
-            name = _currency_name(measure)
-            now, before = f"{total / 100:>16,.2f}", f"{summary.previous_year_totals[measure] / 100:>16,.2f}"
-        footer.append(f"  {name:<14} {now}  vs {before}  YoY {'n/a' if yoy is None else f'{yoy:+.2f}%'}")
-    print(render_rows(summary.months, "monthly", args.format, args.columns,
+    footer = [f"{year_} ({_plural(len(summary.periods), g.name)}) vs the same {g.name}s of {year_ - 1}: "
+              f"the {_plural(summary.compared_periods, g.name)} both years have"]
+    for measure, growth in summary.growth_pct.items():
+        name = _currency_name(measure) if args.currency else measure
+        now = _amount(measure, summary.compared_totals[measure], args.currency)
+        before = _amount(measure, summary.previous_totals[measure], args.currency)
+        footer.append(f"  {name:<14} {now}  vs {before}  {growth_label(suffix)} {_pct(growth)}")
+    print(render_rows(summary.periods, period_columns(g), table_columns(g), args.format, args.columns,
                       footer if args.format == "table" else None, currency=args.currency))
     return 0
 
 
 def cmd_query_custom(args: argparse.Namespace) -> int:
+    from metricsmith.query import CustomMetricValue
+
     with _service(args) as svc:
         rows = svc.get_custom_metric_values(args.slug, user=args.user, start=args.start, end=args.end,
                                             version=args.version)
-    print(render_rows(rows, "custom", args.format, args.columns))
+    columns = [f.name for f in dataclasses.fields(CustomMetricValue)]
+    # custom metric values carry their own unit: never converted to currency
+    print(render_rows([dataclasses.asdict(r) for r in rows], columns, CUSTOM_COLUMNS, args.format, args.columns))
     return 0
 
 
@@ -310,11 +353,12 @@ def cmd_cache_invalidate(args: argparse.Namespace) -> int:
     from metricsmith.cache import get_cache
     from metricsmith.cache.invalidation import invalidate_periods
 
-    if not (args.all or args.day or args.week or args.month or args.slug or args.pattern):
-        raise UserFacingError("say what to invalidate: --day, --week, --month, --slug, --pattern or --all")
+    changed = {g.name: getattr(args, f"changed_{g.name}") for g in grains.periods()}
+    if not (args.all or args.day or any(changed.values()) or args.slug or args.pattern):
+        options = ", ".join(f"--{g.name}" for g in grains.load())
+        raise UserFacingError(f"say what to invalidate: {options}, --slug, --pattern or --all")
     patterns = ["*"] if args.all else args.pattern
-    result = invalidate_periods(args.day, changed={"week": args.week, "month": args.month}, slugs=args.slug,
-                                patterns=patterns, cache=get_cache())
+    result = invalidate_periods(args.day, changed=changed, slugs=args.slug, patterns=patterns, cache=get_cache())
     print(result.render())
     return 0 if result.ok else 1
 
