@@ -135,8 +135,6 @@ class InvalidationBus:
         client = self._l2.client()
         if self._fence_script is None:
             self._fence_script = client.register_script(_FENCE_LUA)
-        if self._l2.cluster:  # a cluster transaction cannot load a script itself: load it first
-            self._fence_script.sha = client.script_load(_FENCE_LUA)
         doomed: set[bytes] = {self._keys.value(k).encode() for k in keys}
         if tags:
             pipe = client.pipeline(transaction=False)
@@ -146,7 +144,10 @@ class InvalidationBus:
                 doomed.update(members)
         for pattern in sorted(patterns):
             doomed.update(client.scan_iter(match=self._keys.value(pattern), count=1000))
-        pipe = client.pipeline(transaction=True)
+        # on a cluster, the MULTI/EXEC (with the fence script) goes straight to the master of the
+        # cache's slot: every key in it shares that slot, and redis-py's cluster pipeline runs no scripts
+        tx = client.get_redis_connection(client.get_node_from_key(self._keys.gen)) if self._l2.cluster else client
+        pipe = tx.pipeline(transaction=True)
         pipe.incr(self._keys.gen)
         doomed_list = sorted(doomed)
         for start in range(0, len(doomed_list), 500):

@@ -105,7 +105,8 @@ class TwoTierCache:
     ) -> None:
         self.settings = settings or load_settings()
         self.config = cfg = config or load_cache_config()
-        tagged = self.settings.redis_cluster or (redis_url is not None and rediscluster.is_cluster_url(redis_url))
+        # an explicit URL decides by its scheme; otherwise the settings say whether Redis is a cluster
+        tagged = rediscluster.is_cluster_url(redis_url) if redis_url else self.settings.redis_cluster
         self.keys = CacheKeys(self.settings.redis_prefix, tagged=tagged)
         self.root = self.keys.root
         self.channel = self.keys.channel
@@ -464,12 +465,26 @@ class TwoTierCache:
         return {
             "status": status,
             "redis": "unreachable" if self.degraded else "ok",
+            "redis_mode": "cluster" if self.keys.tagged else "standalone",
+            **self._cluster_health(),
             "l1_listening": self.listener.subscribed.is_set(),
             "last_error": self.circuit.last_error,
             "fence_error": self.fence.error,
             "detail": ("Redis unreachable: reads go straight to PostgreSQL" if self.degraded
                        else "two tiers active"),
         }
+
+
+    def _cluster_health(self) -> dict[str, Any]:
+        """On a cluster: ``{"cluster": {state, masters, masters_failed, replicas, epoch}}`` as the
+        nodes see it (a failed master shows until it is forgotten), or the error of asking."""
+        client = self.l2.connected
+        if not self.keys.tagged or client is None:
+            return {}
+        try:
+            return {"cluster": rediscluster.describe(client)}
+        except (redis.RedisError, OSError) as exc:
+            return {"cluster": {"state": "unknown", "error": f"{type(exc).__name__}: {exc}"}}
 
 
 def _flush_at_exit(ref: weakref.ReferenceType[TwoTierCache]) -> None:

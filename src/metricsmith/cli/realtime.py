@@ -7,17 +7,34 @@ import sys
 from datetime import date, datetime, timedelta
 
 from metricsmith.config import load_settings
-from metricsmith.errors import int_at_least, port_number
+from metricsmith.errors import UserFacingError, int_at_least, port_number
+
+
+def _shards(args: argparse.Namespace) -> list[int]:
+    from metricsmith.realtime.shards import parse_shards
+
+    count = load_settings().stream_shards
+    if args.shards is None:
+        return list(range(count))
+    try:
+        return parse_shards(args.shards, count)
+    except ValueError as exc:
+        raise BadShards(f"--shards {exc}") from None
+
+
+class BadShards(UserFacingError):
+    """--shards names shards that do not exist or is not a list/range of numbers."""
 
 
 def _consume(args: argparse.Namespace) -> int:
-    from metricsmith.realtime.stream import StreamConsumer, install_signal_handlers
+    from metricsmith.realtime.consumers import ShardedConsumer
+    from metricsmith.realtime.stream import install_signal_handlers
 
-    consumer = StreamConsumer(name=args.consumer, batch_size=args.batch_size, block_ms=args.block_ms,
-                              claim_idle_ms=args.claim_idle_ms, lock_ttl_ms=args.lock_ttl_ms,
-                              retention_days=args.retention_days)
+    consumer = ShardedConsumer(shards=_shards(args), name=args.consumer, batch_size=args.batch_size,
+                               block_ms=args.block_ms, claim_idle_ms=args.claim_idle_ms,
+                               lock_ttl_ms=args.lock_ttl_ms, retention_days=args.retention_days)
     install_signal_handlers(consumer)
-    print(f"consumer {consumer.name} in group {consumer.group} on {consumer.keys.stream}"
+    print(f"consumer {consumer.name} in group {consumer.group} on {', '.join(consumer.streams)}"
           + (" (until the stream is drained)" if args.until_idle else " (Ctrl-C / SIGTERM to stop)"),
           file=sys.stderr)
 
@@ -106,6 +123,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = rt.add_parser("consume", help="run a stream consumer (Redis metrics + raw.events, exactly-once effect)")
     p.add_argument("--consumer", help="consumer name (default host-pid; reuse it to resume its own pending entries)")
+    p.add_argument("--shards", help="stream shards to consume, e.g. 0-3 or 0,2 (default: all of "
+                                    "METRICSMITH_STREAM_SHARDS); one consumer thread per shard")
     p.add_argument("--batch-size", type=int_at_least(1), default=5000)
     p.add_argument("--block-ms", type=int_at_least(0), default=1000, help="how long one read waits for new entries")
     p.add_argument("--claim-idle-ms", type=int_at_least(0), default=30_000,

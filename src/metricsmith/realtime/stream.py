@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import psycopg
@@ -455,8 +455,6 @@ class StreamConsumer:
         with apply_lock(self.redis, self.keys, shard=self.shard, ttl_ms=self.lock_ttl_ms, sleep_s=0.005,
                         wait_s=max(60.0, self.lock_ttl_ms / 1000 * 3)):
             new = self.apply_redis(batch)
-            if batch.args:
-                self._replicated()
             _fault_pause()
             summary = self._store(batch)
             _fault_pause()
@@ -483,32 +481,44 @@ class StreamConsumer:
         keys = apply_keys(into or self.keys, events_total=EVENTS_TOTAL.name, revenue_total=REVENUE_TOTAL.name,
                           active_users=ACTIVE_USERS.name, purchase_value=PURCHASE_VALUE.name,
                           events_rate=EVENTS_RATE.name, windows=windows, days=days)
-        return int(self._apply(keys=keys, args=[self.ttl_seconds, repr(float(self.clock())), LABEL_SEP,
-                                                RATE_KEEP_BUCKETS, len(windows), orjson.dumps(batch.args),
-                                                *[w / RATE_RESOLUTION for w in windows], *days]))
-
-    def _replicated(self, timeout_ms: int = 2000) -> None:
-        """On a cluster: wait until a replica of the metric state's master has the batch (``WAIT``),
-        so a failover after this point cannot lose an apply that Postgres and XACK then follow.
-        Raises ``redis.TimeoutError`` (the batch stays pending and is retried) when the master has
-        replicas and none confirmed; a master without any replica left is logged once and trusted."""
+        args = [self.ttl_seconds, repr(float(self.clock())), LABEL_SEP, RATE_KEEP_BUCKETS, len(windows),
+                orjson.dumps(batch.args), *[w / RATE_RESOLUTION for w in windows], *days]
         if not self.cluster:
-            return
-        node = self.redis.get_node_from_key(self.keys.registry)
-        acked = int(self.redis.execute_command("WAIT", 1, timeout_ms, target_nodes=node))
-        if acked >= 1:
+            return int(self._apply(keys=keys, args=args))
+        return self._apply_replicated(keys, args)
+
+    def _apply_replicated(self, keys: list[str], args: list[Any], timeout_ms: int = 2000) -> int:
+        """On a cluster: the script and ``WAIT 1`` on ONE connection to the master of the metric
+        state's slot (WAIT counts that connection's writes), so a failover after the batch was
+        confirmed cannot lose it. Raises ``redis.TimeoutError`` (the batch stays pending and is
+        retried: re-applying is harmless) when that master has replicas and none confirmed; a master
+        without a replica left is logged once and trusted. A dead or moved master refreshes the
+        slot map and raises ``redis.ConnectionError`` (retried too)."""
+        node = self.redis.get_node_from_key(keys[0])
+        pipe = self.redis.get_redis_connection(node).pipeline(transaction=False)
+        self._apply(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", 1, timeout_ms)
+        try:
+            new, acked = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            with contextlib.suppress(Exception):
+                self.redis.nodes_manager.initialize()
+            if isinstance(exc, redis.ResponseError) and not str(exc).startswith(("MOVED", "ASK", "CLUSTERDOWN",
+                                                                                    "TRYAGAIN", "READONLY")):
+                raise
+            raise redis.ConnectionError(f"the master of the metric state ({node.name}) is gone: {exc}") from exc
+        if int(acked) < 1:
+            replicas = int(self.redis.get_redis_connection(node).info("replication").get("connected_slaves", 0))
+            if replicas > 0:
+                raise redis.TimeoutError(f"no replica of {node.name} confirmed the batch within {timeout_ms} ms")
+            if not self._unreplicated_warned:
+                self._unreplicated_warned = True
+                self.log(f"realtime consumer {self.name}: the master {node.name} has no replica connected; "
+                         "applying without replication (losing it too could lose metric updates; "
+                         "`metricsmith realtime reconcile` repairs them from raw.events)")
+        else:
             self._unreplicated_warned = False
-            return
-        info = self.redis.info("replication", target_nodes=node)
-        if isinstance(info, dict) and node.name in info and isinstance(info[node.name], dict):
-            info = info[node.name]
-        if int(info.get("connected_slaves", 0)) > 0:
-            raise redis.TimeoutError(f"no replica of {node.name} confirmed the batch within {timeout_ms} ms")
-        if not self._unreplicated_warned:
-            self._unreplicated_warned = True
-            self.log(f"realtime consumer {self.name}: the master {node.name} has no replica connected; "
-                     "applying without replication (a second failure now could lose metric updates; "
-                     "`metricsmith realtime reconcile` repairs them from raw.events)")
+        return int(new)
 
     def _store(self, batch: _Batch) -> LoadSummary:
         conn = self.conn
@@ -532,7 +542,11 @@ def _fault_pause() -> None:
         time.sleep(int(pause) / 1000 * secrets.randbelow(100) / 100)
 
 
-def install_signal_handlers(consumer: StreamConsumer) -> None:
+class Stoppable(Protocol):
+    def stop(self, *_: Any) -> None: ...
+
+
+def install_signal_handlers(consumer: Stoppable) -> None:
     signal.signal(signal.SIGTERM, consumer.stop)
     signal.signal(signal.SIGINT, consumer.stop)
 

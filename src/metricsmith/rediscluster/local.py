@@ -163,7 +163,8 @@ class LocalCluster:
              "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
              "--cluster-node-timeout", str(self.node_timeout_ms), "--cluster-require-full-coverage", "no",
              "--dir", str(folder), "--daemonize", "yes", "--pidfile", str(folder / "redis.pid"),
-             "--logfile", str(folder / "redis.log"), "--save", "", "--appendonly", "no"],
+             "--logfile", str(folder / "redis.log"), "--save", "", "--appendonly", "no",
+             "--repl-diskless-sync-delay", "0"],
             capture_output=True, text=True, check=False, timeout=30)
         deadline = time.monotonic() + 15
         while _ping(port) is None:
@@ -196,13 +197,21 @@ class LocalCluster:
                     if time.monotonic() > deadline:
                         raise ClusterError(f"node {port} never learnt of master {master}") from None
                     time.sleep(0.1)
-        while not all(self._state_ok(p) for p in ports):
+        while not all(self._state_ok(p) for p in ports) or not all(self._synced(clients[p]) for p in replicas):
             if time.monotonic() > deadline:
                 raise ClusterError(f"the cluster on ports {ports[0]}-{ports[-1]} did not reach cluster_state:ok "
                                    f"within {wait_s:g} s; see the logs under {self.data_dir}")
             time.sleep(0.1)
         for client in clients.values():
             client.close()
+
+    @staticmethod
+    def _synced(client: redis.Redis) -> bool:
+        """A replica that finished its first sync (``master_link_status:up``)."""
+        try:
+            return client.info("replication").get("master_link_status") == "up"
+        except redis.RedisError:
+            return False
 
     @staticmethod
     def _state_ok(port: int) -> bool:
@@ -296,20 +305,10 @@ class LocalCluster:
                 with contextlib.suppress(redis.RedisError):
                     client.shutdown(nosave=True)
                 client.close()
-            pid = self.pid(port)
-            deadline = time.monotonic() + 10
-            while pid is not None and _alive(pid) and time.monotonic() < deadline:
+            deadline = time.monotonic() + 10  # (a killed daemon may linger as a zombie: watch the port)
+            while _ping(port, timeout=0.2) is not None and time.monotonic() < deadline:
                 time.sleep(0.05)
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.state_file.unlink(missing_ok=True)
         return stopped
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
