@@ -8,6 +8,7 @@ never from the module under test.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -19,7 +20,8 @@ from metricsmith.alerts import silences
 from metricsmith.alerts.evaluate import after_job_run, evaluate, list_incidents
 from metricsmith.alerts.rules import RuleSet, parse_text
 from metricsmith.core.status import JobStatus
-from metricsmith.orchestration import joblog
+from metricsmith.orchestration import joblog, runner
+from metricsmith.orchestration.retry import RetryPolicy
 from metricsmith.realtime.service import RealtimeMetricsService
 
 receiver = fx.receiver
@@ -41,32 +43,61 @@ def events(rec: fx.Receiver) -> list[tuple[str, str]]:
     return [(r.json["rule"], r.json["status"]) for r in rec.delivered()]
 
 
+@dataclass
+class ConnectJob:
+    """A job (the runner's Work) whose every attempt connects to ``url``: unreachable -> transient
+    failure, retried by the runner; between attempts it evaluates the alerts as a bystander would."""
+
+    url: str
+    ruleset: RuleSet
+    receiver: fx.Receiver
+    name: str = "daily-metrics"
+    timeout_seconds: int = 600
+    period_start: date | None = None
+    period_end: date | None = None
+    seen_during_attempts: list[list[tuple[str, str]]] = field(default_factory=list)
+
+    def details(self) -> dict[str, Any]:
+        return {}
+
+    def attempt(self, ctx: runner.Attempt) -> runner.Outcome:
+        run(self.ruleset)  # the run's row is RUNNING: nothing may fire yet
+        self.seen_during_attempts.append(events(self.receiver))
+        psycopg.connect(self.url, connect_timeout=3).close()
+        return runner.Outcome(models_ok=1)
+
+    def effects(self, result: runner.JobResult, outcome: runner.Outcome) -> None:
+        pass
+
+
 def test_job_forced_to_fail_notifies_once_after_last_retry_then_resolves_once(
-        alerts_db: psycopg.Connection[Any], receiver: fx.Receiver) -> None:
-    ruleset = rules(receiver.url, "  - {name: job-failed, kind: job_failed, job: daily-metrics, channels: [hook],"
-                                  " message: '{{ labels.job }}: {{ summary }}'}")
-    row = joblog.start(alerts_db, "daily-metrics", attempt=1, timeout_seconds=600)
-    error = None
-    for attempt in range(1, 4):  # the job's attempts against an unreachable database
-        joblog.update_attempt(alerts_db, row, attempt, {"attempt_errors": attempt})
-        with pytest.raises(psycopg.OperationalError) as caught:
-            psycopg.connect(UNREACHABLE, connect_timeout=3)
-        error = str(caught.value).strip()
-        run(ruleset)  # between retries the row is RUNNING: nothing to notify yet
-        assert events(receiver) == []
-    joblog.finish(alerts_db, row, joblog.Final(JobStatus.FAILED, error_message=error))
-    run(ruleset)
-    run(ruleset)  # the condition stays true: no second notification
+        alerts_db: psycopg.Connection[Any], receiver: fx.Receiver, tmp_path: Any,
+        monkeypatch: pytest.MonkeyPatch, test_database: str) -> None:
+    hook = f"channels:\n  hook: {{type: webhook, url: '{receiver.url}/hook'}}\nrules:\n" \
+           "  - {name: job-failed, kind: job_failed, job: daily-metrics, channels: [hook]," \
+           " message: '{{ labels.job }}: {{ summary }}'}\n"
+    (tmp_path / "alerts.yml").write_text(hook)
+    monkeypatch.setenv("METRICSMITH_ALERTS_FILE", str(tmp_path / "alerts.yml"))
+    ruleset = parse_text(hook, "test.yml")
+    policy = RetryPolicy(attempts=3, base_seconds=0.01, max_seconds=0.02, jitter=0)
+
+    failing = ConnectJob(UNREACHABLE, ruleset, receiver)
+    result = runner.run(failing, policy=policy, lock_wait_seconds=5)
+    assert result.status is JobStatus.FAILED and result.attempts == 3
+    assert failing.seen_during_attempts == [[], [], []]
+    after_job_run(result)  # the runner's hook: the job-log row is final now
+    after_job_run(result)  # the condition stays true: no second notification
     assert events(receiver) == [("job-failed", "firing")]
     body = receiver.delivered()[0].json
-    assert body["labels"]["job"] == "daily-metrics"
-    assert error and error[:40] in body["summary"] and "after 3 attempt(s)" in body["summary"]
-    assert body["message"].startswith("daily-metrics: ") and body["text"] == body["message"]
+    assert body["labels"]["job"] == "daily-metrics" and "after 3 attempt(s)" in body["summary"]
+    assert result.error_message and result.error_message[:60] in body["summary"]
+    assert "127.0.0.1" in body["summary"] and body["message"].startswith("daily-metrics: ")
 
-    ok = joblog.start(alerts_db, "daily-metrics", attempt=1, timeout_seconds=600)
-    joblog.finish(alerts_db, ok, joblog.Final(JobStatus.COMPLETED, rows_affected=1))
-    run(ruleset)
-    run(ruleset)
+    healthy = ConnectJob(test_database, ruleset, receiver)
+    ok = runner.run(healthy, policy=policy, lock_wait_seconds=5)
+    assert ok.status is JobStatus.COMPLETED
+    after_job_run(ok)
+    after_job_run(ok)
     assert events(receiver) == [("job-failed", "firing"), ("job-failed", "resolved")]
     [incident] = list_incidents(alerts_db)
     assert incident["state"] == "RESOLVED" and incident["notified_at"] and incident["resolved_at"]

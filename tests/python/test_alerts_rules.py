@@ -131,7 +131,7 @@ _docs = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=
                                                        st.dictionaries(_keys, inner, max_size=5)), max_leaves=20)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=300))
 def test_arbitrary_text_never_crashes_the_loader(text: str) -> None:
     try:
@@ -140,7 +140,7 @@ def test_arbitrary_text_never_crashes_the_loader(text: str) -> None:
         assert str(exc).startswith("fuzz.yml")
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(_keys, _docs, max_size=4), st.lists(st.dictionaries(_keys, _docs, max_size=7), max_size=3))
 def test_arbitrary_rule_shapes_never_crash_the_checker(top: dict[str, Any], rule_items: list[dict[str, Any]]) -> None:
     doc = {**top, "rules": rule_items}
@@ -154,7 +154,7 @@ def test_arbitrary_rule_shapes_never_crash_the_checker(top: dict[str, Any], rule
         assert str(exc).startswith("fuzz.yml")
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(max_size=80), st.text(alphabet="rategu(), 0123456789smhd<>=!.-+eE_x", max_size=40)))
 def test_arbitrary_expressions_raise_only_the_clear_error(text: str) -> None:
     with contextlib.suppress(ExpressionError):
