@@ -369,6 +369,8 @@ def test_open_range_max_age_at_most_300(client: TestClient, world: World) -> Non
     ("/v1/metrics/week", {"fields": "total_events,secret_column"}, "fields", "unknown field"),
     ("/v1/metrics/week", {"format": "xml"}, "format", "not one of"),
     ("/v1/metrics/week/summary", {"end": "2024-02-30"}, "end", "not a calendar date"),
+    ("/v1/metrics/month", {"start": "0001-01-01", "end": "2024-01-02"}, "start", "outside"),
+    ("/v1/metrics/quarter", {"end": "9999-12-31"}, "end", "outside"),
     ("/v1/custom-metrics/api_public/values", {"dim.planet": "mars"}, "dim.planet", "unknown dimension"),
     ("/v1/custom-metrics/api_public/values", {"limit": "0"}, "limit", "greater than or equal"),
     ("/v1/custom-metrics/api_public/values", {"limit": "100000"}, "limit", "less than or equal"),

@@ -31,8 +31,12 @@ def test_parse_date_returns_a_date_or_names_the_parameter(text: str) -> None:
 
 @FAST
 @given(st.dates(min_value=date(1, 1, 1), max_value=date(9999, 12, 31)))
-def test_every_calendar_date_parses(day: date) -> None:
-    assert params.parse_date("end", day.isoformat()) == day
+def test_every_calendar_date_in_the_window_parses(day: date) -> None:
+    if params.MIN_DATE <= day <= params.MAX_DATE:
+        assert params.parse_date("end", day.isoformat()) == day
+    else:
+        with pytest.raises(BadParameter, match="outside"):
+            params.parse_date("end", day.isoformat())
 
 
 @FAST
@@ -42,8 +46,9 @@ def test_parse_range(start: date, end: date, max_days: int) -> None:
         lo, hi = params.parse_range(start.isoformat(), end.isoformat(), today=date(2024, 6, 1), default_days=30,
                                     max_days=max_days)
     except BadParameter as exc:
-        assert exc.param == "end"
-        assert end < start or (end - start).days + 1 > max_days
+        assert exc.param in ("start", "end")
+        outside = not (params.MIN_DATE <= start <= params.MAX_DATE and params.MIN_DATE <= end <= params.MAX_DATE)
+        assert outside or end < start or (end - start).days + 1 > max_days
         return
     assert (lo, hi) == (start, end) and (hi - lo).days + 1 <= max_days
 

@@ -22,6 +22,9 @@ from metricsmith.custom_metrics.service import CustomMetricsService
 from metricsmith.query import MetricsQueryService
 from metricsmith.realtime.service import RealtimeMetricsService
 
+#: pooled PostgreSQL connections per process (key checks, visibility, job runs, readiness)
+POOL_SIZE = 8
+
 
 @dataclass
 class ApiState:
@@ -44,7 +47,7 @@ class ApiState:
         with self._lock:
             if self._pool is None:
                 pool: ConnectionPool[Any] = ConnectionPool(
-                    db.database_url(self.settings), min_size=1, max_size=4, open=False,
+                    db.database_url(self.settings), min_size=1, max_size=POOL_SIZE, open=False,
                     kwargs={"autocommit": True, "connect_timeout": 5})
                 pool.open(wait=True, timeout=10)
                 self._pool = pool

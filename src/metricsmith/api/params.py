@@ -22,6 +22,8 @@ DIM_PREFIX = "dim."
 FORMATS = ("json", "csv")
 CURSOR_PREFIX = "c1."
 MAX_CURSOR_LENGTH = 512
+#: the dates a request may name (room on both sides for a period's start, end and growth baseline)
+MIN_DATE, MAX_DATE = date(1900, 1, 1), date(9998, 12, 31)
 
 
 def parse_date(param: str, text: str | None) -> date | None:
@@ -31,16 +33,19 @@ def parse_date(param: str, text: str | None) -> date | None:
     if not _ISO_DATE.fullmatch(text):
         raise BadParameter(param, f"{param}: {_show(text)} is not a date (YYYY-MM-DD)")
     try:
-        return date.fromisoformat(text)
+        value = date.fromisoformat(text)
     except ValueError:
         raise BadParameter(param, f"{param}: {_show(text)} is not a calendar date") from None
+    if not MIN_DATE <= value <= MAX_DATE:
+        raise BadParameter(param, f"{param}: {value} is outside {MIN_DATE} .. {MAX_DATE}")
+    return value
 
 
 def parse_range(start_text: str | None, end_text: str | None, *, today: date, default_days: int,
                 max_days: int) -> tuple[date, date]:
     """``start .. end`` inclusive; ``end`` defaults to today, ``start`` to ``default_days`` before ``end``."""
     end = parse_date("end", end_text) or today
-    start = parse_date("start", start_text) or end - timedelta(days=default_days)
+    start = parse_date("start", start_text) or max(MIN_DATE, end - timedelta(days=default_days))
     if end < start:
         raise BadParameter("end", f"end {end} is before start {start}")
     if (end - start).days + 1 > max_days:

@@ -15,7 +15,7 @@ from metricsmith.api import params
 from metricsmith.api.deps import ApiState, State, User
 from metricsmith.api.errors import BadParameter, NotFound
 from metricsmith.api.serialization import JSONResponse
-from metricsmith.custom_metrics.errors import MetricNotFound
+from metricsmith.custom_metrics.errors import AccessDenied, MetricNotFound
 from metricsmith.query import CustomMetricValue
 
 router = APIRouter(prefix="/v1/custom-metrics", tags=["custom metrics"])
@@ -30,6 +30,20 @@ def _definition(state: ApiState, user: str, slug: str, version: int | None = Non
         if version is not None:
             raise NotFound(f"no version {version} of metric {slug!r} visible to {user}") from None
         raise NotFound(f"no metric {slug!r} visible to {user}") from None
+
+
+def _dimensions(state: ApiState, slug: str, version: int | None) -> tuple[int, list[str]] | None:
+    """``(current version, dimensions of the asked version)``, None when that version does not
+    exist. Call it only after the query service's visibility check passed for the user."""
+    with state.connection() as conn:
+        row = conn.execute(
+            "select d.current_version, v.spec->'dimensions' from metricsmith.custom_metric_definitions d"
+            " left join metricsmith.custom_metric_versions v"
+            " on v.metric_id = d.metric_id and v.version = coalesce(%s, d.current_version) where d.slug = %s",
+            (version, slug)).fetchone()
+    if row is None or (row[1] is None and version is not None):
+        return None
+    return int(row[0]), [str(d) for d in (row[1] or [])]
 
 
 @router.get("", summary="The custom metrics visible to the key's user")
@@ -49,6 +63,13 @@ def _sort_key(column: str) -> Any:
         return lambda v: (v.value is None, v.value if v.value is not None else Decimal(0), v.period_start,
                           str(sorted(v.dimensions.items())))
     return lambda v: (v.period_start, str(sorted(v.dimensions.items())))
+
+
+_FIELDS = [f.name for f in dataclasses.fields(CustomMetricValue)]
+
+
+def _as_dict(value: CustomMetricValue) -> dict[str, Any]:
+    return {name: getattr(value, name) for name in _FIELDS}
 
 
 def _matches(value: CustomMetricValue, filters: dict[str, str]) -> bool:
@@ -77,16 +98,21 @@ def values(request: Request, slug: Annotated[str, SLUG], state: State, user: Use
     if lo is not None and hi is not None and hi < lo:
         raise BadParameter("end", f"end {hi} is before start {lo}")
     column, descending = params.parse_order(order, ORDERS, "period_start")
-    definition = _definition(state, user, slug, version)  # 404 before anything else is said about it
-    filters = params.parse_dimension_filters(request.query_params.multi_items(),
-                                             list(definition["spec"].get("dimensions") or []))
+    try:  # the query service checks the user may read the metric (on every call, never cached)
+        rows = state.query.get_custom_metric_values(slug, user=user, start=lo, end=hi, version=version)
+    except (MetricNotFound, AccessDenied):
+        raise NotFound(f"no metric {slug!r} visible to {user}") from None
+    found = _dimensions(state, slug, version)
+    if found is None:
+        raise NotFound(f"no version {version} of metric {slug!r} visible to {user}")
+    current, dimensions = found
+    filters = params.parse_dimension_filters(request.query_params.multi_items(), dimensions)
     query = params.fingerprint(slug, version, lo, hi, column, descending, sorted(filters.items()))
     offset = params.decode_cursor(cursor, query)
-    rows = state.query.get_custom_metric_values(slug, user=user, start=lo, end=hi, version=version)
     chosen = sorted((r for r in rows if _matches(r, filters)), key=_sort_key(column), reverse=descending)
     page = chosen[offset:offset + limit]
     more = offset + limit < len(chosen)
-    return JSONResponse({"metric": slug, "version": version or definition["current_version"], "dimensions": filters,
+    return JSONResponse({"metric": slug, "version": version or current, "dimensions": filters,
             "order": ("-" if descending else "") + column, "total": len(chosen),
-            "values": [dataclasses.asdict(v) for v in page],
+            "values": [_as_dict(v) for v in page],
             "next_cursor": params.encode_cursor(offset + limit, query) if more else None})

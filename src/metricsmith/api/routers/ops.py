@@ -18,7 +18,7 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", summary="The process is up")
-def healthz() -> JSONResponse:
+async def healthz() -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
