@@ -306,3 +306,40 @@ def test_the_alerts_evaluate_flow_function(alerts_db: psycopg.Connection[Any], t
     out = alerts_evaluate.fn()  # the flow's body, without a Prefect server
     assert out["rules"] == 1 and out["errors"] == {}  # time-based rules only: data_stale
     assert {c["rule"] for c in out["changes"]} <= {"week-stale"}  # whatever the session's marts hold
+
+
+def test_cli_silence_list_test_evaluate(alerts_db: psycopg.Connection[Any], tmp_path: Any, receiver: fx.Receiver,
+                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from metricsmith.alerts.errors import AlertError
+    from metricsmith.cli import alerts as cli
+
+    rule_file = tmp_path / "alerts.yml"
+    rule_file.write_text(f"channels:\n  hook: {{type: webhook, url: '{receiver.url}/hook'}}\nrules:\n"
+                         "  - {name: etl-failed, kind: job_failed, job: cli-test-job, channels: [hook]}\n")
+    monkeypatch.setenv("METRICSMITH_ALERTS_FILE", str(rule_file))
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+
+    def cli_run(*argv: str) -> tuple[int, str]:
+        args = parser.parse_args(["alerts", *argv])
+        code = args.handler(args)
+        return code, capsys.readouterr().out
+
+    joblog.finish(alerts_db, joblog.start(alerts_db, "cli-test-job", attempt=2, timeout_seconds=60),
+                  joblog.Final(JobStatus.PARTIAL, models_ok=3, models_failed=1, error_message="model x failed"))
+    code, out = cli_run("test", "etl-failed", "--json")
+    assert code == 0 and "FIRING - cli-test-job run" in out and "ended PARTIAL after 2 attempt(s): model x failed" in out
+    assert list_incidents(alerts_db) == [] and receiver.requests == []  # test changes nothing, sends nothing
+    code, out = cli_run("silence", "etl-failed", "--for", "1h", "--reason", "known issue", "--by", "tester")
+    assert code == 0 and "etl-failed: silenced until" in out and "by tester (known issue)" in out
+    code, out = cli_run("evaluate")
+    assert code == 0 and "FIRING   etl-failed {job=cli-test-job}: cli-test-job run" in out
+    code, out = cli_run("list")
+    assert "etl-failed" in out and "FIRING" in out and "tester: known issue" in out
+    assert receiver.requests == []  # silenced
+    with pytest.raises(AlertError, match="no rule 'nope'"):
+        cli_run("silence", "nope", "--for", "1h", "--reason", "x")
+    with pytest.raises(SystemExit):
+        cli_run("silence", "etl-failed", "--for", "soon", "--reason", "x")

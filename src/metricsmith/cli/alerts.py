@@ -12,7 +12,9 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from metricsmith import db
+import psycopg
+
+from metricsmith import db, migrate
 from metricsmith.alerts import channels, conditions, delivery, incidents, silences
 from metricsmith.alerts.errors import AlertError, AlertRuleError, ExpressionError
 from metricsmith.alerts.evaluate import evaluate, list_incidents
@@ -68,6 +70,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--kind", action="append", help="only rules of this kind (repeatable)")
 
 
+def _connect() -> psycopg.Connection[Any]:
+    """An autocommit connection to a database with the alert tables (migrations applied first)."""
+    settings = load_settings()
+    migrate.upgrade(settings)
+    return db.connect(settings, autocommit=True)
+
+
 def _load(args: argparse.Namespace) -> RuleSet:
     return load_file(args.file)
 
@@ -105,7 +114,7 @@ def _condition(rule: Rule) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     ruleset = _load(args)
-    with db.connect(load_settings(), autocommit=True) as conn:
+    with _connect() as conn:
         open_incidents = [i for i in list_incidents(conn, limit=1000) if i["state"] != "RESOLVED"]
         quiet = silences.active(conn)
     if args.json:
@@ -130,10 +139,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     ruleset = _load(args)
     rule = ruleset.rule(args.rule)
-    settings = load_settings()
     now = datetime.now(UTC)
-    with db.connect(settings, autocommit=True) as conn:
-        ctx = conditions.Context(conn, now, marts_schema(), settings)
+    with _connect() as conn:
+        ctx = conditions.Context(conn, now, marts_schema(), load_settings())
         observations = conditions.observe(rule, ctx)
     if not observations:
         print(f"{rule.name}: nothing to observe")
@@ -165,7 +173,7 @@ def _send(ruleset: RuleSet, rule: Rule, body: dict[str, Any]) -> None:
 def cmd_silence(args: argparse.Namespace) -> int:
     ruleset = _load(args)
     rule = ruleset.rule(args.rule)
-    with db.connect(load_settings(), autocommit=True) as conn:
+    with _connect() as conn:
         row = silences.add(conn, rule.name, args.seconds, args.reason, by=args.by)
     if args.json:
         _print_json(row)
@@ -176,7 +184,7 @@ def cmd_silence(args: argparse.Namespace) -> int:
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
-    with db.connect(load_settings(), autocommit=True) as conn:
+    with _connect() as conn:
         rows = delivery.recent(conn, failed_only=args.failed, limit=args.limit)
     if args.json:
         _print_json(rows)
@@ -193,6 +201,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    migrate.upgrade()
     result = evaluate(_load(args), now=args.at, kinds=tuple(args.kind) if args.kind else None)
     if args.json:
         _print_json(result.to_dict())
