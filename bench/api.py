@@ -37,8 +37,11 @@ from _common import bench_database, server_label  # noqa: E402
 
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# a private Redis prefix per run: the cache's keys do not name the database
+PREFIX = f"{os.environ.get('METRICSMITH_REDIS_PREFIX', 'metricsmith:')}apibench{os.getpid()}:"
+os.environ["METRICSMITH_REDIS_PREFIX"] = PREFIX
 
-from metricsmith import grains  # noqa: E402
+from metricsmith import db, grains  # noqa: E402
 from metricsmith.api import keys  # noqa: E402
 from metricsmith.core.schema import marts_schema  # noqa: E402
 from metricsmith.custom_metrics import access  # noqa: E402
@@ -223,6 +226,9 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(30)
+            client = db.redis_client()
+            for name in client.scan_iter(match=f"{PREFIX}*", count=1000):
+                client.delete(name)
     print(f"server: {server_label()} PostgreSQL, {args.workers} uvicorn worker(s), {args.clients} clients, "
           f"{args.seconds:.0f} s per phase, load {os.getloadavg()[0]:.1f}")
     print(f"{'phase':<8} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")

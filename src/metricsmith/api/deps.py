@@ -78,7 +78,9 @@ class ApiState:
         self.query.close()
 
 
-def get_state(request: Request) -> ApiState:
+# the dependencies that do no I/O are async: FastAPI runs a sync one in the thread pool, a hop each
+
+async def get_state(request: Request) -> ApiState:
     state: ApiState = request.app.state.api
     return state
 
@@ -104,17 +106,17 @@ def caller(request: Request, state: State) -> str | None:
 Caller = Annotated[str | None, Depends(caller)]
 
 
-def require_user(user: Caller) -> str:
+async def require_user(user: Caller) -> str:
     if user is None:
         raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>' "
                            "(create one with `metricsmith api-key create --as USER`)")
     return user
 
 
-def marts_reader(user: Caller, state: State) -> str | None:
+async def marts_reader(user: Caller, state: State) -> str | None:
     """Core marts: any valid key, or nobody at all in public-read mode."""
     if user is None and not state.api.public_read:
-        return require_user(user)
+        return await require_user(user)
     return user
 
 
