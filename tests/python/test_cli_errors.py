@@ -154,6 +154,9 @@ def test_pipe_into_head_in_a_shell(marts: Marts) -> None:
     ["query", "daily", "--start", "yesterday"],
     ["query", "weekly", "--end", "2024-13-01"],
     ["cache", "invalidate", "--month", "2024-13"],
+    ["cache", "invalidate", "--quarter", "2024-04-31"],
+    ["query", "monthly", "--year", "99999"],
+    ["query", "quarterly", "--year", "2024", "--start", "2024-01-01"],
     ["backfill", "--start", "2024-02-30", "--end", "2024-03-01"],
     ["generate", "--start", "2024-13-01"],
     ["jobs", "run", "nope"],
@@ -171,7 +174,6 @@ def test_bad_arguments_are_usage_errors(args: list[str]) -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["query", "daily", "--start", "2024-02-01", "--end", "2024-01-01"], "metricsmith: start 2024-02-01 is after end"),
-    (["query", "monthly", "--year", "99999"], "metricsmith: year must be an integer between 1900 and 9999"),
     (["cache", "invalidate"], "metricsmith: say what to invalidate"),
     (["backfill", "--start", "2024-02-01", "--end", "2024-01-01"], "metricsmith: --start 2024-02-01 is after --end"),
     (["load", "/nonexistent/events.jsonl"], "metricsmith: /nonexistent/events.jsonl"),
@@ -207,3 +209,20 @@ def test_exit_statuses_in_help(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for code, meaning in EXIT_STATUSES:
         assert f"{code:<4} {meaning}" in out
+
+
+def test_status_names_each_server_that_does_not_answer(test_database: str) -> None:
+    """`metricsmith status`: a line per server, exit 1 when one does not answer (not an error line)."""
+    up = run("status")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "postgres: external" in up.stdout or "postgres: embedded" in up.stdout
+    assert "answers (PostgreSQL " in up.stdout and "answers (Redis " in up.stdout
+    port = _closed_port()
+    down = run("status", env={"METRICSMITH_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    assert down.returncode == 1 and "metricsmith:" not in down.stderr
+    assert "answers (PostgreSQL " in down.stdout
+    assert f"redis:    external redis://127.0.0.1:{port}/0  DOES NOT ANSWER: " in down.stdout
+    down = run("status", env={"METRICSMITH_DATABASE_URL": f"postgresql://postgres:secret@127.0.0.1:{port}/x"})
+    assert down.returncode == 1
+    assert f"postgres: external postgresql://postgres:***@127.0.0.1:{port}/x  DOES NOT ANSWER: " in down.stdout
+    assert "secret" not in down.stdout

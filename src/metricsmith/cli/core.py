@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Callable
 
 from metricsmith import db, embedded, migrate
 from metricsmith.cli.args import day
-from metricsmith.config import load_settings
+from metricsmith.config import Settings, load_settings
 from metricsmith.errors import UserFacingError
 
 
@@ -80,49 +81,56 @@ def _redact(url: str) -> str:
     return url
 
 
+def _server_url(settings: Settings, server: str, external: str | None) -> tuple[str | None, str]:
+    """(URL, or None when the embedded one was never created; "embedded" or "external")."""
+    if external is None:
+        state = embedded.read_state(settings.home, server)
+        return (state.url if state else None), "embedded"
+    return external, "external"
+
+
+def _postgres_version(url: str) -> str:
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=3) as conn:
+        version = conn.execute("show server_version").fetchone()
+    return f"PostgreSQL {version[0] if version else '?'}"
+
+
+def _redis_version(url: str) -> str:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+    return f"Redis {client.info('server').get('redis_version')}"
+
+
+def _report(label: str, url: str | None, kind: str, probe: Callable[[str], str],
+            errors: tuple[type[BaseException], ...], first_line: bool) -> bool:
+    """Print one server's line; False when it does not answer."""
+    if url is None:
+        print(f"{label:<9} embedded, not created yet (any command that needs it starts it)")
+        return True
+    try:
+        print(f"{label:<9} {kind} {_redact(url)}  answers ({probe(url)})")
+        return True
+    except errors as exc:
+        reason = str(exc).strip().splitlines()[0] if first_line else str(exc)
+        print(f"{label:<9} {kind} {_redact(url)}  DOES NOT ANSWER: {reason}")
+        return False
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import psycopg
     import redis
 
     settings = load_settings()
-    ok = True
     print(f"home:     {settings.home}")
     print(f"timezone: {settings.timezone}")
-    # postgres
-    if settings.embedded_postgres:
-        state = embedded.read_state(settings.home, "postgres")
-        url = state.url if state else None
-        kind = "embedded"
-    else:
-        url, kind = settings.database_url, "external"
-    if url is None:
-        print("postgres: embedded, not created yet (any command that needs it starts it)")
-    else:
-        try:
-            with psycopg.connect(url, connect_timeout=3) as conn:
-                version = conn.execute("show server_version").fetchone()
-                print(f"postgres: {kind} {_redact(url)}  answers (PostgreSQL {version[0] if version else '?'})")
-        except psycopg.Error as exc:
-            ok = False
-            print(f"postgres: {kind} {_redact(url)}  DOES NOT ANSWER: {str(exc).strip().splitlines()[0]}")
-    # redis
-    if settings.embedded_redis:
-        rstate = embedded.read_state(settings.home, "redis")
-        rurl = rstate.url if rstate else None
-        kind = "embedded"
-    else:
-        rurl, kind = settings.redis_url, "external"
-    if rurl is None:
-        print("redis:    embedded, not created yet (any command that needs it starts it)")
-    else:
-        try:
-            client = redis.Redis.from_url(rurl, socket_timeout=3, socket_connect_timeout=3)
-            info = client.info("server")
-            print(f"redis:    {kind} {_redact(rurl)}  answers (Redis {info.get('redis_version')})")
-        except redis.RedisError as exc:
-            ok = False
-            print(f"redis:    {kind} {_redact(rurl)}  DOES NOT ANSWER: {exc}")
-    return 0 if ok else 1
+    pg = _report("postgres:", *_server_url(settings, "postgres", settings.database_url), _postgres_version,
+                 (psycopg.Error,), True)
+    rd = _report("redis:", *_server_url(settings, "redis", settings.redis_url), _redis_version,
+                 (redis.RedisError,), False)
+    return 0 if pg and rd else 1
 
 
 def cmd_env(args: argparse.Namespace) -> int:
