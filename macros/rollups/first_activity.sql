@@ -1,16 +1,18 @@
 {#-
-    Per-day counts of distinct keys (users, organizations, sessions) and of keys whose
-    first activity in the day's ISO week / month / week-within-month falls on that day.
-    Summing the "first in week" counts over a week's days gives the exact distinct count
-    for the week, and likewise for months and the week parts of a month — so weekly and
-    monthly distinct counts become sums over days, with no re-scan of events.
+    Per-day counts of distinct keys (users, organizations, sessions) and of keys whose first
+    activity in each first-activity window of the day (its ISO week, month, quarter, ... : one
+    per declared grain, see first_activity_windows; and the week part inside the month) falls on
+    that day. Summing a grain's "first in" counts over a period's days gives the exact distinct
+    count for the period — so every period's distinct counts become sums over days, with no
+    re-scan of events.
 
-    Works on `events` (island_id, event_date, <key>) where each island covers whole ISO weeks
-    and months around the days it outputs. One sort per key: lag() finds the previous active
+    Works on `events` (island_id, event_date, <key>) where each island covers whole periods of
+    every grain around the days it outputs. One sort per key: lag() finds the previous active
     day of the same key, then rows collapse to (day, previous day) pairs before the calendar
     arithmetic.
 -#}
-{% macro first_activity_counts(events_cte, key, prefix, with_week_month=false, dedupe_first=false) -%}
+{% macro first_activity_counts(events_cte, key, prefix, with_breakdowns=false, dedupe_first=false) -%}
+    {%- set windows = metricsmith.first_activity_windows(with_breakdowns) %}
     {%- if dedupe_first %}
     {#- worth it when a key has many events per day (organizations): the sort gets much smaller -#}
     {{ prefix }}_days as (
@@ -50,9 +52,10 @@
             island_id,
             event_date,
             previous_date,
-            marks,
-            {{ metricsmith.week_start('event_date') }} as week_start,
-            {{ metricsmith.month_start('event_date') }} as month_start
+            {%- for g in metricsmith.period_grains() %}
+            {{ metricsmith.period_start(g, 'event_date') }} as {{ g.name }}_start,
+            {%- endfor %}
+            marks
         from {{ prefix }}_pairs
 
     ),
@@ -62,16 +65,33 @@
         select
             island_id,
             event_date,
-            sum(case when previous_date is null or previous_date < event_date then marks else 0 end) as active,
-            sum(case when previous_date is null or previous_date < week_start then marks else 0 end) as first_in_week,
-            sum(case when previous_date is null or previous_date < month_start then marks else 0 end) as first_in_month
-            {%- if with_week_month %},
+            {%- for w in windows %}
             sum(case when previous_date is null
-                       or previous_date < week_start
-                       or previous_date < month_start then marks else 0 end) as first_in_week_month
-            {%- endif %}
+                {%- for g in w.grains %}
+                       or previous_date < {{ g.name }}_start
+                {%- endfor %} then marks else 0 end) as first_in_{{ w.suffix }},
+            {%- endfor %}
+            sum(case when previous_date is null or previous_date < event_date then marks else 0 end) as active
         from {{ prefix }}_calendar
         group by island_id, event_date
 
     )
+{%- endmacro %}
+
+
+{#- the "first in" columns of a day-activity model: `<prefix>_first_in_<window>` from the
+    `<counts_alias>.first_in_<window>` counts of first_activity_counts, as bigint (0 without any) -#}
+{% macro first_activity_columns(counts_alias, prefix, with_breakdowns=false) -%}
+    {%- for w in metricsmith.first_activity_windows(with_breakdowns) %}
+        cast(coalesce({{ counts_alias }}.first_in_{{ w.suffix }}, 0) as {{ dbt.type_bigint() }})
+            as {{ prefix }}_first_in_{{ w.suffix }}{{ "," if not loop.last }}
+    {%- endfor %}
+{%- endmacro %}
+
+
+{#- the "first in" columns of a day-activity model as a select list, `<relation_alias>.<prefix>_first_in_<window>` -#}
+{% macro first_activity_column_list(relation_alias, prefix, with_breakdowns=false) -%}
+    {%- for w in metricsmith.first_activity_windows(with_breakdowns) %}
+        {{ relation_alias }}.{{ prefix }}_first_in_{{ w.suffix }}{{ "," if not loop.last }}
+    {%- endfor %}
 {%- endmacro %}

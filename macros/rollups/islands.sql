@@ -1,10 +1,11 @@
 {#-
     CTEs shared by the per-key day-activity models: `islands` (what this run recomputes, see
     rollup_islands), `events` (island_id, event_date and the given columns of the valid events
-    in each island's whole ISO weeks; each island is one occurred_at range scan) and
-    `spine_days` (island_id, metric_date: the days each island outputs).
+    in each island's input range: whole periods of every grain; each island is one occurred_at
+    range scan of `events_relation`, the model's ref('stg_events')) and `spine_days`
+    (island_id, metric_date: the days each island outputs).
 -#}
-{% macro island_ctes(islands, columns) -%}
+{% macro island_ctes(islands, events_relation, columns) -%}
 islands as (
 
     {%- for i in islands %}
@@ -30,11 +31,11 @@ islands as (
 source_events as (
 
     select occurred_at, event_date, {{ columns | join(', ') }}
-    from {{ ref('stg_events') }}
+    from {{ events_relation }}
 
 ),
 
--- each island reads the events of its whole ISO weeks (ranges of adjacent islands may touch)
+-- each island reads the events of its input range (ranges of adjacent islands may touch)
 events as (
 
     {%- for i in islands %}

@@ -42,10 +42,10 @@
 {%- endmacro %}
 
 
-{#- fetch one row of int_rollup_batch as a dict (execution time only) -#}
-{% macro rollup_batch() -%}
+{#- fetch the one row of int_rollup_batch (the model's ref('int_rollup_batch')) as a dict (execution time only) -#}
+{% macro rollup_batch(batch_relation) -%}
     {%- if not execute -%}{{ return({}) }}{%- endif -%}
-    {%- set result = run_query("select cast(low_watermark as text) as low_watermark, cast(high_watermark as text) as high_watermark, is_full_rebuild, cast(backfill_start as text) as backfill_start, cast(backfill_end as text) as backfill_end from " ~ ref('int_rollup_batch')) -%}
+    {%- set result = run_query("select cast(low_watermark as text) as low_watermark, cast(high_watermark as text) as high_watermark, is_full_rebuild, cast(backfill_start as text) as backfill_start, cast(backfill_end as text) as backfill_end from " ~ batch_relation) -%}
     {%- if result.rows | length != 1 -%}
         {{ exceptions.raise_compiler_error("int_rollup_batch must hold exactly one row; run the rollups with their upstream models (metricsmith rollups run)") }}
     {%- endif -%}
@@ -77,18 +77,20 @@
 
 {#-
     Contiguous date islands to recompute, as a list of dicts
-    {range_start, range_end, out_start, out_end} (strings, YYYY-MM-DD): output days
-    [out_start, out_end] are whole months (clipped to the spine); the input range extends
-    them to whole ISO weeks so "first activity in the week / month" is exact.
+    {range_start, range_end, out_start, out_end, from_ts, to_ts} (strings): output days
+    [out_start, out_end] are whole periods of the coarsest month-based grain (months, or
+    quarters when declared; clipped to the spine); the input range extends them to whole periods
+    of every grain (ISO weeks) so "first activity in the week / month / quarter" is exact.
+    `changed_days` is the model's ref('int_changed_days').
 -#}
-{% macro rollup_islands() -%}
+{% macro rollup_islands(changed_days) -%}
     {%- if not execute -%}{{ return([]) }}{%- endif -%}
     {%- set sql -%}
         select
             cast(range_start as text), cast(range_end as text), cast(out_start as text), cast(out_end as text),
             cast({{ metricsmith.local_day_start('range_start') }} as text),
             cast({{ metricsmith.local_day_start(metricsmith.add_days('range_end', 1)) }} as text)
-        from ({{ metricsmith.rollup_islands_sql() }}) islands
+        from ({{ metricsmith.rollup_islands_sql(changed_days) }}) islands
         order by 1
     {%- endset -%}
     {%- set rows = run_query(sql).rows -%}
@@ -100,47 +102,69 @@
     {{ return(out) }}
 {%- endmacro %}
 
-{% macro rollup_islands_sql() -%}
+{#- the grain whose whole periods an island outputs: the month-based grain of most months (every
+    other month-based grain must nest in it), else the calendar month -#}
+{% macro island_grain() -%}
+    {%- set ns = namespace(outer={'name': 'month', 'unit': 'month', 'count': 1}) -%}
+    {%- for g in metricsmith.period_grains() if g.unit == 'month' and (g.get('count', 1) | int) > (ns.outer.get('count', 1) | int) -%}
+        {%- set ns.outer = g -%}
+    {%- endfor -%}
+    {%- for g in metricsmith.period_grains() if g.unit == 'month' and not metricsmith.grain_nests_in(g, ns.outer) -%}
+        {{ exceptions.raise_compiler_error("vars.grains: " ~ g.name ~ " periods do not nest in " ~ ns.outer.name ~ " periods") }}
+    {%- endfor -%}
+    {{ return(ns.outer) }}
+{%- endmacro %}
+
+{% macro rollup_islands_sql(changed_days) -%}
+    {%- set outer = metricsmith.island_grain() -%}
+    {%- set months = outer.get('count', 1) | int -%}
     with changed as (
-        select metric_date from {{ ref('int_changed_days') }}
+        select metric_date from {{ changed_days }}
     ),
     spine as (
-        select min(spine_start) as spine_start, max(spine_end) as spine_end from {{ ref('int_changed_days') }}
+        select min(spine_start) as spine_start, max(spine_end) as spine_end from {{ changed_days }}
     ),
-    -- a changed day changes its month, and the months its ISO week touches
+    -- a changed day changes the outer periods (months / quarters) of every period holding it
     touched_dates as (
         select metric_date as d from changed
+        {%- for g in metricsmith.period_grains() if g.unit == 'week' %}
         union all
-        select {{ metricsmith.week_start('metric_date') }} from changed
+        select {{ metricsmith.period_start(g, 'metric_date') }} from changed
         union all
-        select {{ metricsmith.add_days(metricsmith.week_start('metric_date'), 6) }} from changed
+        select {{ metricsmith.period_end(g, metricsmith.period_start(g, 'metric_date')) }} from changed
+        {%- endfor %}
     ),
-    months as (
-        select distinct {{ metricsmith.month_start('d') }} as month_start from touched_dates
+    outer_periods as (
+        select distinct {{ metricsmith.period_start(outer, 'd') }} as period_start from touched_dates
     ),
     numbered as (
         select
-            month_start,
-            (extract(year from month_start) * 12 + extract(month from month_start))
-                - row_number() over (order by month_start) as island_key
-        from months
+            period_start,
+            (extract(year from period_start) * 12 + extract(month from period_start) - 1) / {{ months }}
+                - row_number() over (order by period_start) as island_key
+        from outer_periods
     ),
     islands as (
-        select min(month_start) as first_month, max(month_start) as last_month
+        select min(period_start) as first_period, max(period_start) as last_period
         from numbered
         group by island_key
     ),
     clipped as (
         select
-            case when i.first_month > s.spine_start then i.first_month else s.spine_start end as out_start,
-            case when {{ metricsmith.month_end('i.last_month') }} < s.spine_end
-                 then {{ metricsmith.month_end('i.last_month') }} else s.spine_end end as out_end
+            case when i.first_period > s.spine_start then i.first_period else s.spine_start end as out_start,
+            case when {{ metricsmith.period_end(outer, 'i.last_period') }} < s.spine_end
+                 then {{ metricsmith.period_end(outer, 'i.last_period') }} else s.spine_end end as out_end
         from islands as i
         cross join spine as s
     )
     select
-        {{ metricsmith.week_start('out_start') }} as range_start,
-        {{ metricsmith.add_days(metricsmith.week_start('out_end'), 6) }} as range_end,
+        {%- set ns = namespace(first='out_start', last='out_end') %}
+        {%- for g in metricsmith.period_grains() if g.unit == 'week' %}
+        {%- set ns.first = 'least(' ~ ns.first ~ ', ' ~ metricsmith.period_start(g, 'out_start') ~ ')' %}
+        {%- set ns.last = 'greatest(' ~ ns.last ~ ', ' ~ metricsmith.period_end(g, metricsmith.period_start(g, 'out_end')) ~ ')' %}
+        {%- endfor %}
+        {{ ns.first }} as range_start,
+        {{ ns.last }} as range_end,
         out_start,
         out_end
     from clipped

@@ -18,13 +18,14 @@ where n > 0 and n <> {{ dbt.datediff('first_day', 'last_day', 'day') }} + 1
 {% endtest %}
 
 
-{#- a week's / month's additive measures equal the sum of its days, days_with_data the
-    number of its days, and each distinct count lies between the largest day and the sum -#}
+{#- a period's (week's, month's, quarter's) additive measures equal the sum of its days,
+    days_with_data the number of its days, and each distinct count lies between the largest day
+    and the sum -#}
 {% test rollup_matches_days(model, period, period_column) %}
 
 with days as (
     select
-        {{ metricsmith.week_start('metric_date') if period == 'week' else metricsmith.month_start('metric_date') }} as period_start,
+        {{ metricsmith.period_start(metricsmith.grain(period), 'metric_date') }} as period_start,
         *
     from {{ ref('daily_metrics') }}
 ),
@@ -66,35 +67,39 @@ where p.{{ period_column }} is null
 {% endtest %}
 
 
-{#- the weekly breakdown of a month adds up to the month -#}
-{% test breakdown_matches_month(model) %}
-    {{ return(adapter.dispatch('test_breakdown_matches_month', 'metricsmith')(model)) }}
+{#- the breakdown of a period (the weeks of a month, the months of a quarter) adds up to the
+    period, and every part starts on a period start of the breakdown grain -#}
+{% test breakdown_matches_period(model, period) %}
+    {{ return(adapter.dispatch('test_breakdown_matches_period', 'metricsmith')(model, period)) }}
 {% endtest %}
 
-{% macro default__test_breakdown_matches_month(model) %}
+{% macro default__test_breakdown_matches_period(model, period) %}
+{%- set g = metricsmith.grain(period) -%}
+{%- set part = metricsmith.grain(g.breakdown) -%}
+{%- set part_start = "cast(part ->> '" ~ part.start ~ "' as date)" %}
 
 with parts as (
     select
-        m.month_start,
-        sum(cast(part ->> 'days_in_month' as {{ dbt.type_bigint() }})) as days_with_data,
+        m.{{ g.start }} as period_start,
+        sum(cast(part ->> 'days_in_{{ g.name }}' as {{ dbt.type_bigint() }})) as days_with_data,
         sum(cast(part ->> 'total_events' as {{ dbt.type_bigint() }})) as total_events,
         sum(cast(part ->> 'revenue_cents' as {{ metricsmith.type_cents() }})) as revenue_cents,
         max(cast(part ->> 'active_users' as {{ dbt.type_bigint() }})) as max_part_users,
         sum(cast(part ->> 'active_users' as {{ dbt.type_bigint() }})) as sum_part_users,
-        bool_and(cast(part ->> 'week_start' as date) = {{ metricsmith.week_start("cast(part ->> 'week_start' as date)") }}) as weeks_are_mondays
+        bool_and({{ part_start }} = {{ metricsmith.period_start(part, part_start) }}) as parts_are_aligned
     from {{ model }} as m
-    cross join lateral jsonb_array_elements(m.weekly_breakdown) as part
-    group by m.month_start
+    cross join lateral jsonb_array_elements(m.{{ part.adjective }}_breakdown) as part
+    group by m.{{ g.start }}
 )
 
-select m.month_start
+select m.{{ g.start }}
 from {{ model }} as m
-left join parts as p on p.month_start = m.month_start
-where p.month_start is null
+left join parts as p on p.period_start = m.{{ g.start }}
+where p.period_start is null
    or p.days_with_data <> m.days_with_data
    or p.total_events <> m.total_events
    or p.revenue_cents <> m.revenue_cents
    or m.active_users not between p.max_part_users and p.sum_part_users
-   or not p.weeks_are_mondays
+   or not p.parts_are_aligned
 
 {% endmacro %}

@@ -4,9 +4,8 @@
 -#}
 {{ config(materialized='table') }}
 -- depends_on: {{ ref('int_changed_users') }}
--- depends_on: {{ ref('int_rollup_batch') }}
 
-{%- set batch = metricsmith.rollup_batch() %}
+{%- set batch = metricsmith.rollup_batch(ref('int_rollup_batch')) %}
 {%- set activity = metricsmith.rollup_relation('int_daily_user_activity') %}
 {%- set full = batch.get('is_full_rebuild') or activity is none %}
 
@@ -28,7 +27,9 @@ changed as (
 
     select series.metric_date, 'full_rebuild' as reason
     from spine
-    cross join ({{ metricsmith.date_series('(select spine_start from spine)', '(select spine_end from spine)') }}) as series
+    cross join (
+        {{ metricsmith.date_series('(select spine_start from spine)', '(select spine_end from spine)') }}
+    ) as series
 
 ),
 
@@ -39,7 +40,9 @@ arrival_days as (
     select distinct event_date as metric_date
     from {{ ref('stg_events') }}
     {%- if batch.get('low_watermark') is not none %}
-    where inserted_at >= cast('{{ batch.low_watermark }}' as {{ metricsmith.type_timestamptz() }})
+    where
+        inserted_at
+        >= cast('{{ batch.low_watermark }}' as {{ metricsmith.type_timestamptz() }})
     {%- endif %}
 
 ),
@@ -54,7 +57,9 @@ previous_spine as (
 spine as (
 
     select
-        case when p.spine_start is null or a.first_day < p.spine_start then a.first_day else p.spine_start end as spine_start,
+        case
+            when p.spine_start is null or a.first_day < p.spine_start then a.first_day else p.spine_start
+        end as spine_start,
         case when p.spine_end is null or a.last_day > p.spine_end then a.last_day else p.spine_end end as spine_end,
         p.spine_start as previous_start,
         p.spine_end as previous_end
@@ -67,11 +72,14 @@ spine as (
 spine_extension as (
 
     select series.metric_date
-    from ({{ metricsmith.date_series('(select spine_start from spine)', '(select spine_end from spine)') }}) as series
+    from (
+        {{ metricsmith.date_series('(select spine_start from spine)', '(select spine_end from spine)') }}
+    ) as series
     cross join spine
-    where spine.previous_start is null
-       or series.metric_date < spine.previous_start
-       or series.metric_date > spine.previous_end
+    where
+        spine.previous_start is null
+        or series.metric_date < spine.previous_start
+        or series.metric_date > spine.previous_end
 
 ),
 
@@ -80,8 +88,9 @@ moved_first_days as (
 
     select distinct previous_first_date as metric_date
     from {{ ref('int_changed_users') }}
-    where previous_first_date is not null
-      and first_event_date <> previous_first_date
+    where
+        previous_first_date is not null
+        and first_event_date <> previous_first_date
 
 ),
 

@@ -5,8 +5,21 @@
 -#}
 {{ config(materialized='table') }}
 
-{%- set batch = metricsmith.rollup_batch() %}
+{%- set batch = metricsmith.rollup_batch(ref('int_rollup_batch')) %}
 {%- set first_seen = metricsmith.rollup_relation('int_user_first_seen') %}
+{#- which events are this run's arrivals: none on a full rebuild, those inserted since the low
+    watermark (and, on a backfill, every event of its days), or all of them on the first run -#}
+{%- set arrived = 'true' %}
+{%- if batch.get('is_full_rebuild') %}
+{%- set arrived = 'false' %}
+{%- elif batch.get('low_watermark') is not none %}
+{%- set arrived = "inserted_at >= cast('" ~ batch.low_watermark ~ "' as " ~ metricsmith.type_timestamptz() ~ ")" %}
+{%- endif %}
+{%- if batch.get('backfill_start') is not none and batch.get('low_watermark') is not none
+       and not batch.get('is_full_rebuild') %}
+{%- set arrived = "(" ~ arrived ~ " or event_date between cast('" ~ batch.backfill_start
+    ~ "' as date) and cast('" ~ batch.backfill_end ~ "' as date))" %}
+{%- endif %}
 
 with
 
@@ -20,15 +33,7 @@ arrivals as (
 
     select user_id, event_date
     from {{ ref('stg_events') }}
-    where user_id is not null
-    {%- if batch.get('is_full_rebuild') %}
-      and 1 = 0
-    {%- elif batch.get('low_watermark') is not none %}
-      and (inserted_at >= cast('{{ batch.low_watermark }}' as {{ metricsmith.type_timestamptz() }})
-      {%- if batch.get('backfill_start') is not none %}
-           or event_date between cast('{{ batch.backfill_start }}' as date) and cast('{{ batch.backfill_end }}' as date)
-      {%- endif %})
-    {%- endif %}
+    where user_id is not null and {{ arrived }}
 
 ),
 
@@ -50,13 +55,14 @@ recorded as (
         f.user_id,
         f.first_event_date as current_first_date,
         case
-            when f.moved_at is not null
-             and (batch.committed_batch_started_at is null or f.moved_at > batch.committed_batch_started_at)
+            when
+                f.moved_at is not null
+                and (batch.committed_batch_started_at is null or f.moved_at > batch.committed_batch_started_at)
                 then f.moved_from_date
             else f.first_event_date
         end as first_event_date
     from {{ first_seen }} as f
-    inner join arrival_users as a on a.user_id = f.user_id
+    inner join arrival_users as a on f.user_id = a.user_id
     cross join batch
 
 ),
@@ -89,7 +95,7 @@ final as (
         end as first_event_date,
         batch.batch_started_at
     from arrival_users as a
-    left join recorded as r on r.user_id = a.user_id
+    left join recorded as r on a.user_id = r.user_id
     cross join batch
 
 )

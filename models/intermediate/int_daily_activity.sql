@@ -1,6 +1,7 @@
 {#-
     One row per spine day: the day facts of users (with day totals), organizations and
-    sessions side by side. The three are separate incremental models so that dbt builds them
+    sessions side by side, with the "first in" counts of every declared grain (a grain added
+    to vars.grains adds its columns here by itself). The three are separate incremental models so that dbt builds them
     in parallel (one sort each); this view only joins them.
 -#}
 {{ config(materialized='view') }}
@@ -36,16 +37,12 @@ final as (
         users.active_users,
         organizations.active_organizations,
         sessions.sessions,
-        users.users_first_in_week,
-        users.users_first_in_month,
-        users.users_first_in_week_month,
-        organizations.organizations_first_in_week,
-        organizations.organizations_first_in_month,
-        sessions.sessions_first_in_week,
-        sessions.sessions_first_in_month
+        {{- metricsmith.first_activity_column_list('users', 'users', with_breakdowns=true) }},
+        {{- metricsmith.first_activity_column_list('organizations', 'organizations') }},
+        {{- metricsmith.first_activity_column_list('sessions', 'sessions') }}
     from users
-    inner join organizations on organizations.metric_date = users.metric_date
-    inner join sessions on sessions.metric_date = users.metric_date
+    inner join organizations on users.metric_date = organizations.metric_date
+    inner join sessions on users.metric_date = sessions.metric_date
 
 )
 

@@ -1,24 +1,23 @@
 {#-
     One row per spine day: distinct organizations and organizations whose first activity in the day's
-    ISO week / month falls on that day (see int_daily_user_activity).
+    period of each declared grain (ISO week, month, quarter) falls on that day (see
+    int_daily_user_activity).
 -#}
 {{
     config(
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='metric_date',
-        on_schema_change='fail',
+        on_schema_change='sync_all_columns',
         indexes=[{'columns': ['metric_date'], 'unique': True}],
         pre_hook=metricsmith.rollup_session_tuning(),
     )
 }}
--- depends_on: {{ ref('int_changed_days') }}
-
-{%- set islands = metricsmith.rollup_islands() %}
+{%- set islands = metricsmith.rollup_islands(ref('int_changed_days')) %}
 
 with
 
-{{ metricsmith.island_ctes(islands, ['organization_id']) }},
+{{ metricsmith.island_ctes(islands, ref('stg_events'), ['organization_id']) }},
 
 {{ metricsmith.first_activity_counts('events', 'organization_id', 'organizations', dedupe_first=true) }},
 
@@ -27,11 +26,10 @@ final as (
     select
         spine_days.metric_date,
         cast(coalesce(c.active, 0) as {{ dbt.type_bigint() }}) as active_organizations,
-        cast(coalesce(c.first_in_week, 0) as {{ dbt.type_bigint() }}) as organizations_first_in_week,
-        cast(coalesce(c.first_in_month, 0) as {{ dbt.type_bigint() }}) as organizations_first_in_month
+        {{- metricsmith.first_activity_columns('c', 'organizations') }}
     from spine_days
     left join organizations_counts as c
-        on c.island_id = spine_days.island_id and c.event_date = spine_days.metric_date
+        on spine_days.island_id = c.island_id and spine_days.metric_date = c.event_date
 
 )
 

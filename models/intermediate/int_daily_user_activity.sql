@@ -1,25 +1,24 @@
 {#-
     One row per spine day: day totals, distinct users, and users whose first activity in the
-    day's ISO week / month / week part inside the month falls on that day. An incremental run
-    recomputes whole months around the changed days (islands), reading only those events.
+    day's period of each declared grain (ISO week, month, quarter; vars.grains) and in the week
+    part inside the month falls on that day. An incremental run recomputes whole months (or
+    quarters) around the changed days (islands), reading only those events.
 -#}
 {{
     config(
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='metric_date',
-        on_schema_change='fail',
+        on_schema_change='sync_all_columns',
         indexes=[{'columns': ['metric_date'], 'unique': True}],
         pre_hook=metricsmith.rollup_session_tuning(),
     )
 }}
--- depends_on: {{ ref('int_changed_days') }}
-
-{%- set islands = metricsmith.rollup_islands() %}
+{%- set islands = metricsmith.rollup_islands(ref('int_changed_days')) %}
 
 with
 
-{{ metricsmith.island_ctes(islands, ['event_type', 'user_id', 'revenue_cents']) }},
+{{ metricsmith.island_ctes(islands, ref('stg_events'), ['event_type', 'user_id', 'revenue_cents']) }},
 
 day_totals as (
 
@@ -35,7 +34,7 @@ day_totals as (
 
 ),
 
-{{ metricsmith.first_activity_counts('events', 'user_id', 'users', with_week_month=true) }},
+{{ metricsmith.first_activity_counts('events', 'user_id', 'users', with_breakdowns=true) }},
 
 final as (
 
@@ -46,14 +45,12 @@ final as (
         cast(coalesce(t.purchases, 0) as {{ dbt.type_bigint() }}) as purchases,
         cast(coalesce(t.revenue_cents, 0) as {{ metricsmith.type_cents() }}) as revenue_cents,
         cast(coalesce(u.active, 0) as {{ dbt.type_bigint() }}) as active_users,
-        cast(coalesce(u.first_in_week, 0) as {{ dbt.type_bigint() }}) as users_first_in_week,
-        cast(coalesce(u.first_in_month, 0) as {{ dbt.type_bigint() }}) as users_first_in_month,
-        cast(coalesce(u.first_in_week_month, 0) as {{ dbt.type_bigint() }}) as users_first_in_week_month
+        {{- metricsmith.first_activity_columns('u', 'users', with_breakdowns=true) }}
     from spine_days
     left join day_totals as t
-        on t.island_id = spine_days.island_id and t.event_date = spine_days.metric_date
+        on spine_days.island_id = t.island_id and spine_days.metric_date = t.event_date
     left join users_counts as u
-        on u.island_id = spine_days.island_id and u.event_date = spine_days.metric_date
+        on spine_days.island_id = u.island_id and spine_days.metric_date = u.event_date
 
 )
 

@@ -12,12 +12,21 @@
 {%- set first_seen = metricsmith.rollup_relation('int_user_first_seen') %}
 {%- set organizations = metricsmith.rollup_relation('int_daily_organization_activity') %}
 {%- set sessions = metricsmith.rollup_relation('int_daily_session_activity') %}
-{%- set ns = namespace(low=none, last_tz=none, committed=none, full=(flags.FULL_REFRESH or activity is none or first_seen is none or organizations is none or sessions is none)) %}
-{#- a first-seen table from an older metricsmith (without moved_at) is rebuilt -#}
+{%- set missing = activity is none or first_seen is none or organizations is none or sessions is none %}
+{%- set ns = namespace(low=none, last_tz=none, committed=none, full=(flags.FULL_REFRESH or missing)) %}
+{#- a first-seen table from an older metricsmith (without moved_at) is rebuilt, and so are
+    day-activity tables without the "first in" counts of a grain declared since they were built -#}
 {%- if execute and first_seen is not none and not ns.full -%}
     {%- if 'moved_at' not in (adapter.get_columns_in_relation(first_seen) | map(attribute='name') | list) -%}
         {%- set ns.full = true -%}
     {%- endif -%}
+    {%- for relation, prefix, breakdowns in [(activity, 'users', true), (organizations, 'organizations', false),
+                                             (sessions, 'sessions', false)] -%}
+        {%- set built = adapter.get_columns_in_relation(relation) | map(attribute='name') | list -%}
+        {%- for w in metricsmith.first_activity_windows(breakdowns) -%}
+            {%- if (prefix ~ '_first_in_' ~ w.suffix) not in built -%}{%- set ns.full = true -%}{%- endif -%}
+        {%- endfor -%}
+    {%- endfor -%}
 {%- endif %}
 
 {%- if execute and ledger is not none -%}
@@ -47,7 +56,7 @@
     {{ exceptions.raise_compiler_error(
         "metrics_timezone changed from " ~ ns.last_tz ~ " to " ~ tz ~ " since the last rollup run: "
         ~ "every day moves, so rebuild with `metricsmith rollups run --full-refresh` "
-        ~ "(or dbt run --full-refresh --select +monthly_metrics+ +weekly_metrics+)") }}
+        ~ "(or dbt run --full-refresh --select +int_rollup_ledger)") }}
 {%- endif -%}
 
 with

@@ -1,5 +1,5 @@
 {#-
-    Append-only ledger of finished rollup runs. Runs last (after the three marts); its newest
+    Append-only ledger of finished rollup runs. Runs last (after the marts of every declared grain); its newest
     high_watermark is where the next run starts reading arrivals. Never rebuilt by
     --full-refresh, so the history survives rebuilds.
 -#}
@@ -11,14 +11,14 @@
         on_schema_change='append_new_columns',
     )
 }}
--- depends_on: {{ ref('daily_metrics') }}
--- depends_on: {{ ref('weekly_metrics') }}
--- depends_on: {{ ref('monthly_metrics') }}
+{%- for g in metricsmith.grains() %}
+-- depends_on: {{ ref(g.model) }}
+{%- endfor %}
 
 {#- Advance the watermark only when every table that consumes the batch was built in this
     invocation (e.g. `dbt run --select +weekly_metrics+` must not skip monthly's changes). -#}
 {%- set consumers = ['int_user_first_seen', 'int_daily_user_activity', 'int_daily_organization_activity',
-                     'int_daily_session_activity', 'daily_metrics', 'weekly_metrics', 'monthly_metrics'] %}
+                     'int_daily_session_activity'] + (metricsmith.grains() | map(attribute='model') | list) %}
 {%- set ns = namespace(missing=[]) %}
 {%- if execute %}
     {%- for name in consumers %}

@@ -16,8 +16,7 @@
     )
 }}
 -- depends_on: {{ ref('int_changed_users') }}
--- depends_on: {{ ref('int_rollup_batch') }}
-{%- set batch = metricsmith.rollup_batch() %}
+{%- set batch = metricsmith.rollup_batch(ref('int_rollup_batch')) %}
 
 with
 
@@ -40,8 +39,9 @@ first_seen as (
         previous_first_date as moved_from_date,
         batch_started_at as moved_at
     from changed_users
-    where current_first_date is null
-       or first_event_date < current_first_date
+    where
+        current_first_date is null
+        or first_event_date < current_first_date
 
 )
 

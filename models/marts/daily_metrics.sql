@@ -11,18 +11,18 @@ with
 
 activity as (
 
-    select * from {{ ref('int_daily_activity') }}
+    select activity.* from {{ ref('int_daily_activity') }} as activity
     {%- if is_incremental() %}
-    where metric_date in (select metric_date from {{ ref('int_changed_days') }})
+    where activity.metric_date in (select changed.metric_date from {{ ref('int_changed_days') }} as changed)
     {%- endif %}
 
 ),
 
 first_seen as (
 
-    select * from {{ ref('int_user_first_seen') }}
+    select first_seen.* from {{ ref('int_user_first_seen') }} as first_seen
     {%- if is_incremental() %}
-    where first_event_date in (select metric_date from {{ ref('int_changed_days') }})
+    where first_seen.first_event_date in (select changed.metric_date from {{ ref('int_changed_days') }} as changed)
     {%- endif %}
 
 ),
@@ -48,7 +48,7 @@ final as (
         activity.purchases,
         activity.revenue_cents
     from activity
-    left join new_users on new_users.metric_date = activity.metric_date
+    left join new_users on activity.metric_date = new_users.metric_date
 
 )
 

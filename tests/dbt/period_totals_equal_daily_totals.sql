@@ -1,8 +1,8 @@
 {#-
-    Additive measures add up across grains: over the whole spine, the sums of weekly_metrics
-    and of monthly_metrics equal the sum of daily_metrics (total_events, new_users, signups,
-    purchases, revenue_cents, spine days), so no week or month is missing, doubled or stale.
-    Returns one row per grain that differs.
+    Additive measures add up across grains: over the whole spine, the sums of every period mart
+    (weekly_metrics, monthly_metrics, quarterly_metrics: one per grain of vars.grains) equal the
+    sum of daily_metrics (total_events, new_users, signups, purchases, revenue_cents, spine
+    days), so no period is missing, doubled or stale. Returns one row per grain that differs.
 -#}
 {%- set measures = ['total_events', 'new_users', 'signups', 'purchases', 'revenue_cents'] %}
 
@@ -10,30 +10,27 @@ with
 
 daily as (
 
-    select count(*) as days, {% for m in measures %}sum({{ m }}) as {{ m }}{{ ", " if not loop.last }}{% endfor %}
+    select
+        count(*) as days,
+        {%- for m in measures %}
+        sum({{ m }}) as {{ m }}{{ "," if not loop.last }}
+        {%- endfor %}
     from {{ ref('daily_metrics') }}
-
-),
-
-weekly as (
-
-    select sum(days_with_data) as days, {% for m in measures %}sum({{ m }}) as {{ m }}{{ ", " if not loop.last }}{% endfor %}
-    from {{ ref('weekly_metrics') }}
-
-),
-
-monthly as (
-
-    select sum(days_with_data) as days, {% for m in measures %}sum({{ m }}) as {{ m }}{{ ", " if not loop.last }}{% endfor %}
-    from {{ ref('monthly_metrics') }}
 
 ),
 
 grains as (
 
-    select 'weekly' as grain, * from weekly
-    union all
-    select 'monthly' as grain, * from monthly
+    {%- for g in metricsmith.period_grains() %}
+    select
+        '{{ g.name }}' as grain,
+        sum(days_with_data) as days,
+        {%- for m in measures %}
+        sum({{ m }}) as {{ m }}{{ "," if not loop.last }}
+        {%- endfor %}
+    from {{ ref(g.model) }}
+    {{ "union all" if not loop.last }}
+    {%- endfor %}
 
 )
 

@@ -1,4 +1,4 @@
-"""An independent plain-Python computation of daily / weekly / monthly metrics,
+"""An independent plain-Python computation of daily / weekly / monthly / quarterly metrics,
 used by tests/python/test_rollups*.py to check the dbt models, plus helpers to load events."""
 
 from __future__ import annotations
@@ -87,6 +87,14 @@ def _month_end(m: date) -> date:
     return _add_months(m, 1) - timedelta(days=1)
 
 
+def _quarter_start(d: date) -> date:
+    return date(d.year, (d.month - 1) // 3 * 3 + 1, 1)
+
+
+def _quarter_end(q: date) -> date:
+    return _add_months(q, 3) - timedelta(days=1)
+
+
 def _measures(evs: list[tuple[date, Event]], days: list[date], first_seen: dict[str, date]) -> dict[str, Any]:
     dayset = set(days)
     return {
@@ -102,14 +110,14 @@ def _measures(evs: list[tuple[date, Event]], days: list[date], first_seen: dict[
 
 
 def reference(events: list[Event], tz: str, rules: EventRules | None = None) -> dict[str, list[dict[str, Any]]]:
-    """daily_metrics, weekly_metrics and monthly_metrics as lists of row dicts, by key."""
+    """daily_metrics, weekly_metrics, monthly_metrics and quarterly_metrics as lists of row dicts, by key."""
     zone = ZoneInfo(tz)
     seen: dict[str, Event] = {}
     for e in events:  # duplicates by event_id are skipped on load: the first one wins
         seen.setdefault(e.event_id, e)
     dated = [(e.occurred_at.astimezone(zone).date(), e) for e in seen.values() if is_valid(e, rules) and e.occurred_at]
     if not dated:
-        return {"daily_metrics": [], "weekly_metrics": [], "monthly_metrics": []}
+        return {table: [] for table in KEYS}
     by_day: dict[date, list[tuple[date, Event]]] = defaultdict(list)
     first_seen: dict[str, date] = {}
     for d, e in dated:
@@ -153,21 +161,39 @@ def reference(events: list[Event], tz: str, rules: EventRules | None = None) -> 
             r[f"{c}_mom_pct"] = _growth(r[c], prev_m, c)
         for c in GROWTH:
             r[f"{c}_yoy_pct"] = _growth(r[c], prev_y, c)
-        parts: dict[date, list[date]] = defaultdict(list)
-        for d in spine:
-            if d.replace(day=1) == r["month_start"]:
-                parts[_monday(d)].append(d)
-        breakdown = []
-        for ws, days in sorted(parts.items()):
-            evs = [x for d in days for x in by_day.get(d, [])]
-            breakdown.append({"week_start": ws.isoformat(), "days_in_month": len(days), "total_events": len(evs),
-                              "active_users": len({e.user_id for _, e in evs if e.user_id is not None}),
-                              "revenue_cents": sum(e.revenue_cents for _, e in evs)})
-        r["weekly_breakdown"] = breakdown
-    return {"daily_metrics": daily, "weekly_metrics": weekly, "monthly_metrics": monthly}
+        r["weekly_breakdown"] = _breakdown([d for d in spine if d.replace(day=1) == r["month_start"]], by_day,
+                                           _monday, "week_start", "days_in_month")
+    quarterly = period_rows(_quarter_start, _quarter_end, lambda s: (_quarter_end(s) - s).days + 1, "quarter")
+    qu = {r["quarter_start"]: r for r in quarterly}
+    for r in quarterly:
+        prev_q, prev_y = qu.get(_add_months(r["quarter_start"], -3)), qu.get(_add_months(r["quarter_start"], -12))
+        for c in GROWTH:
+            r[f"{c}_qoq_pct"] = _growth(r[c], prev_q, c)
+        for c in GROWTH:
+            r[f"{c}_yoy_pct"] = _growth(r[c], prev_y, c)
+        r["monthly_breakdown"] = _breakdown([d for d in spine if _quarter_start(d) == r["quarter_start"]], by_day,
+                                            lambda d: d.replace(day=1), "month_start", "days_in_quarter")
+    return {"daily_metrics": daily, "weekly_metrics": weekly, "monthly_metrics": monthly,
+            "quarterly_metrics": quarterly}
 
 
-KEYS = {"daily_metrics": "metric_date", "weekly_metrics": "week_start", "monthly_metrics": "month_start"}
+def _breakdown(days_in_period: list[date], by_day: dict[date, list[tuple[date, Event]]], part_of: Any,
+               start_key: str, days_key: str) -> list[dict[str, Any]]:
+    """The parts of one period (its days grouped by ``part_of``), ordered, as the marts' jsonb."""
+    parts: dict[date, list[date]] = defaultdict(list)
+    for d in days_in_period:
+        parts[part_of(d)].append(d)
+    out = []
+    for start, days in sorted(parts.items()):
+        evs = [x for d in days for x in by_day.get(d, [])]
+        out.append({start_key: start.isoformat(), days_key: len(days), "total_events": len(evs),
+                    "active_users": len({e.user_id for _, e in evs if e.user_id is not None}),
+                    "revenue_cents": sum(e.revenue_cents for _, e in evs)})
+    return out
+
+
+KEYS = {"daily_metrics": "metric_date", "weekly_metrics": "week_start", "monthly_metrics": "month_start",
+        "quarterly_metrics": "quarter_start"}
 
 
 def fetch_tables(conn: Any, schema: str = "analytics") -> dict[str, list[dict[str, Any]]]:

@@ -1,8 +1,8 @@
 """Property: random batches (late, out of order, re-sent, some invalid; received_at from the
 batch's clock, as old as the event itself (before earlier runs), years ahead, or years
-behind) loaded one after another with an incremental run after each; after every run the three tables equal the
-independent Python computation of all data so far, and at the end a --full-refresh gives
-the same tables cell for cell. 20 examples by default, 200 with METRICSMITH_DEEP=1."""
+behind) loaded one after another with an incremental run after each; after every run the four marts (daily,
+weekly, monthly, quarterly: the dates cross a quarter boundary) equal the independent Python computation of all
+data so far, and at the end a --full-refresh gives the same tables cell for cell. 20 examples by default, 200 with METRICSMITH_DEEP=1."""
 
 from __future__ import annotations
 

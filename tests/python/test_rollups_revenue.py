@@ -92,12 +92,14 @@ def test_revenue_columns_are_numeric_with_declared_precision(conn: psycopg.Conne
     rollups.run_rollups(timezone="UTC", quiet=True)
     rows = conn.execute(
         "select table_name, column_name, data_type, numeric_precision from information_schema.columns "
-        "where table_schema = 'analytics' and table_name in ('daily_metrics', 'weekly_metrics', 'monthly_metrics')"
+        "where table_schema = 'analytics' and table_name in ('daily_metrics', 'weekly_metrics', 'monthly_metrics', "
+        "'quarterly_metrics')"
     ).fetchall()
     numeric = [(t, c, p) for t, c, dt, p in rows if dt == "numeric"]
     assert numeric and all(p is not None for _, _, p in numeric), numeric
     assert {(t, c) for t, c, _ in numeric if c == "revenue_cents"} == {
-        ("daily_metrics", "revenue_cents"), ("weekly_metrics", "revenue_cents"), ("monthly_metrics", "revenue_cents")}
+        ("daily_metrics", "revenue_cents"), ("weekly_metrics", "revenue_cents"), ("monthly_metrics", "revenue_cents"),
+        ("quarterly_metrics", "revenue_cents")}
     assert rollups.outdated_tables() == []
 
 
