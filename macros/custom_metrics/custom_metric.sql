@@ -160,7 +160,7 @@ group by {{ period }}
 
 
 {#- analytics.custom_metric_values: all generated models (but those whose last run failed), with the previous
-    period and growth. -#}
+    period and growth (macro growth_pct: the marts' definition, 4 decimals). -#}
 {% macro custom_metric_values(all_inputs) -%}
 {#- a model not built yet (e.g. a metric created after the last run, when only some metrics run) is left out -#}
 {%- set inputs = [] -%}
@@ -204,8 +204,7 @@ select
     cur.dimensions,
     cur.value,
     prev.value as previous_value,
-    case when prev.value is null or prev.value = 0 then null
-         else 100 * (cur.value - prev.value) / prev.value end as growth_pct,
+    cast({{ metricsmith.growth_pct('cur.value', 'prev.value') }} as numeric) as growth_pct,
     cur.computed_at
 from unioned as cur
 left join unioned as prev

@@ -99,12 +99,23 @@
 {%- endmacro %}
 
 
-{#- growth in percent: 100 * (current - previous) / previous, null when previous is null or 0;
-    computed in numeric (no bigint overflow) with 20 decimals before rounding to 4 (Postgres
-    keeps only ~16 significant digits in a quotient otherwise) -#}
+{#- growth in percent, the one definition: 100 * (current - previous) / previous, null when
+    previous is null or 0, rounded to 4 decimals (the difference is taken with 20 decimals first:
+    Postgres keeps only ~16 significant digits in a quotient otherwise), as type_growth_pct().
+    Postgres calls the SQL function metricsmith.growth_pct (migration 0030_growth_pct), which
+    the query layer calls too; other adapters spell the same expression. -#}
 {% macro growth_pct(current, previous) -%}
+    {{ return(adapter.dispatch('growth_pct', 'metricsmith')(current, previous)) }}
+{%- endmacro %}
+
+{% macro default__growth_pct(current, previous) -%}
     cast(round(100 * cast(cast({{ current }} as numeric) - {{ previous }} as numeric(65, 20)) / nullif({{ previous }}, 0), 4)
-         as {{ metricsmith.type_growth_pct() }})
+        as {{ metricsmith.type_growth_pct() }})
+{%- endmacro %}
+
+{% macro postgres__growth_pct(current, previous) -%}
+    cast(metricsmith.growth_pct(cast({{ current }} as numeric), cast({{ previous }} as numeric))
+        as {{ metricsmith.type_growth_pct() }})
 {%- endmacro %}
 
 
