@@ -280,7 +280,7 @@ def _rollup_lock(settings: Settings, wait_seconds: float) -> Iterator[None]:
 
 
 def backfill(start: date, end: date, *, settings: Settings | None = None) -> RollupRunResult:
-    """Recompute days ``start .. end`` (inclusive) and the weeks and months above them, in one
+    """Recompute days ``start .. end`` (inclusive) and the periods of every grain above them, in one
     set-based pass per model (plus whatever arrived since the last run)."""
     return run_rollups(backfill=(start, end), settings=settings)
 

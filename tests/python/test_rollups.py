@@ -298,3 +298,21 @@ def test_backfill_includes_new_users_of_its_days(empty_events: psycopg.Connectio
     backfilled = _check(conn, first + hidden, "UTC")
     rollups.run_rollups(full_refresh=True, timezone="UTC", quiet=True)
     assert fetch_tables(conn) == backfilled
+
+
+def test_changed_periods_for_every_grain() -> None:
+    """A recomputed day changes its period of every grain and the periods whose growth reads it."""
+    changed = rollups.ChangedPeriods.from_days([date(2024, 3, 31), date(2024, 3, 30)])
+    assert changed.days == (date(2024, 3, 30), date(2024, 3, 31))
+    assert changed.of("week") == (date(2024, 3, 25), date(2024, 4, 1))  # + next week (WoW)
+    assert changed.of("month") == (date(2024, 3, 1), date(2024, 4, 1), date(2025, 3, 1))  # MoM, YoY
+    assert changed.of("quarter") == (date(2024, 1, 1), date(2024, 4, 1), date(2025, 1, 1))  # QoQ, YoY
+    assert changed.quarters == changed.by_grain["quarter"] and changed.weeks == changed.of("weekly")
+    assert changed.of("day") == changed.days
+    assert rollups.ChangedPeriods((date(2024, 1, 1),), (date(2024, 1, 1),)).by_grain == {
+        "week": (date(2024, 1, 1),), "month": (), "quarter": ()}
+    assert rollups.ChangedPeriods() == rollups.ChangedPeriods.from_days([])
+    with pytest.raises(AttributeError, match="no attribute 'years'"):
+        changed.years  # noqa: B018
+    with pytest.raises(TypeError, match="one tuple of starts per grain"):
+        rollups.ChangedPeriods((), (), (), (), ())
