@@ -130,3 +130,25 @@ rules:
     assert receiver.requests == []
     [error] = [r[0] for r in alerts_db.execute("select error from metricsmith.alert_deliveries").fetchall()]
     assert error == "environment variable ALERTS_TEST_SECRET is not set"
+
+
+def test_a_hanging_channel_does_not_hold_up_another_one(alerts_db: psycopg.Connection[Any],
+                                                        receiver: fx.Receiver) -> None:
+    import socket
+
+    with socket.socket() as hang:  # accepts connections (backlog) and never answers
+        hang.bind(("127.0.0.1", 0))
+        hang.listen(8)
+        port = hang.getsockname()[1]
+        ruleset = parse_text(f"""channels:
+  a-hanging: {{type: webhook, url: 'http://127.0.0.1:{port}/hook', retries: 0, timeout: 5}}
+  b-hook: {{type: webhook, url: '{receiver.url}/hook'}}
+rules:
+{RULE % 'a-hanging, b-hook'}
+""", "test.yml")
+        _crossing(alerts_db)
+        result = evaluate(ruleset, now=NOW, schema=fx.SCHEMA)
+    assert result.delivery is not None and len(result.delivery.delivered) == 1 and len(result.delivery.given_up) == 1
+    # recorded in the order the attempts ended: the good channel did not wait for the hanging one
+    order = [(a[0], a[2]) for a in _attempts(alerts_db)]
+    assert order == [("b-hook", True), ("a-hanging", False)]

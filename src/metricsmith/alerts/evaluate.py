@@ -114,7 +114,8 @@ def evaluate(ruleset: RuleSet | None = None, *, settings: Settings | None = None
             if ctx.realtime is not None:
                 ctx.realtime.close()
         if deliver:
-            result.delivery = delivery.deliver_due(conn, ruleset.channels, drain_seconds=drain_seconds)
+            result.delivery = delivery.deliver_due(conn, ruleset.channels, drain_seconds=drain_seconds,
+                                                  settings=settings)
     return result
 
 
