@@ -96,13 +96,14 @@ def _evaluate_rules(conn: psycopg.Connection[Any], ruleset: RuleSet, result: Eva
 
 def evaluate(ruleset: RuleSet | None = None, *, settings: Settings | None = None, now: datetime | None = None,
              schema: str | None = None, kinds: tuple[str, ...] | None = None, deliver: bool = True,
-             lock_wait_seconds: float = 60.0, drain_seconds: float = 0.0) -> EvaluationResult:
+             lock_wait_seconds: float = 60.0, drain_seconds: float = 0.0,
+             connect_timeout: int = 10) -> EvaluationResult:
     """Evaluate ``ruleset`` (default: the rule file) as of ``now``; ``kinds`` limits the rule kinds."""
     ruleset = ruleset if ruleset is not None else load_file()
     settings = settings or load_settings()
     now = (now or datetime.now(UTC)).astimezone(UTC)
     result = EvaluationResult(evaluated_at=now)
-    with db.connect(settings, autocommit=True) as conn:
+    with db.connect(settings, autocommit=True, connect_timeout=connect_timeout) as conn:
         if not LOCK.acquire(conn, lock_wait_seconds):
             result.skipped = f"another alert evaluation held the lock for {lock_wait_seconds:.0f} s"
             return result
@@ -121,13 +122,15 @@ def evaluate(ruleset: RuleSet | None = None, *, settings: Settings | None = None
 
 def after_job_run(result: Any, *, settings: Settings | None = None) -> EvaluationResult | None:
     """Evaluate the rules after a job run whose job-log row is final (``result``: the runner's
-    JobResult). Never raises: a bad rule file or an unreachable channel must not fail the job."""
+    JobResult). Never raises: a bad rule file, an unreachable database or channel must not fail
+    the job (nor hold it up long: a 3 s connect timeout). No rule file (``METRICSMITH_ALERTS_FILE``
+    naming a missing file, or no ``alerts.yml``) means no alerting."""
     job = getattr(result, "job_name", "?")
     path = default_path()
     if not path.is_file():
         return None
     try:
-        outcome = evaluate(load_file(path), settings=settings)
+        outcome = evaluate(load_file(path), settings=settings, connect_timeout=3)
     except AlertRuleError as exc:
         log.error("alerts not evaluated after %s: %s", job, exc)
         return None
