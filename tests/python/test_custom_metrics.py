@@ -204,7 +204,7 @@ def test_every_type_grain_dimension_and_filter_matches_python(world: dict[str, A
     _check_matrix(conn)
 
 
-def test_seed_parity_metric_on_daily_metrics(world: dict[str, Any], conn: psycopg.Connection[Any]) -> None:
+def test_metric_type_spelling_on_daily_metrics(world: dict[str, Any], conn: psycopg.Connection[Any]) -> None:
     events = valid_events(conn)
     want = {(p, ()): v for (p, _), v in reference(events, "SUM", "day", [], None).items()}
     got = stored_values(conn, "revenue_per_project")

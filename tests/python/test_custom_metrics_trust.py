@@ -104,7 +104,7 @@ def test_hostile_principal_ids_refused_on_every_path(world: dict[str, Any], conn
             svc.add_user("trust_x", "trust_org", teams=(value,))
         with pytest.raises(InvalidIdentifier, match="user id"):  # acting as such a user
             svc.create(value, _good("trust_as"))
-        with pytest.raises(InvalidIdentifier, match="user id"):  # the seed API's entry point
+        with pytest.raises(InvalidIdentifier, match="user id"):  # the create_metric_definition entry point
             svc.create_metric_definition(value, {"name": "x", "metric_type": "COUNT", "data_source": "events"})
         with pytest.raises(InvalidIdentifier, match="team id"):
             svc.create("trust_owner", _good("trust_team_x", visibility="TEAM", team=value))

@@ -17,7 +17,7 @@ DEMO_METRICS: list[dict[str, Any]] = [
     {"name": "p90 purchase value", "slug": "p90_purchase_value", "type": "PERCENTILE", "percentile": 0.9,
      "source": "events", "expression": "revenue_cents", "filter": "event_type = 'purchase'", "grain": "month",
      "visibility": "ORGANIZATION"},
-    # the seed API's entry point
+    # the create_metric_definition entry point
     {"name": "Revenue Per Project", "metric_type": "SUM", "data_source": "daily_metrics",
      "calculation_formula": "revenue_cents", "aggregation_method": "sum"},
 ]

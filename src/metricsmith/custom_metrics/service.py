@@ -310,7 +310,7 @@ class CustomMetricsService:
             return self._definition(conn, self._row(conn, slug) or {})
 
     def create_metric_definition(self, user_id: str, spec: dict[str, Any]) -> MetricDefinition:
-        """Seed-parity name of :meth:`create` (accepts metric_type / data_source / calculation_formula ...)."""
+        """:meth:`create` under its other name (accepts metric_type / data_source / calculation_formula ...)."""
         return self.create(user_id, spec)
 
     def update(self, user_id: str, slug: str, spec_input: dict[str, Any] | str) -> MetricDefinition:

@@ -1,4 +1,4 @@
-"""The metric spec: one shape through YAML, JSON, the CLI and Python (plus the seed API's key names)."""
+"""The metric spec: one shape through YAML, JSON, the CLI and Python (plus the metric_type / data_source / aggregation_method key names)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ METRIC_TYPES = ("COUNT", "SUM", "AVERAGE", "DISTINCT_COUNT", "PERCENTILE", "RATI
 PART_TYPES = tuple(t for t in METRIC_TYPES if t != "RATIO")
 GRAINS = ("day", "week", "month")
 VISIBILITIES = ("PRIVATE", "TEAM", "ORGANIZATION", "PUBLIC")
-#: the seed API's key names: aggregation_method -> type
+#: the aggregation_method key names -> type
 _AGGREGATION_METHODS = {"sum": "SUM", "count": "COUNT", "avg": "AVERAGE", "average": "AVERAGE", "mean": "AVERAGE",
                         "count_distinct": "DISTINCT_COUNT", "distinct_count": "DISTINCT_COUNT", "max": "MAX",
                         "min": "MIN", "percentile": "PERCENTILE", "ratio": "RATIO"}

@@ -354,14 +354,22 @@ def run(work: Work, *, settings: Settings | None = None, policy: RetryPolicy | N
             outcome = policy.call(state.attempt, name=f"{work.name} attempt")
             state.result.status = outcome.status
         except _Stop as stop:
-            return state.stopped(str(stop))
+            return _alerted(state.stopped(str(stop)), state.settings)
         except Exception as exc:  # noqa: BLE001 - the last attempt's failure becomes the run's
             state.failed(exc)
             outcome = exc.outcome if isinstance(exc, AttemptFailed) else None
         state.effects(outcome)
-        return state.finish()
+        return _alerted(state.finish(), state.settings)
     except BaseException as exc:  # interrupted (e.g. Ctrl-C, flow cancelled): the row must not stay RUNNING
         state.interrupted(exc)
         raise
     finally:
         state.close()
+
+
+def _alerted(result: JobResult, settings: Settings) -> JobResult:
+    """Evaluate the alert rules once the job-log row is final (docs/alerts.md; never raises)."""
+    from metricsmith.alerts.evaluate import after_job_run
+
+    after_job_run(result, settings=settings)
+    return result
