@@ -653,7 +653,7 @@ def _summary_sql(g: Grain, schema: str) -> sql.Composed:
         "as complete, {totals} from r), "
         "m as (select count(*) as compared, {pairs} from unnest(%(cur)s::date[], %(prev)s::date[]) as x(cur, prev) "
         "join r on r.{key} = x.cur join {tbl} as p on p.{key} = x.prev) "
-        "select t.days, t.complete, m.compared, {out_totals}, {out_avgs}, {out_cur}, {out_prev} "
+        "select t.days, t.complete, m.compared, {out_totals}, {out_avgs}, {out_cur}, {out_prev}, {out_growth} "
         "from t cross join m"
     ).format(
         tbl=sql.Identifier(schema, g.model), key=key, days=days, complete=complete,
@@ -664,22 +664,17 @@ def _summary_sql(g: Grain, schema: str) -> sql.Composed:
         out_avgs=comma.join(sql.SQL("round(t.{c} / nullif(t.days, 0), 4)").format(c=ids[m]) for m in ADDITIVE),
         out_cur=comma.join(sql.SQL("coalesce(m.{c}, 0)").format(c=c_ids[m]) for m in ADDITIVE),
         out_prev=comma.join(sql.SQL("coalesce(m.{c}, 0)").format(c=p_ids[m]) for m in ADDITIVE),
+        out_growth=comma.join(sql.SQL("metricsmith.growth_pct(m.{c}, m.{p})").format(c=c_ids[m], p=p_ids[m])
+                              for m in ADDITIVE),
     )
-
-
-def _interim_growth(current: Any, previous: Any) -> Decimal | None:
-    if not previous:
-        return None
-    return round((Decimal(current) - Decimal(previous)) * 100 / Decimal(previous), 4)
 
 
 def _summary(g: Grain, start: date, end: date, rows: list[dict[str, Any]], previous: list[date],
              stored: tuple[Any, ...]) -> PeriodSummary:
     days, complete, compared = int(stored[0]), int(stored[1]), int(stored[2])
     n = len(ADDITIVE)
-    blocks = [stored[3 + i * n: 3 + (i + 1) * n] for i in range(4)]
-    totals, avgs, cur, prev = ({m: v for m, v in zip(ADDITIVE, b, strict=True)} for b in blocks)
-    growth = {m: _interim_growth(cur[m], prev[m]) if compared else None for m in ADDITIVE}
+    blocks = [stored[3 + i * n: 3 + (i + 1) * n] for i in range(5)]
+    totals, avgs, cur, prev, growth = ({m: v for m, v in zip(ADDITIVE, b, strict=True)} for b in blocks)
     return PeriodSummary(
         grain=g.name, start=start, end=end, periods=rows,
         totals={m: int(v) for m, v in totals.items()}, days_with_data=days, avg_daily=avgs,
