@@ -633,3 +633,27 @@ def test_fuzzed_custom_metric_queries_answer_200_or_422(client: TestClient, worl
             else True
     else:
         assert_error(response, response.status_code)
+
+
+# ---------------------------------------------------------------- the api-key commands
+def test_api_key_commands(client: TestClient, world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    from metricsmith.cli.main import main
+
+    assert main(["api-key", "create", "--as", "api_teammate", "--name", "wall screen", "--expires", "30"]) == 0
+    out, err = capsys.readouterr()
+    key = out.strip()
+    assert key.startswith("msk_") and "shown only this once" in err and key not in err
+    headers = {"Authorization": f"Bearer {key}"}
+    listed = client.get("/v1/custom-metrics", headers=headers).json()
+    assert {m["slug"] for m in listed["metrics"]} & set(METRICS) == CAN_READ["api_teammate"]
+    assert main(["api-key", "list", "--as", "api_teammate"]) == 0
+    table = capsys.readouterr().out
+    key_id = key.split("_")[1]
+    assert f"msk_{key_id}" in table and "wall screen" in table and "active" in table and key not in table
+    assert main(["api-key", "revoke", f"msk_{key_id}"]) == 0
+    assert "revoked" in capsys.readouterr().out
+    assert_error(client.get("/v1/custom-metrics", headers=headers), 401)
+    assert main(["api-key", "create", "--as", "api_nobody"]) == 2
+    assert "unknown user 'api_nobody'" in capsys.readouterr().err
+    assert main(["api-key", "revoke", "msk_000000000000"]) == 2
+    assert "no API key" in capsys.readouterr().err
