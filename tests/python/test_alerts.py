@@ -343,3 +343,19 @@ def test_cli_silence_list_test_evaluate(alerts_db: psycopg.Connection[Any], tmp_
         cli_run("silence", "nope", "--for", "1h", "--reason", "x")
     with pytest.raises(SystemExit):
         cli_run("silence", "etl-failed", "--for", "soon", "--reason", "x")
+
+
+def test_realtime_rules_write_nothing_to_redis(alerts_db: psycopg.Connection[Any], receiver: fx.Receiver) -> None:
+    import os
+
+    from metricsmith import db
+    from metricsmith.config import load_settings
+
+    prefix = f"{os.environ['METRICSMITH_REDIS_PREFIX']}alerts-readonly:"
+    settings = load_settings({**os.environ, "METRICSMITH_REDIS_PREFIX": prefix})
+    ruleset = rules(receiver.url, "  - {name: events-stopped, kind: realtime_threshold, "
+                                  "expr: 'rate(metricsmith_events_per_second, 60s) < 1', channels: [hook]}")
+    result = evaluate(ruleset, settings=settings, schema=SCHEMA)
+    assert result.errors == {} and events(receiver) == [("events-stopped", "firing")]  # an empty Redis: rate 0
+    client = db.redis_client(settings)
+    assert list(client.scan_iter(match=f"{prefix}*")) == []  # no rt:alive marker: a lost Redis stays detectable

@@ -26,6 +26,8 @@ from metricsmith.config import Settings
 from metricsmith.core.status import JobStatus
 from metricsmith.orchestration.joblog import TABLE as JOB_LOG
 from metricsmith.orchestration.schedules import SCHEDULES
+from metricsmith.realtime.registry import BUILTINS
+from metricsmith.realtime.service import RealtimeMetricsService
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,14 @@ class Context:
     realtime: Any = None  # a RealtimeMetricsService, made on first use
 
     def service(self) -> Any:
+        """A read-only realtime service: it writes nothing to Redis (declaring would set the
+        ``rt:alive`` marker, hiding a Redis that lost its data from the snapshot's restore); the
+        built-in series are known locally, the others from the registry in Redis."""
         if self.realtime is None:
-            from metricsmith.realtime.service import RealtimeMetricsService
-
             stamp = self.now.timestamp()
-            self.realtime = RealtimeMetricsService(self.settings, clock=lambda: stamp)
+            self.realtime = RealtimeMetricsService(self.settings, clock=lambda: stamp, declare_builtins=False)
+            for spec in BUILTINS:
+                self.realtime.registry.add(spec)
         return self.realtime
 
 
