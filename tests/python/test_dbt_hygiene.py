@@ -76,7 +76,7 @@ def test_production_targets_write_to_analytics(tmp_path: Path, target: str | Non
                                                 default_manifest: dict[str, Any]) -> None:
     manifest = default_manifest if target is None else _parse(tmp_path, target)
     models = _project_models(manifest)
-    assert {"stg_events", "daily_metrics", "weekly_metrics", "monthly_metrics"} <= set(models)
+    assert {"stg_events", "daily_metrics", "weekly_metrics", "monthly_metrics", "quarterly_metrics"} <= set(models)
     assert {m["schema"] for m in models.values()} == {"analytics"}
     assert models["daily_metrics"]["relation_name"].endswith('."analytics"."daily_metrics"')
 
@@ -105,7 +105,8 @@ def test_every_model_and_column_is_described(tmp_path: Path, conn: psycopg.Conne
         conn.execute("drop schema if exists analytics_dev cascade")
     # --target dev built every model in analytics_dev and left the production schema alone
     assert [r for r in after if r[0] == "analytics"] == production_before
-    assert {"daily_metrics", "weekly_metrics", "monthly_metrics", "int_rollup_ledger", "stg_events"} <= {
+    assert {"daily_metrics", "weekly_metrics", "monthly_metrics", "quarterly_metrics", "int_rollup_ledger",
+            "stg_events"} <= {
         name for schema, name in after if schema == "analytics_dev"}
     manifest = json.loads((target_path / "manifest.json").read_text())
     catalog = json.loads((target_path / "catalog.json").read_text())
@@ -146,3 +147,47 @@ def test_every_public_macro_is_documented_with_its_arguments(default_manifest: d
         if not macro["description"].strip() or actual != documented:
             problems.append((macro["name"], actual, documented))
     assert problems == []
+
+
+def test_the_new_macros_are_documented(default_manifest: dict[str, Any]) -> None:
+    """The grain macros, the period mart macro and the dispatched growth % are in the docs."""
+    macros = {m["name"]: m for m in default_manifest["macros"].values() if m["package_name"] == "metricsmith"}
+    for name in ("grains", "grain", "period_start", "period_end", "first_activity_windows", "period_metrics",
+                 "growth_pct", "test_breakdown_matches_period"):
+        assert macros[name]["description"].strip(), name
+    assert [a["name"] for a in macros["period_metrics"]["arguments"]] == [
+        "grain_name", "activity", "daily", "changed_days"]
+    assert {"default__growth_pct", "postgres__growth_pct"} <= set(macros)
+
+
+def _without_comments(sql: str) -> str:
+    return re.sub(r"\{#.*?#\}", "", sql, flags=re.S)
+
+
+def test_no_relation_is_reached_only_through_a_macro(default_manifest: dict[str, Any]) -> None:
+    """No macro calls ref() or source(): the model that reads a relation passes it (its own
+    ref()) as an argument, so every dependency is visible in the model's file. Data tests
+    (test_*) may ref the marts they check."""
+    calls = re.compile(r"\b(ref|source)\(")
+    offenders = [m["name"] for m in default_manifest["macros"].values()
+                 if m["package_name"] == "metricsmith" and "test_" not in m["name"]
+                 and calls.search(_without_comments(m["macro_sql"]))]
+    assert offenders == []
+    grains = yaml.safe_load((ROOT / "dbt_project.yml").read_text())["vars"]["grains"]
+    for name, node in _project_models(default_manifest).items():
+        code = _without_comments(node["raw_code"])
+        for dependency in node["depends_on"]["nodes"]:
+            kind, *_, source_name, target = dependency.split(".")
+            if kind == "source":
+                assert f"source('{source_name}', '{target}')" in code, f"{name} reads {target} without a visible source()"
+                continue
+            looped = "ref(g.model)" in code and target in {g["model"] for g in grains}
+            assert f"ref('{target}')" in code or looped, f"{name} reads {target} without a visible ref()"
+
+
+def test_each_period_mart_is_one_line_calling_the_grain_macro() -> None:
+    """Every grain longer than a day has its mart: one line calling period_metrics."""
+    grains = yaml.safe_load((ROOT / "dbt_project.yml").read_text())["vars"]["grains"]
+    for grain in grains[1:]:
+        lines = (ROOT / "models" / "marts" / f"{grain['model']}.sql").read_text().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{{{{ metricsmith.period_metrics('{grain['name']}', "), lines
