@@ -7,7 +7,8 @@ revocation or expiry takes effect at once); the scrypt check itself is remembere
 for a verified (id, hash) pair, so the hot path costs one indexed lookup, not a key derivation.
 ``last_used_at`` is written at most once a minute per key.
 
-The table is created on first use (``ensure_table``) until a numbered migration holds it.
+The table is migration ``0050_api_keys``; ``metricsmith api`` and ``metricsmith api-key`` apply
+pending migrations before they start.
 """
 
 from __future__ import annotations
@@ -30,21 +31,6 @@ PREFIX = "msk_"
 _KEY = re.compile(r"msk_([a-z0-9]{12})_([A-Za-z0-9_-]{43})")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 LAST_USED_EVERY = 60.0
-
-DDL = f"""
-create schema if not exists metricsmith;
-create table if not exists {TABLE} (
-    key_id text primary key,
-    name text not null default '',
-    principal text not null references metricsmith.users (user_id) on delete cascade,
-    salt bytea not null,
-    key_hash bytea not null,
-    created_at timestamptz not null default now(),
-    last_used_at timestamptz,
-    expires_at timestamptz,
-    revoked_at timestamptz
-)"""
-
 
 class ApiKeyError(UserFacingError):
     """An API key command that cannot be done as asked (unknown user, unknown key ...)."""
@@ -73,13 +59,8 @@ def _hash(secret: str, salt: bytes) -> bytes:
     return hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)
 
 
-def ensure_table(conn: Any) -> None:
-    conn.execute(DDL)
-
-
 def create(conn: Any, user: str, *, name: str = "", expires_days: int | None = None) -> tuple[str, ApiKey]:
     """A new key for ``user`` (a declared custom-metrics user): ``(the key, its record)``."""
-    ensure_table(conn)
     access.principal(conn, user)  # unknown user -> AccessDenied with the command that adds it
     if len(name) > 100:
         raise ApiKeyError("--name must be at most 100 characters")
@@ -95,7 +76,6 @@ def create(conn: Any, user: str, *, name: str = "", expires_days: int | None = N
 
 
 def list_keys(conn: Any, user: str | None = None) -> list[ApiKey]:
-    ensure_table(conn)
     rows = conn.execute(
         f"select key_id, name, principal, created_at, last_used_at, expires_at, revoked_at from {TABLE}"
         " where %s::text is null or principal = %s order by created_at, key_id", (user, user)).fetchall()
@@ -104,7 +84,6 @@ def list_keys(conn: Any, user: str | None = None) -> list[ApiKey]:
 
 def revoke(conn: Any, key_id: str) -> ApiKey:
     """Revoke a key by its id (the ``msk_<id>`` part, or the whole key)."""
-    ensure_table(conn)
     match = _KEY.fullmatch(key_id)
     kid = match.group(1) if match else key_id.removeprefix(PREFIX)
     row = conn.execute(
@@ -122,7 +101,6 @@ class KeyVerifier:
         self._verified: dict[tuple[str, bytes], bytes] = {}
         self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._table_ready = False
 
     def principal(self, conn: Any, key: str) -> str | None:
         """The key's user, or None when the key is malformed, unknown, revoked or expired."""
@@ -130,9 +108,6 @@ class KeyVerifier:
         if match is None:
             return None
         key_id, secret = match.groups()
-        if not self._table_ready:
-            ensure_table(conn)
-            self._table_ready = True
         row = conn.execute(
             f"select principal, salt, key_hash, revoked_at is null and (expires_at is null or expires_at > now())"
             f" from {TABLE} where key_id = %s", (key_id,)).fetchone()

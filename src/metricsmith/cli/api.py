@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from metricsmith import db
+from metricsmith import db, migrate
 from metricsmith.api.config import DEFAULT_HOST, DEFAULT_PORT, load_api_settings
 from metricsmith.errors import int_at_least, port_number
 
@@ -17,6 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
     workers = args.workers or settings.workers
+    migrate.upgrade()  # the key table and everything the endpoints read
     mode = "public read of the core marts" if settings.public_read else "API key required"
     print(f"metricsmith API and dashboard at http://{host}:{port}/ ({workers} worker(s), {mode}; "
           f"API docs at /docs; Ctrl-C to stop)", file=sys.stderr)
@@ -28,6 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _create(args: argparse.Namespace) -> int:
     from metricsmith.api import keys
 
+    migrate.upgrade()
     with db.connect(autocommit=True) as conn:
         key, record = keys.create(conn, args.user, name=args.name or "", expires_days=args.expires)
     expiry = "never expires" if record.expires_at is None else f"expires {record.expires_at:%Y-%m-%d %H:%M} UTC"
@@ -40,6 +42,7 @@ def _create(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from metricsmith.api import keys
 
+    migrate.upgrade()
     with db.connect(autocommit=True) as conn:
         rows = keys.list_keys(conn, args.user)
     print(f"{'key id':<17} {'user':<16} {'name':<16} {'state':<8} {'created':<17} {'last used':<17} expires")
@@ -54,6 +57,7 @@ def _list(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     from metricsmith.api import keys
 
+    migrate.upgrade()
     with db.connect(autocommit=True) as conn:
         record = keys.revoke(conn, args.key_id)
     print(f"revoked {keys.PREFIX}{record.key_id} of {record.principal}")
