@@ -55,11 +55,12 @@ def us(seconds: float) -> str:
 
 
 def build_workload(svc: Any, today: date) -> list[tuple[str, Callable[[], Any]]]:
-    from metricsmith.cache.periods import month_start, week_start
+    from metricsmith import grains
 
+    week_start, month_start = grains.get("week").start_of, grains.get("month").start_of
     last_closed_day = today - timedelta(days=1)
-    last_closed_week = week_start(today) - timedelta(days=1)
-    last_closed_month = month_start(today) - timedelta(days=1)
+    last_closed_week = grains.get("week").start_of(today) - timedelta(days=1)
+    last_closed_month = grains.get("month").start_of(today) - timedelta(days=1)
     queries: list[tuple[str, Callable[[], Any]]] = []
     for back in range(120):
         end = last_closed_day - timedelta(days=back)
@@ -102,15 +103,16 @@ def main() -> None:
     with bench_database("msbench_cache") as url:
         os.environ["DBT_TARGET_PATH"] = f"/tmp/msbench_cache_{os.getpid()}/target"
         os.environ["DBT_LOG_PATH"] = f"/tmp/msbench_cache_{os.getpid()}/logs"
-        from metricsmith import db, dbt_runner, generator
+        from metricsmith import db, generator
         from metricsmith.cache import CacheConfig, TwoTierCache, load_cache_config
+        from metricsmith.core.dbt import invoke
         from metricsmith.query import MetricsQueryService
 
         today = date.today()
         start = today - timedelta(days=args.days)
         gen = generator.generate_to_db(days=args.days, events_per_day=args.events_per_day, seed=5, start=start)
         t0 = time.perf_counter()
-        run = dbt_runner.run_dbt(["run", "--select", "+daily_metrics", "+weekly_metrics", "+monthly_metrics"])
+        run = invoke(["run", "--select", "+daily_metrics", "+weekly_metrics", "+monthly_metrics", "+quarterly_metrics"])
         if not run.success:
             sys.exit(f"dbt run of the marts failed: {run.failures}")
         print(f"server: {label}  redis: {db.redis_url()}  events: {gen.events:,} over {args.days} days"

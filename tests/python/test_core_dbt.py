@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from metricsmith import dbt_runner
 from metricsmith.core import dbt as core_dbt
 from metricsmith.custom_metrics.service import CustomMetricsService
 
@@ -24,9 +23,6 @@ def test_every_caller_gets_the_one_outcome_under_the_process_lock() -> None:
     assert [n.name for n in direct.nodes] == ["stg_events"] and direct.nodes[0].status == "success"
     assert direct.seconds > 0 and direct.error_message is None and not direct.failures
 
-    compat = dbt_runner.run_dbt(["run", "--select", "stg_events"])  # the compatibility name: same type
-    assert type(compat) is core_dbt.DbtOutcome and compat.success
-
     service = CustomMetricsService()
     parsed = service.run_dbt(["parse"])
     assert type(parsed) is core_dbt.DbtOutcome and parsed.status is core_dbt.DbtStatus.SUCCESS
@@ -42,7 +38,6 @@ def test_a_dbt_failure_is_one_failed_outcome_and_one_error() -> None:
         bad.raise_for_status()
     with pytest.raises(core_dbt.DbtError):
         bad.raise_for_status(nodes=False)  # dbt itself failed: raised even when node failures are not
-    assert dbt_runner.DbtError is core_dbt.DbtError
 
 
 def _node(name: str, resource_type: str, status: str) -> core_dbt.NodeResult:

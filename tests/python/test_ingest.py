@@ -346,7 +346,7 @@ def test_occurred_at_window(empty_events: psycopg.Connection[Any]) -> None:
 def test_sql_rule_reads_the_same_limits(empty_events: psycopg.Connection[Any]) -> None:
     """stg_events applies the limits of dbt_project.yml vars.event_rules, like the loader: rows
     written around the loader (COPY, psql) are judged the same way."""
-    from metricsmith.dbt_runner import run_dbt
+    from metricsmith.core.dbt import invoke
 
     now = datetime.now(UTC)
     rows = {
@@ -361,7 +361,7 @@ def test_sql_rule_reads_the_same_limits(empty_events: psycopg.Connection[Any]) -
         for user, (occurred, received, revenue, _) in rows.items():
             cur.execute("insert into raw.events (event_id, occurred_at, received_at, event_type, user_id, revenue_cents)"
                         " values (%s, %s, %s, 'purchase', %s, %s)", (uuid.uuid4(), occurred, received, user, revenue))
-    run_dbt(["run", "--select", "stg_events", "stg_events_rejected"])
+    invoke(["run", "--select", "stg_events", "stg_events_rejected"]).raise_for_status()
     valid = {r[0] for r in empty_events.execute("select user_id from analytics.stg_events")}
     rejected = dict(empty_events.execute("select user_id, reason from analytics.stg_events_rejected").fetchall())
     assert valid == {user for user, row in rows.items() if row[3] is None}
