@@ -297,7 +297,9 @@ def test_demo_step_fires_and_resolves_on_generated_data(alerts_db: psycopg.Conne
 
 def test_the_alerts_evaluate_flow_function(alerts_db: psycopg.Connection[Any], tmp_path: Any,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from metricsmith.alerts.flow import alerts_evaluate
+    from metricsmith.orchestration.schedules import DEPLOYMENTS, load_flow
+
+    alerts_evaluate = load_flow(next(d.entrypoint for d in DEPLOYMENTS if d.job == "alerts-evaluate"))
 
     rule_file = tmp_path / "alerts.yml"
     rule_file.write_text("rules:\n  - {name: any-job, kind: job_failed}\n"

@@ -188,7 +188,9 @@ def test_every_period_grain_has_its_job_flow_schedule_and_health() -> None:
 EXPECTED_CRONS = {"daily-metrics": "0 2 * * *", "weekly-rollup": "0 4 * * 1", "monthly-rollup": "0 5 2 * *",
                   "quarterly-rollup": "0 6 3 1,4,7,10 *",
                   # the realtime flows
-                  "realtime-snapshot": "*/10 * * * *", "realtime-reconciliation": "*/15 * * * *"}
+                  "realtime-snapshot": "*/10 * * * *", "realtime-reconciliation": "*/15 * * * *",
+                  # the clock-based alert rules
+                  "alerts-evaluate": "* * * * *"}
 
 
 def test_prefect_yaml_carries_exactly_the_crons_in_utc() -> None:

@@ -93,6 +93,9 @@ DEPLOYMENTS: tuple[Deployment, ...] = (
     Deployment("realtime-reconciliation", "flows/realtime_reconciliation.py:realtime_reconciliation",
                "*/15 * * * *", "Recompute today's event counters from raw.events and correct Redis, every 15 minutes",
                aggregation_job=False),
+    Deployment("alerts-evaluate", "flows/alerts_evaluate.py:alerts_evaluate", "* * * * *",
+               "Alert rules only the clock can tell (overdue jobs, stale data, realtime series) and delivery "
+               "retries, every minute", aggregation_job=False),
 )
 
 #: job name -> cron (UTC) for the scheduled aggregation jobs (the ones health watches)

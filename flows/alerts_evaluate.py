@@ -2,7 +2,7 @@
 
 Job-based rules are evaluated right after each job run (:func:`metricsmith.alerts.evaluate.after_job_run`);
 this flow catches what only the clock can tell: overdue jobs, stale data, realtime series.
-Deployment entrypoint: ``src/metricsmith/alerts/flow.py:alerts_evaluate``, cron ``* * * * *``.
+Thin on purpose: the logic is :func:`metricsmith.alerts.evaluate.evaluate`. Schedule ``* * * * *`` (UTC).
 """
 
 from __future__ import annotations
