@@ -13,7 +13,7 @@ export DO_NOT_TRACK := 1
 help:
 	@echo "make demo   - install, start the embedded servers, generate a sample year, run the pipeline, print a summary"
 	@echo "make test   - install and run the test suite (against METRICSMITH_* servers, or the embedded default)"
-	@echo "make lint   - ruff + mypy"
+	@echo "make lint   - ruff (complexity <= 12) + mypy (--strict on core) + sqlfluff (models, macros)"
 	@echo "make bench  - run every benchmark in bench/ (prints ratios; BENCHES=name for one)"
 	@echo "make down   - stop the embedded servers"
 
@@ -49,12 +49,14 @@ test-deep: $(STAMP) browser
 lint: $(STAMP)
 	$(BIN)/ruff check src tests flows bench
 	$(BIN)/mypy
+	$(BIN)/mypy --strict src/metricsmith/core
+	$(BIN)/sqlfluff lint models macros
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix src tests flows bench
 	$(BIN)/ruff format src tests flows bench
 
-BENCHES := ingest rollups custom_metrics realtime cache
+BENCHES := ingest rollups custom_metrics realtime cache api
 
 # every bench in bench/, one after the other (each prints its ratios); one alone: make bench BENCHES=cache
 bench: $(STAMP)

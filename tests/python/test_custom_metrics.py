@@ -13,7 +13,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import psycopg
@@ -221,7 +221,10 @@ def test_previous_value_and_growth(world: dict[str, Any], conn: psycopg.Connecti
     for (p0, v0, _, _), (p1, v1, prev, growth) in zip(rows, rows[1:], strict=False):
         assert p1 - p0 == timedelta(days=7)
         assert prev == v0
-        assert growth == (None if v0 == 0 else pytest.approx(100 * (v1 - v0) / v0))
+        # metricsmith.growth_pct: the one definition, rounded half-up to 4 decimals
+        expected = None if v0 == 0 else (Decimal(100) * (Decimal(v1) - Decimal(v0)) / Decimal(v0)).quantize(
+            Decimal("0.0001"), rounding=ROUND_HALF_UP)
+        assert growth == expected
     dims = conn.execute("select distinct dimensions::text from analytics.custom_metric_values"
                         " where metric_slug = 't_count_plain_day'").fetchall()
     assert dims == [("{}",)]

@@ -13,15 +13,14 @@ from test_rollups import edge_case_events
 
 from metricsmith import rollups
 from metricsmith.config import project_root
-from metricsmith.dbt_runner import run_dbt
+from metricsmith.core.dbt import invoke
 
 SINGULAR = {"daily_new_users_equal_first_seen", "daily_metrics_recount_valid_events",
             "period_totals_equal_daily_totals"}
 
 
 def _singular(vars_: dict[str, Any] | None = None) -> dict[str, str]:
-    run = run_dbt(["test", "--select", "test_type:singular"], vars={"metrics_timezone": "UTC", **(vars_ or {})},
-                  raise_on_failure=False)
+    run = invoke(["test", "--select", "test_type:singular"], vars={"metrics_timezone": "UTC", **(vars_ or {})})
     return {uid.rsplit(".", 1)[1]: status for uid, status in run.node_status.items()}
 
 

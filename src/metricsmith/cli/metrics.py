@@ -11,21 +11,14 @@ import argparse
 import json
 import os
 import sys
-from datetime import date
 from pathlib import Path
 from typing import Any
 
+from metricsmith.cli.args import day
 from metricsmith.core.dbt import DbtError
 from metricsmith.errors import UserFacingError
 
 ENV_USER = "METRICSMITH_USER"
-
-
-def _day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,12 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = add("values", "a metric's values (previous period and growth)", cmd_values)
     q.add_argument("slug")
     q.add_argument("--version", type=int, help="default: the current version")
-    q.add_argument("--start", type=_day)
-    q.add_argument("--end", type=_day)
+    q.add_argument("--start", type=day)
+    q.add_argument("--end", type=day)
     q = add("backfill", "recompute a date range of one metric (all its versions)", cmd_backfill)
     q.add_argument("slug")
-    q.add_argument("--start", type=_day, required=True)
-    q.add_argument("--end", type=_day, required=True)
+    q.add_argument("--start", type=day, required=True)
+    q.add_argument("--end", type=day, required=True)
     q = add("user", "add or update a user (organization, admin flag, teams)", cmd_user, user=False)
     q.add_argument("user_id")
     q.add_argument("--org", required=True, help="organization id")

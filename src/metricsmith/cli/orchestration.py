@@ -16,11 +16,12 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, date
+from datetime import UTC
 from types import FrameType
 from typing import Any
 
 from metricsmith import db
+from metricsmith.cli.args import day
 from metricsmith.core.status import JobStatus
 from metricsmith.errors import UserFacingError, int_at_least, port_number
 
@@ -36,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     jsub.required = True
     run = jsub.add_parser("run", help="run one job's flow now (retries, job log, artifact)")
     run.add_argument("job", choices=list(JOBS))
-    run.add_argument("--start", type=_day, help="backfill: first day YYYY-MM-DD")
-    run.add_argument("--end", type=_day, help="backfill: last day YYYY-MM-DD (inclusive)")
+    run.add_argument("--start", type=day, help="backfill: first day YYYY-MM-DD")
+    run.add_argument("--end", type=day, help="backfill: last day YYYY-MM-DD (inclusive)")
     run.add_argument("--no-cache-refresh", action="store_true", help="do not invalidate/warm the metric cache")
     run.add_argument("--json", action="store_true", help="print the flow's result as JSON")
     run.add_argument("-v", "--verbose", action="store_true", help="show dbt's and Prefect's log")
@@ -70,13 +71,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     sc = sub.add_parser("schedules", help="list the job schedules (UTC) or print prefect.yaml")
     sc.add_argument("--prefect-yaml", action="store_true", help="print the prefect.yaml generated from them")
     sc.set_defaults(handler=cmd_schedules)
-
-
-def _day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def _offline_env() -> None:

@@ -67,7 +67,7 @@ models:
         description: Value of the previous period (same metric version and dimensions); NULL when it has no row.
       - name: growth_pct
         data_type: numeric
-        description: 100 * (value - previous_value) / previous_value; NULL when the previous value is missing or 0.
+        description: 100 * (value - previous_value) / previous_value, rounded to 4 decimals (the SQL function metricsmith.growth_pct); NULL when the previous value is missing or 0.
       - name: computed_at
         data_type: timestamptz
         description: When the generated model computed this row.
