@@ -458,7 +458,10 @@ class TwoTierCache:
         """``{"status": "ok" | "degraded", ...}``; probes Redis when the circuit allows."""
         if self.circuit.closed:
             try:
-                self._redis().ping()
+                if self.keys.tagged:  # the master of the cache's slot (a dead node may linger in the node list)
+                    self._redis().exists(self.keys.gen)
+                else:
+                    self._redis().ping()
             except redis.RedisError as exc:
                 self._mark_down(exc)
         status = "degraded" if self.degraded else "ok"

@@ -233,6 +233,7 @@ class StreamConsumer:
         self._conn: psycopg.Connection[Any] | None = None
         self._stop = False
         self._unreplicated_warned = False
+        self._alone_until: dict[str, float] = {}
         ensure_count(self.redis, self.keys, self.settings.stream_shards)
         self.ensure_group()
 
@@ -273,12 +274,14 @@ class StreamConsumer:
         limit = max_retries if max_retries is not None else (5 if until_idle else None)
         total = ConsumeStats()
         failures = 0
+        progressed = 0  # batches done when the last failure happened
         while True:
             try:
                 stats = self._run(until_idle=until_idle, max_entries=max_entries, progress=progress, total=total)
                 return stats
             except RETRYABLE as exc:
-                failures += 1
+                failures = 1 if total.batches > progressed else failures + 1  # consecutive failures only
+                progressed = total.batches
                 if limit is not None and failures > limit:
                     raise
                 delay = min(30.0, 0.5 * 2 ** (failures - 1))
@@ -497,7 +500,8 @@ class StreamConsumer:
         node = self.redis.get_node_from_key(keys[0])
         pipe = self.redis.get_redis_connection(node).pipeline(transaction=False)
         self._apply(keys=keys, args=args, client=pipe)
-        pipe.execute_command("WAIT", 1, timeout_ms)
+        alone = self._alone_until.get(node.name, 0.0) > time.monotonic()  # no replica to wait for
+        pipe.execute_command("WAIT", 0 if alone else 1, 0 if alone else timeout_ms)
         try:
             new, acked = pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
@@ -507,10 +511,13 @@ class StreamConsumer:
                                                                                     "TRYAGAIN", "READONLY")):
                 raise
             raise redis.ConnectionError(f"the master of the metric state ({node.name}) is gone: {exc}") from exc
+        if alone:
+            return int(new)
         if int(acked) < 1:
             replicas = int(self.redis.get_redis_connection(node).info("replication").get("connected_slaves", 0))
             if replicas > 0:
                 raise redis.TimeoutError(f"no replica of {node.name} confirmed the batch within {timeout_ms} ms")
+            self._alone_until[node.name] = time.monotonic() + 10.0  # look for a replica again in 10 s
             if not self._unreplicated_warned:
                 self._unreplicated_warned = True
                 self.log(f"realtime consumer {self.name}: the master {node.name} has no replica connected; "

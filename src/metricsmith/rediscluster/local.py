@@ -294,6 +294,9 @@ class LocalCluster:
             raise ClusterError(f"no pid recorded for node {port}")
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _ping(port, timeout=0.2) is not None and time.monotonic() < deadline:  # gone for everyone
+            time.sleep(0.02)
 
     def down(self) -> int:
         """Stop every node and remove the data; returns how many nodes were running."""
