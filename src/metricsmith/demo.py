@@ -75,14 +75,28 @@ def step_realtime() -> None:
     run()
 
 
+def step_alerts() -> None:
+    from metricsmith.alerts.demo import demo_step
+
+    demo_step()
+
+
+def step_api() -> None:
+    from metricsmith.api.demo import step_api as run
+
+    run()
+
+
 STEPS: list[tuple[str, Callable[[], None]]] = [
     ("servers and migrations", step_servers),
     ("sample events", step_generate),
     ("rollups: " + " / ".join(g.adjective for g in grains.load()) + " metrics", step_rollups),
+    ("alerts: a threshold rule fires and resolves", step_alerts),
     ("orchestration: job log and health", step_orchestration),
     ("metric cache", step_cache),
     ("custom metrics: stored definitions -> generated dbt models", step_custom_metrics),
     ("realtime metrics: stream -> Redis + raw.events", step_realtime),
+    ("HTTP API and dashboard", step_api),
 ]
 
 
