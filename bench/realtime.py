@@ -1,6 +1,11 @@
 """Realtime metrics benchmark: stream ingest, read latency vs redis-benchmark, rate estimate error.
 
     python bench/realtime.py [--events 200000] [--consumers 2]
+    python bench/realtime.py --cluster [--events 50000]
+
+``--cluster`` instead measures end-to-end ingest with 1, 2 and 4 stream shards (one consumer
+process per shard) on a local Redis Cluster (3 masters + 3 replicas, started and stopped here)
+against the single Redis with the same shard counts, in the same run.
 
 Uses the configured servers (embedded default, or METRICSMITH_DATABASE_URL / METRICSMITH_REDIS_URL),
 a throw-away database and a private Redis key prefix (deleted at the end). Prints, from one run:
@@ -179,6 +184,68 @@ def bench_rate() -> dict[int, float]:
     return {w: max(v) * 100 for w, v in errors.items()} | {-w: statistics.mean(v) * 100 for w, v in errors.items()}
 
 
+def _e2e_sharded(settings: Settings, n: int, seed: int) -> float:
+    """events/s end to end with one consumer process per shard (``consume --shards k``)."""
+    from metricsmith import rediscluster
+    from metricsmith.realtime.stream import StreamConsumer as Consumer
+
+    with db.connect() as conn:
+        conn.execute("truncate raw.events")
+        conn.commit()
+    data = events(n, seed=seed)
+    env = {**_child_env(settings), "METRICSMITH_STREAM_SHARDS": str(settings.stream_shards),
+           "METRICSMITH_REDIS_URL": settings.redis_url or "", "METRICSMITH_REDIS_CLUSTER": str(int(settings.redis_cluster))}
+    for shard in range(settings.stream_shards):
+        Consumer(settings, shard=shard, log=lambda _: None).close()
+    procs = [subprocess.Popen([sys.executable, "-m", "metricsmith.cli", "realtime", "consume", "--block-ms", "50",
+                               "--shards", str(shard)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for shard in range(settings.stream_shards)]
+    time.sleep(2.5)
+    r = rediscluster.client(settings)
+    keys = Keys.of(settings)
+    t = time.perf_counter()
+    track_many(data, settings=settings)
+    while any(r.xlen(keys.stream_shard(s)) for s in range(settings.stream_shards)):
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - t
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait()
+    with db.connect() as conn:
+        stored = conn.execute("select count(*) from raw.events").fetchone()
+    assert stored is not None and stored[0] == n, (stored, n)
+    r.close()
+    return n / elapsed
+
+
+def bench_cluster(n: int) -> None:
+    import tempfile
+
+    from metricsmith.rediscluster.local import LocalCluster, free_base_port
+
+    base = load_settings()
+    local = LocalCluster(base, root=Path(tempfile.mkdtemp(prefix="ms-bench-cluster-")))
+    local.up(free_base_port(24_000))
+    try:
+        rows = []
+        for shards in (1, 2, 4):
+            single = dataclasses.replace(base, redis_prefix=f"{base.redis_prefix}bench:{secrets.token_hex(3)}:",
+                                         stream_shards=shards)
+            on_cluster = dataclasses.replace(single, redis_prefix=f"{base.redis_prefix}bench:{secrets.token_hex(3)}:",
+                                             redis_url=local.url(), redis_cluster=True)
+            rows.append((shards, _e2e_sharded(single, n, seed=shards), _e2e_sharded(on_cluster, n, seed=10 + shards)))
+            _cleanup(single)
+    finally:
+        local.down()
+    one_single, one_cluster = rows[0][1], rows[0][2]
+    print(f"end-to-end ingest, {n:,} events, one consumer process per shard, {os.cpu_count()} cores:")
+    for shards, single_rate, cluster_rate in rows:
+        print(f"  {shards} shard(s): single Redis {single_rate:>9,.0f} ev/s ({single_rate / one_single:.2f}x)   "
+              f"cluster {cluster_rate:>9,.0f} ev/s ({cluster_rate / one_cluster:.2f}x)   "
+              f"cluster/single {cluster_rate / single_rate:.2f}")
+
+
 def _cleanup(settings: Settings) -> None:
     r = db.redis_client(settings)
     keys = list(r.scan_iter(match=settings.redis_prefix + "*", count=1000))
@@ -191,7 +258,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--consumers", type=int, default=2)
     parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--cluster", action="store_true",
+                        help="1, 2, 4 shards on a local Redis Cluster vs the single Redis (same run)")
     args = parser.parse_args()
+    if args.cluster:
+        with bench_database("bench_realtime_cluster"):
+            bench_cluster(args.events)
+        return
     print(f"server: {server_label()} postgres, redis {db.redis_client().info('server')['redis_version']}")
     with bench_database("bench_realtime"):
         ingest = bench_ingest(args.events, args.consumers)

@@ -375,7 +375,7 @@ def test_a_master_killed_during_ingest_is_replaced_nothing_lost_nothing_twice(
     cache = _cluster_cache(cluster, cache_settings, retry_after=0.3, l1_enabled=False)
     assert cache.get_or_compute("v", lambda: "from-pg", ttl=600) == "from-pg"
     consumer = ShardedConsumer(settings, shards=[0, 1, 2, 3], log=lambda _: None, batch_size=200,
-                               claim_idle_ms=500, lock_ttl_ms=1500)
+                               claim_idle_ms=500, lock_ttl_ms=1500, retry_cap_s=2.0)
     done: list[Any] = []
     runner = threading.Thread(target=lambda: done.append(consumer.run(until_idle=True, max_retries=40)), daemon=True)
     runner.start()

@@ -207,7 +207,7 @@ class StreamConsumer:
     def __init__(self, settings: Settings | None = None, *, name: str | None = None, group: str = GROUP,
                  batch_size: int = 5000, block_ms: int = 1000, claim_idle_ms: int = 30_000,
                  lock_ttl_ms: int = 10_000, retention_days: int = 3, clock: Callable[[], float] = time.time,
-                 log: Callable[[str], None] | None = None, shard: int = 0) -> None:
+                 log: Callable[[str], None] | None = None, shard: int = 0, retry_cap_s: float = 30.0) -> None:
         self.settings = settings or load_settings()
         if not 0 <= shard < self.settings.stream_shards:
             raise ShardCountError(f"shard {shard} does not exist: METRICSMITH_STREAM_SHARDS is "
@@ -215,6 +215,7 @@ class StreamConsumer:
         self.redis: Any = rediscluster.client(self.settings, socket_timeout=max(30, block_ms / 1000 + 10))
         self.keys = Keys.of(self.settings)
         self.shard = shard
+        self.retry_cap_s = retry_cap_s
         self.stream = self.keys.stream_shard(shard)
         self.cluster = rediscluster.is_cluster(self.redis)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -268,7 +269,7 @@ class StreamConsumer:
         """Consume until stopped (SIGTERM/SIGINT), or until the stream is drained with ``until_idle``.
 
         Postgres or Redis unreachable: the batch stays pending, the consumer waits (exponential
-        backoff up to 30 s) and resumes with its own pending entries. ``max_retries`` (default:
+        backoff up to ``retry_cap_s``, 30 s) and resumes with its own pending entries. ``max_retries`` (default:
         unlimited, 5 with ``until_idle``) bounds consecutive failures before the error is raised.
         """
         limit = max_retries if max_retries is not None else (5 if until_idle else None)
@@ -284,7 +285,7 @@ class StreamConsumer:
                 progressed = total.batches
                 if limit is not None and failures > limit:
                     raise
-                delay = min(30.0, 0.5 * 2 ** (failures - 1))
+                delay = min(self.retry_cap_s, 0.5 * 2 ** (failures - 1))
                 self.log(f"realtime consumer {self.name}: {type(exc).__name__}: {str(exc).strip()}; "
                          f"retrying in {delay:.1f} s (the batch stays pending)")
                 if self._conn is not None:

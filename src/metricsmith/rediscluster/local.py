@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from metricsmith.config import DEFAULT_EMBEDDED_PG_PORT, DEFAULT_EMBEDDED_REDIS_PORT, Settings
 from metricsmith.errors import UserFacingError
@@ -97,7 +99,9 @@ def free_base_port(preferred: int = DEFAULT_BASE_PORT, count: int = MASTERS * (1
 
 
 def _ping(port: int, timeout: float = 0.5) -> redis.Redis | None:
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=timeout, socket_connect_timeout=timeout)
+    # no retries: a node that does not answer at once is "down" (redis-py retries for seconds by default)
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=timeout, socket_connect_timeout=timeout,
+                         retry=Retry(NoBackoff(), 0))
     try:
         client.ping()
     except redis.RedisError:
@@ -164,7 +168,7 @@ class LocalCluster:
              "--cluster-node-timeout", str(self.node_timeout_ms), "--cluster-require-full-coverage", "no",
              "--dir", str(folder), "--daemonize", "yes", "--pidfile", str(folder / "redis.pid"),
              "--logfile", str(folder / "redis.log"), "--save", "", "--appendonly", "no",
-             "--repl-diskless-sync-delay", "0"],
+             "--repl-diskless-sync-delay", "0", "--shutdown-timeout", "0"],
             capture_output=True, text=True, check=False, timeout=30)
         deadline = time.monotonic() + 15
         while _ping(port) is None:
@@ -305,8 +309,8 @@ class LocalCluster:
             client = _ping(port)
             if client is not None:
                 stopped += 1
-                with contextlib.suppress(redis.RedisError):
-                    client.shutdown(nosave=True)
+                with contextlib.suppress(redis.RedisError):  # NOW: no waiting for lagging replicas
+                    client.execute_command("SHUTDOWN", "NOSAVE", "NOW")
                 client.close()
             deadline = time.monotonic() + 10  # (a killed daemon may linger as a zombie: watch the port)
             while _ping(port, timeout=0.2) is not None and time.monotonic() < deadline:
