@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from metricsmith import db, migrate
 from metricsmith.api.config import DEFAULT_HOST, DEFAULT_PORT, load_api_settings
@@ -26,11 +29,18 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _key_store() -> Iterator[Any]:
+    """An autocommit connection to a database with the key table (pending migrations applied)."""
+    migrate.upgrade()
+    with db.connect(autocommit=True) as conn:
+        yield conn
+
+
 def _create(args: argparse.Namespace) -> int:
     from metricsmith.api import keys
 
-    migrate.upgrade()
-    with db.connect(autocommit=True) as conn:
+    with _key_store() as conn:
         key, record = keys.create(conn, args.user, name=args.name or "", expires_days=args.expires)
     expiry = "never expires" if record.expires_at is None else f"expires {record.expires_at:%Y-%m-%d %H:%M} UTC"
     print(key)
@@ -42,8 +52,7 @@ def _create(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from metricsmith.api import keys
 
-    migrate.upgrade()
-    with db.connect(autocommit=True) as conn:
+    with _key_store() as conn:
         rows = keys.list_keys(conn, args.user)
     print(f"{'key id':<17} {'user':<16} {'name':<16} {'state':<8} {'created':<17} {'last used':<17} expires")
     for k in rows:
@@ -57,8 +66,7 @@ def _list(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     from metricsmith.api import keys
 
-    migrate.upgrade()
-    with db.connect(autocommit=True) as conn:
+    with _key_store() as conn:
         record = keys.revoke(conn, args.key_id)
     print(f"revoked {keys.PREFIX}{record.key_id} of {record.principal}")
     return 0

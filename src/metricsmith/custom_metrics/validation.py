@@ -10,6 +10,7 @@ is executed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,114 +160,163 @@ def _need(node: Any, got: str, allowed: tuple[str, ...], field: str) -> None:
                               _token_text(node))
 
 
-def _infer(node: Any, columns: dict[str, str], field: str, used: list[str]) -> str:  # noqa: C901, PLR0911, PLR0912
-    if isinstance(node, (exp.Subquery, exp.Query, exp.Exists)):
-        raise ExpressionError(field, "subqueries are not allowed", _token_text(node))
-    if isinstance(node, exp.Paren):
-        return _infer(node.this, columns, field, used)
-    if isinstance(node, exp.Column):
-        if node.table or node.args.get("db") or node.args.get("catalog"):
-            raise ExpressionError(field, "qualified column references are not allowed", _token_text(node))
-        if isinstance(node.this, exp.Star):
-            raise ExpressionError(field, "* is not allowed", "*")
-        name = node.name
-        if name not in columns:
-            known = ", ".join(sorted(columns))
-            raise ExpressionError(field, f"unknown column (the source has: {known})", name)
-        used.append(name)
-        return columns[name]
-    if isinstance(node, exp.Literal):
-        return TEXT if node.is_string else NUMERIC
-    if isinstance(node, exp.Boolean):
-        return BOOLEAN
-    if isinstance(node, exp.Null):
-        return UNKNOWN
-    if isinstance(node, exp.Neg):
-        got = _infer(node.this, columns, field, used)
-        _need(node.this, got, (NUMERIC,), field)
-        return NUMERIC
-    if isinstance(node, _ARITHMETIC):
-        for side in (node.left, node.right):
-            _need(side, _infer(side, columns, field, used), (NUMERIC,), field)
-        return NUMERIC
-    if isinstance(node, exp.DPipe):
-        for side in (node.left, node.right):
-            _infer(side, columns, field, used)
-        return TEXT
-    if isinstance(node, _COMPARISON):
-        left = _infer(node.left, columns, field, used)
-        right = _infer(node.right, columns, field, used)
-        if UNKNOWN not in (left, right) and left != right and {left, right} != {DATE, TIMESTAMP}:
-            raise ExpressionError(field, f"cannot compare {left} with {right}", _token_text(node))
-        return BOOLEAN
-    if isinstance(node, _LOGIC):
-        for side in (node.left, node.right):
-            _need(side, _infer(side, columns, field, used), (BOOLEAN,), field)
-        return BOOLEAN
-    if isinstance(node, exp.Not):
-        _need(node.this, _infer(node.this, columns, field, used), (BOOLEAN,), field)
-        return BOOLEAN
-    if isinstance(node, exp.Is):
+def _operands(node: Any, kind: str, columns: dict[str, str], field: str, used: list[str]) -> str:
+    """Both sides of a binary operator must be of ``kind``, and so is the result."""
+    for side in (node.left, node.right):
+        _need(side, _infer(side, columns, field, used), (kind,), field)
+    return kind
+
+
+def _column(node: Any, columns: dict[str, str], field: str, used: list[str]) -> str:
+    if node.table or node.args.get("db") or node.args.get("catalog"):
+        raise ExpressionError(field, "qualified column references are not allowed", _token_text(node))
+    if isinstance(node.this, exp.Star):
+        raise ExpressionError(field, "* is not allowed", "*")
+    name = node.name
+    if name not in columns:
+        known = ", ".join(sorted(columns))
+        raise ExpressionError(field, f"unknown column (the source has: {known})", name)
+    used.append(name)
+    return columns[name]
+
+
+def _subquery(node: Any, columns: dict[str, str], field: str, used: list[str]) -> str:
+    raise ExpressionError(field, "subqueries are not allowed", _token_text(node))
+
+
+def _neg(node: Any, columns: dict[str, str], field: str, used: list[str]) -> str:
+    _need(node.this, _infer(node.this, columns, field, used), (NUMERIC,), field)
+    return NUMERIC
+
+
+def _concat(node: Any, columns: dict[str, str], field: str, used: list[str]) -> str:
+    for side in (node.left, node.right):
+        _infer(side, columns, field, used)
+    return TEXT
+
+
+def _comparison(node: Any, columns: dict[str, str], field: str, used: list[str]) -> str:
+    left = _infer(node.left, columns, field, used)
+    right = _infer(node.right, columns, field, used)
+    if UNKNOWN not in (left, right) and left != right and {left, right} != {DATE, TIMESTAMP}:
+        raise ExpressionError(field, f"cannot compare {left} with {right}", _token_text(node))
+    return BOOLEAN
+
+
+def _not(node: Any, columns: dict[str, str], field: str, used: list[str]) -> str:
+    _need(node.this, _infer(node.this, columns, field, used), (BOOLEAN,), field)
+    return BOOLEAN
+
+
+def _is(node: Any, columns: dict[str, str], field: str, used: list[str]) -> str:
+    _infer(node.this, columns, field, used)
+    if not isinstance(node.expression, (exp.Null, exp.Boolean)):
+        raise ExpressionError(field, "IS takes only NULL, TRUE or FALSE", _token_text(node.expression))
+    return BOOLEAN
+
+
+def _in(node: Any, columns: dict[str, str], field: str, used: list[str]) -> str:
+    if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
+        raise ExpressionError(field, "IN takes a list of literals, not a subquery", _token_text(node))
+    _infer(node.this, columns, field, used)
+    for item in node.expressions:
+        if not isinstance(item, (exp.Literal, exp.Null, exp.Boolean, exp.Neg)):
+            raise ExpressionError(field, "IN lists may hold only literals", _token_text(item))
+    return BOOLEAN
+
+
+def _between(node: Any, columns: dict[str, str], field: str, used: list[str]) -> str:
+    for part in (node.this, node.args["low"], node.args["high"]):
+        _infer(part, columns, field, used)
+    return BOOLEAN
+
+
+def _pattern(node: Any, columns: dict[str, str], field: str, used: list[str]) -> str:
+    _need(node.this, _infer(node.this, columns, field, used), (TEXT,), field)
+    if not isinstance(node.expression, exp.Literal) or not node.expression.is_string:
+        raise ExpressionError(field, "LIKE patterns must be string literals", _token_text(node.expression))
+    return BOOLEAN
+
+
+def _case(node: Any, columns: dict[str, str], field: str, used: list[str]) -> str:
+    if node.this is not None:
         _infer(node.this, columns, field, used)
-        if not isinstance(node.expression, (exp.Null, exp.Boolean)):
-            raise ExpressionError(field, "IS takes only NULL, TRUE or FALSE", _token_text(node.expression))
-        return BOOLEAN
-    if isinstance(node, exp.In):
-        if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
-            raise ExpressionError(field, "IN takes a list of literals, not a subquery", _token_text(node))
-        _infer(node.this, columns, field, used)
-        for item in node.expressions:
-            if not isinstance(item, (exp.Literal, exp.Null, exp.Boolean, exp.Neg)):
-                raise ExpressionError(field, "IN lists may hold only literals", _token_text(item))
-        return BOOLEAN
-    if isinstance(node, exp.Between):
-        for part in (node.this, node.args["low"], node.args["high"]):
-            _infer(part, columns, field, used)
-        return BOOLEAN
-    if isinstance(node, _PATTERN):
-        _need(node.this, _infer(node.this, columns, field, used), (TEXT,), field)
-        if not isinstance(node.expression, exp.Literal) or not node.expression.is_string:
-            raise ExpressionError(field, "LIKE patterns must be string literals", _token_text(node.expression))
-        return BOOLEAN
-    if isinstance(node, exp.Case):
-        if node.this is not None:
-            _infer(node.this, columns, field, used)
-        result = UNKNOWN
-        for branch in node.args.get("ifs") or []:
-            _need(branch.this, _infer(branch.this, columns, field, used), (BOOLEAN,), field)
-            got = _infer(branch.args["true"], columns, field, used)
-            result = got if result == UNKNOWN else result
-        default = node.args.get("default")
-        if default is not None:
-            got = _infer(default, columns, field, used)
-            result = got if result == UNKNOWN else result
-        return result
-    if isinstance(node, exp.Cast):
-        if isinstance(node, exp.TryCast) or not isinstance(node.to, exp.DataType):
-            raise ExpressionError(field, "cast to this type is not allowed", _token_text(node.to))
-        target = node.to.this.name if hasattr(node.to.this, "name") else str(node.to.this)
-        if target not in _SAFE_CASTS or node.to.expressions and target not in ("DECIMAL", "VARCHAR"):
-            raise ExpressionError(field, f"cast to {node.to.sql(DIALECT)} is not allowed "
-                                         f"(allowed: {', '.join(sorted(_SAFE_CASTS))})", node.to.sql(DIALECT))
-        _infer(node.this, columns, field, used)
-        return _SAFE_CASTS[target]
-    for cls, returns in _FUNCTIONS.items():
-        if type(node) is cls:
-            first: str | None = None
-            for child in node.iter_expressions():
-                if isinstance(child, _STRUCTURAL):
-                    continue
-                got = _infer(child, columns, field, used)
-                first = first or got
-            if isinstance(node, exp.JSONExtractScalar):
-                _need(node.this, columns.get(node.this.name, UNKNOWN) if isinstance(node.this, exp.Column)
-                      else UNKNOWN, (JSON,), field)
-            return returns if returns is not None else (first or UNKNOWN)
-    if isinstance(node, _STRUCTURAL):
-        return UNKNOWN
+    results: list[str] = []
+    for branch in node.args.get("ifs") or []:
+        _need(branch.this, _infer(branch.this, columns, field, used), (BOOLEAN,), field)
+        results.append(_infer(branch.args["true"], columns, field, used))
+    default = node.args.get("default")
+    if default is not None:
+        results.append(_infer(default, columns, field, used))
+    return next((r for r in results if r != UNKNOWN), UNKNOWN)
+
+
+def _cast(node: Any, columns: dict[str, str], field: str, used: list[str]) -> str:
+    if isinstance(node, exp.TryCast) or not isinstance(node.to, exp.DataType):
+        raise ExpressionError(field, "cast to this type is not allowed", _token_text(node.to))
+    target = node.to.this.name if hasattr(node.to.this, "name") else str(node.to.this)
+    if target not in _SAFE_CASTS or node.to.expressions and target not in ("DECIMAL", "VARCHAR"):
+        raise ExpressionError(field, f"cast to {node.to.sql(DIALECT)} is not allowed "
+                                     f"(allowed: {', '.join(sorted(_SAFE_CASTS))})", node.to.sql(DIALECT))
+    _infer(node.this, columns, field, used)
+    return _SAFE_CASTS[target]
+
+
+def _function(node: Any, returns: str | None, columns: dict[str, str], field: str, used: list[str]) -> str:
+    first: str | None = None
+    for child in node.iter_expressions():
+        if isinstance(child, _STRUCTURAL):
+            continue
+        got = _infer(child, columns, field, used)
+        first = first or got
+    if isinstance(node, exp.JSONExtractScalar):
+        _need(node.this, columns.get(node.this.name, UNKNOWN) if isinstance(node.this, exp.Column)
+              else UNKNOWN, (JSON,), field)
+    return returns if returns is not None else (first or UNKNOWN)
+
+
+def _refused(node: Any, field: str) -> ExpressionError:
     if isinstance(node, (exp.Anonymous, exp.Func)):
         name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
-        raise ExpressionError(field, "function is not in the allow-list "
-                                     "(allowed: coalesce, nullif, greatest, least, abs, round, floor, ceil, "
-                                     "lower, upper, length, trim, extract/date_part, ->>)", name.lower())
-    raise ExpressionError(field, f"{type(node).__name__} is not allowed", _token_text(node))
+        return ExpressionError(field, "function is not in the allow-list "
+                                      "(allowed: coalesce, nullif, greatest, least, abs, round, floor, ceil, "
+                                      "lower, upper, length, trim, extract/date_part, ->>)", name.lower())
+    return ExpressionError(field, f"{type(node).__name__} is not allowed", _token_text(node))
+
+
+Handler = Callable[[Any, dict[str, str], str, list[str]], str]
+
+#: node kinds in the order they are tried (first match decides); anything else is refused
+_HANDLERS: tuple[tuple[type | tuple[type, ...], Handler], ...] = (
+    ((exp.Subquery, exp.Query, exp.Exists), _subquery),
+    (exp.Paren, lambda node, columns, field, used: _infer(node.this, columns, field, used)),
+    (exp.Column, _column),
+    (exp.Literal, lambda node, *_: TEXT if node.is_string else NUMERIC),
+    (exp.Boolean, lambda *_: BOOLEAN),
+    (exp.Null, lambda *_: UNKNOWN),
+    (exp.Neg, _neg),
+    (_ARITHMETIC, lambda node, columns, field, used: _operands(node, NUMERIC, columns, field, used)),
+    (exp.DPipe, _concat),
+    (_COMPARISON, _comparison),
+    (_LOGIC, lambda node, columns, field, used: _operands(node, BOOLEAN, columns, field, used)),
+    (exp.Not, _not),
+    (exp.Is, _is),
+    (exp.In, _in),
+    (exp.Between, _between),
+    (_PATTERN, _pattern),
+    (exp.Case, _case),
+    (exp.Cast, _cast),
+)
+
+
+def _infer(node: Any, columns: dict[str, str], field: str, used: list[str]) -> str:
+    """The type category of ``node``; raises :class:`ExpressionError` for anything not allowed."""
+    for kinds, handler in _HANDLERS:
+        if isinstance(node, kinds):
+            return handler(node, columns, field, used)
+    for cls, returns in _FUNCTIONS.items():
+        if type(node) is cls:
+            return _function(node, returns, columns, field, used)
+    if isinstance(node, _STRUCTURAL):
+        return UNKNOWN
+    raise _refused(node, field)
