@@ -136,6 +136,7 @@ class TwoTierCache:
 
     def _on_redis_error(self) -> None:
         self.lease.expire()  # once Redis answers again, check the fence before trusting it
+        rediscluster.refresh(self.l2.connected)  # a cluster: find a replaced master
         self.stats.incr("redis_errors")
         self.stats.incr("errors")
         self.l1.clear()

@@ -16,6 +16,11 @@ Per batch the consumer
    entries once (stream entry ids recorded in ``metricsmith.realtime_stream_rejects``);
 4. then XACKs (and XDELs) the entries.
 
+With ``METRICSMITH_STREAM_SHARDS=N`` there are N streams (shard = CRC-32 of the event_id,
+:mod:`metricsmith.realtime.shards`); a consumer serves one shard (its stream, its consumer group,
+its apply lock), :mod:`metricsmith.realtime.consumers` runs several. On a Redis Cluster step 2
+also waits for a replica (``WAIT``) so that a failover after it cannot lose the batch.
+
 A consumer killed anywhere leaves its entries pending; on restart (same name) it re-reads them,
 and another consumer claims them with XAUTOCLAIM after ``claim_idle_ms``. Re-applying is harmless:
 Redis skips event_ids already seen, Postgres skips event_ids already stored, the reject table
@@ -178,10 +183,11 @@ class ConsumeStats:
     quarantined: int = 0
     claimed: int = 0
     seconds: float = 0.0
+    retries: int = 0  # batches retried after Redis / PostgreSQL errors (an outage, a failover)
 
     def add(self, other: ConsumeStats) -> None:
         for name in ("batches", "entries", "applied", "redis_duplicates", "loaded", "pg_duplicates",
-                     "quarantined", "claimed"):
+                     "quarantined", "claimed", "retries"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def render(self) -> str:
@@ -189,7 +195,8 @@ class ConsumeStats:
         return (f"entries {self.entries:,} in {self.batches:,} batches ({rate:,.0f}/s); counted in Redis "
                 f"{self.applied:,} (already seen {self.redis_duplicates:,}); raw.events loaded {self.loaded:,} "
                 f"(already stored {self.pg_duplicates:,}); quarantined {self.quarantined:,}; "
-                f"claimed from other consumers {self.claimed:,}")
+                f"claimed from other consumers {self.claimed:,}"
+                + (f"; retried after errors {self.retries:,}" if self.retries else ""))
 
 
 @dataclass
@@ -283,6 +290,8 @@ class StreamConsumer:
             except RETRYABLE as exc:
                 failures = 1 if total.batches > progressed else failures + 1  # consecutive failures only
                 progressed = total.batches
+                total.retries += 1
+                rediscluster.refresh(self.redis)
                 if limit is not None and failures > limit:
                     raise
                 delay = min(self.retry_cap_s, 0.5 * 2 ** (failures - 1))
@@ -506,8 +515,7 @@ class StreamConsumer:
         try:
             new, acked = pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            with contextlib.suppress(Exception):
-                self.redis.nodes_manager.initialize()
+            rediscluster.refresh(self.redis)
             if isinstance(exc, redis.ResponseError) and not str(exc).startswith(("MOVED", "ASK", "CLUSTERDOWN",
                                                                                     "TRYAGAIN", "READONLY")):
                 raise

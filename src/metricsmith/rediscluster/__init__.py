@@ -17,6 +17,7 @@ slot. :data:`TRANSIENT` lists the errors a cluster raises while a master is bein
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -105,6 +106,14 @@ def cluster_client(target: str, **kwargs: Any) -> RedisCluster:
 
 def is_cluster(redis_client: Any) -> bool:
     return isinstance(redis_client, RedisCluster)
+
+
+def refresh(redis_client: Any) -> None:
+    """After an error on a cluster: re-read the slot map (a replaced master is found as soon as
+    the cluster elected it); a no-op on a standalone client, never raises."""
+    if is_cluster(redis_client):
+        with contextlib.suppress(Exception):
+            redis_client.nodes_manager.initialize()
 
 
 def describe(redis_client: Any) -> dict[str, Any]:
