@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-import redis
 
 from metricsmith import embedded
 from metricsmith.config import PostgresParams, Settings, load_settings
@@ -20,10 +19,16 @@ def database_url(settings: Settings | None = None) -> str:
 
 
 def redis_url(settings: Settings | None = None) -> str:
-    """The Redis URL in use, starting the embedded server when no URL is configured."""
+    """The Redis URL in use: the configured one (``redis://`` or ``redis+cluster://``), the local
+    cluster's with ``METRICSMITH_REDIS_CLUSTER=1`` and no URL, else the embedded server's
+    (started when needed)."""
     settings = settings or load_settings()
     if settings.redis_url is not None:
         return settings.redis_url
+    if settings.redis_cluster:
+        from metricsmith.rediscluster.local import LocalCluster
+
+        return LocalCluster(settings).url()
     return embedded.ensure_redis(settings).url
 
 
@@ -33,11 +38,12 @@ def connect(settings: Settings | None = None, *, autocommit: bool = False, **kwa
     return psycopg.connect(database_url(settings), autocommit=autocommit, **kwargs)
 
 
-def redis_client(settings: Settings | None = None, **kwargs: Any) -> redis.Redis:
-    """A redis-py client for the configured Redis (``decode_responses`` off unless asked)."""
-    kwargs.setdefault("socket_timeout", 5)
-    kwargs.setdefault("socket_connect_timeout", 5)
-    return redis.Redis.from_url(redis_url(settings), **kwargs)
+def redis_client(settings: Settings | None = None, **kwargs: Any) -> Any:
+    """A redis-py client for the configured Redis: ``redis.Redis``, or ``RedisCluster`` on a
+    cluster (:func:`metricsmith.rediscluster.client`, the one factory)."""
+    from metricsmith.rediscluster import client
+
+    return client(settings, **kwargs)
 
 
 def postgres_params(settings: Settings | None = None) -> PostgresParams:

@@ -98,10 +98,15 @@ def _postgres_version(url: str) -> str:
 
 
 def _redis_version(url: str) -> str:
-    import redis
+    from metricsmith import rediscluster
 
-    client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
-    return f"Redis {client.info('server').get('redis_version')}"
+    client = rediscluster.client(redis_url=url, socket_timeout=3, socket_connect_timeout=3)
+    version = client.info("server").get("redis_version")
+    if rediscluster.is_cluster(client):
+        shape = rediscluster.describe(client)
+        return (f"Redis {version}, cluster {shape.get('state')}: {shape.get('masters')} masters, "
+                f"{shape.get('replicas')} replicas")
+    return f"Redis {version}"
 
 
 def _report(label: str, url: str | None, kind: str, probe: Callable[[str], str],
@@ -128,8 +133,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"timezone: {settings.timezone}")
     pg = _report("postgres:", *_server_url(settings, "postgres", settings.database_url), _postgres_version,
                  (psycopg.Error,), True)
-    rd = _report("redis:", *_server_url(settings, "redis", settings.redis_url), _redis_version,
-                 (redis.RedisError,), False)
+    redis_where = (db.redis_url(settings), "local cluster") if settings.redis_cluster and not settings.redis_url \
+        else _server_url(settings, "redis", settings.redis_url)
+    rd = _report("redis:", *redis_where, _redis_version, (redis.RedisError,), False)
     return 0 if pg and rd else 1
 
 

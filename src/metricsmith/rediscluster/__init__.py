@@ -49,11 +49,6 @@ _CLUSTER_ONLY = ("require_full_coverage", "cluster_error_retry_attempts")
 
 def url(settings: Settings | None = None) -> str:
     """The Redis URL in use: the configured one, the local cluster's, or the embedded server's."""
-    settings = settings or load_settings()
-    if settings.redis_cluster and settings.redis_url is None:
-        from metricsmith.rediscluster.local import LocalCluster
-
-        return LocalCluster(settings).url()
     return db.redis_url(settings)
 
 
