@@ -9,7 +9,8 @@ from types import ModuleType
 from typing import Any
 
 import psycopg
-from _realtime_events import make_events
+import pytest
+from _realtime_events import make_events, private_settings
 
 from metricsmith.config import load_settings
 from metricsmith.realtime import RealtimeMetricsService, StreamConsumer, track_many
@@ -26,8 +27,11 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-def test_snapshot_and_reconciliation_flows(prefect_harness: None, empty_events: psycopg.Connection[Any]) -> None:
-    settings = load_settings()  # the session's own prefix, as the flows see it
+def test_snapshot_and_reconciliation_flows(prefect_harness: None, empty_events: psycopg.Connection[Any],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # a prefix of its own, as the flows see it (load_settings): no counters of earlier tests of today
+    monkeypatch.setenv("METRICSMITH_REDIS_PREFIX", private_settings().redis_prefix)
+    settings = load_settings()
     track_many(make_events(500, seed=31), settings=settings)
     consumer = StreamConsumer(settings, log=lambda _: None)
     consumer.run(until_idle=True)

@@ -96,6 +96,9 @@ def cluster_client(target: str, **kwargs: Any) -> RedisCluster:
         if key in ("socket_timeout", "socket_connect_timeout"):
             kwargs[key] = float(value)
     kwargs.setdefault("cluster_error_retry_attempts", 2)
+    # per-node pools as unbounded as redis.Redis's own (redis-py caps a cluster node at 100, so
+    # 100 threads of one process plus the invalidation listener would fail with "Too many connections")
+    kwargs.setdefault("max_connections", 2**31)
     return _Cluster(startup_nodes=nodes, **kwargs)
 
 
