@@ -109,6 +109,17 @@ def _measures(evs: list[tuple[date, Event]], days: list[date], first_seen: dict[
     }
 
 
+def _add_growth(rows: list[dict[str, Any]], key: str, baselines: dict[str, Any]) -> None:
+    """``<measure>_<suffix>_pct`` for every comparison: growth against the row whose key is
+    ``baselines[suffix](row key)`` (the columns in the marts' order: suffix by suffix)."""
+    by_key = {r[key]: r for r in rows}
+    for r in rows:
+        for suffix, baseline in baselines.items():
+            prev = by_key.get(baseline(r[key]))
+            for c in GROWTH:
+                r[f"{c}_{suffix}_pct"] = _growth(r[c], prev, c)
+
+
 def reference(events: list[Event], tz: str, rules: EventRules | None = None) -> dict[str, list[dict[str, Any]]]:
     """daily_metrics, weekly_metrics, monthly_metrics and quarterly_metrics as lists of row dicts, by key."""
     zone = ZoneInfo(tz)
@@ -148,29 +159,16 @@ def reference(events: list[Event], tz: str, rules: EventRules | None = None) -> 
         return rows
 
     weekly = period_rows(_monday, lambda s: s + timedelta(days=6), lambda s: 7, "week")
-    wk = {r["week_start"]: r for r in weekly}
-    for r in weekly:
-        prev = wk.get(r["week_start"] - timedelta(days=7))
-        for c in GROWTH:
-            r[f"{c}_wow_pct"] = _growth(r[c], prev, c)
+    _add_growth(weekly, "week_start", {"wow": lambda s: s - timedelta(days=7)})
     monthly = period_rows(lambda d: d.replace(day=1), _month_end, lambda s: (_month_end(s) - s).days + 1, "month")
-    mo = {r["month_start"]: r for r in monthly}
+    _add_growth(monthly, "month_start", {"mom": lambda s: _add_months(s, -1), "yoy": lambda s: _add_months(s, -12)})
     for r in monthly:
-        prev_m, prev_y = mo.get(_add_months(r["month_start"], -1)), mo.get(_add_months(r["month_start"], -12))
-        for c in GROWTH:
-            r[f"{c}_mom_pct"] = _growth(r[c], prev_m, c)
-        for c in GROWTH:
-            r[f"{c}_yoy_pct"] = _growth(r[c], prev_y, c)
         r["weekly_breakdown"] = _breakdown([d for d in spine if d.replace(day=1) == r["month_start"]], by_day,
                                            _monday, "week_start", "days_in_month")
     quarterly = period_rows(_quarter_start, _quarter_end, lambda s: (_quarter_end(s) - s).days + 1, "quarter")
-    qu = {r["quarter_start"]: r for r in quarterly}
+    _add_growth(quarterly, "quarter_start",
+                {"qoq": lambda s: _add_months(s, -3), "yoy": lambda s: _add_months(s, -12)})
     for r in quarterly:
-        prev_q, prev_y = qu.get(_add_months(r["quarter_start"], -3)), qu.get(_add_months(r["quarter_start"], -12))
-        for c in GROWTH:
-            r[f"{c}_qoq_pct"] = _growth(r[c], prev_q, c)
-        for c in GROWTH:
-            r[f"{c}_yoy_pct"] = _growth(r[c], prev_y, c)
         r["monthly_breakdown"] = _breakdown([d for d in spine if _quarter_start(d) == r["quarter_start"]], by_day,
                                             lambda d: d.replace(day=1), "month_start", "days_in_quarter")
     return {"daily_metrics": daily, "weekly_metrics": weekly, "monthly_metrics": monthly,

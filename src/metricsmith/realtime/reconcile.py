@@ -110,60 +110,67 @@ def day_truth(conn: psycopg.Connection[Any], day: date, settings: Settings) -> D
     return DayTruth(day, by_type, int(revenue[0]) if revenue else 0, users, buckets, total, count)
 
 
-def apply_truth(service: RealtimeMetricsService, truth: DayTruth, ttl_seconds: int,
-                corrections: list[Correction] | None = None) -> int:
-    """Make Redis hold ``truth`` for its day; append what differed to ``corrections``. Returns series checked."""
-    r, keys, day = service.redis, service.keys, truth.day.isoformat()
-    fixes = corrections if corrections is not None else []
-    checked = 0
-    # events by type
-    counter_key = keys.counter(EVENTS_TOTAL.name)
+def _fix_events_by_type(service: RealtimeMetricsService, truth: DayTruth, pipe: Any,
+                        fixes: list[Correction]) -> int:
+    r, day = service.redis, truth.day.isoformat()
+    counter_key = service.keys.counter(EVENTS_TOTAL.name)
     observed_types: dict[str, float] = {}
     for fld, raw in r.hgetall(counter_key).items():
         text = fld.decode()
         if text.startswith(day + LABEL_SEP):
             observed_types[text.split(LABEL_SEP, 1)[1]] = float(raw)
-    pipe = r.pipeline(transaction=True)
-    for event_type in sorted(set(observed_types) | set(truth.events_by_type)):
+    types = sorted(set(observed_types) | set(truth.events_by_type))
+    for event_type in types:
         expected, observed = truth.events_by_type.get(event_type, 0), observed_types.get(event_type, 0.0)
-        checked += 1
         if expected != observed:
             fixes.append(Correction(EVENTS_TOTAL.name, {"day": day, "event_type": event_type}, expected, observed))
             if expected:
                 pipe.hset(counter_key, day + LABEL_SEP + event_type, expected)
             else:
                 pipe.hdel(counter_key, day + LABEL_SEP + event_type)
-    # revenue
-    raw_rev = r.hget(keys.counter(REVENUE_TOTAL.name), day)
+    return len(types)
+
+
+def _fix_revenue(service: RealtimeMetricsService, truth: DayTruth, pipe: Any, fixes: list[Correction]) -> int:
+    day, key = truth.day.isoformat(), service.keys.counter(REVENUE_TOTAL.name)
+    raw_rev = service.redis.hget(key, day)
     observed_rev = float(raw_rev) if raw_rev is not None else 0.0
-    checked += 1
     if observed_rev != truth.revenue_cents:
         fixes.append(Correction(REVENUE_TOTAL.name, {"day": day}, truth.revenue_cents, observed_rev))
-        pipe.hset(keys.counter(REVENUE_TOTAL.name), day, truth.revenue_cents)
-    # active users (the set is rebuilt when the count or the members differ)
+        pipe.hset(key, day, truth.revenue_cents)
+    return 1
+
+
+def _fix_users(service: RealtimeMetricsService, truth: DayTruth, ttl_seconds: int, pipe: Any,
+               fixes: list[Correction]) -> int:
+    """The active-users set is rebuilt when the count or the members differ."""
+    r, keys, day = service.redis, service.keys, truth.day.isoformat()
     users_key = keys.users(day)
     raw_users = r.hget(keys.gauge(ACTIVE_USERS.name), day)
     observed_users = float(raw_users) if raw_users is not None else 0.0
-    checked += 1
-    if observed_users != len(truth.users) or r.scard(users_key) != len(truth.users):
-        if observed_users != len(truth.users):
-            fixes.append(Correction(ACTIVE_USERS.name, {"day": day}, len(truth.users), observed_users))
-        pipe.delete(users_key)
-        for start in range(0, len(truth.users), 10_000):
-            pipe.sadd(users_key, *truth.users[start:start + 10_000])
-        if truth.users:
-            pipe.expire(users_key, ttl_seconds)
-            pipe.hset(keys.gauge(ACTIVE_USERS.name), day, len(truth.users))
-        else:
-            pipe.hdel(keys.gauge(ACTIVE_USERS.name), day)
-    # purchase histogram
+    if observed_users == len(truth.users) and r.scard(users_key) == len(truth.users):
+        return 1
+    if observed_users != len(truth.users):
+        fixes.append(Correction(ACTIVE_USERS.name, {"day": day}, len(truth.users), observed_users))
+    pipe.delete(users_key)
+    for start in range(0, len(truth.users), 10_000):
+        pipe.sadd(users_key, *truth.users[start:start + 10_000])
+    if truth.users:
+        pipe.expire(users_key, ttl_seconds)
+        pipe.hset(keys.gauge(ACTIVE_USERS.name), day, len(truth.users))
+    else:
+        pipe.hdel(keys.gauge(ACTIVE_USERS.name), day)
+    return 1
+
+
+def _fix_purchases(service: RealtimeMetricsService, truth: DayTruth, pipe: Any, fixes: list[Correction]) -> int:
+    keys, day = service.keys, truth.day.isoformat()
     hist_key = keys.histogram(PURCHASE_VALUE.name, day)
-    raw_hist = {k.decode(): float(v) for k, v in r.hgetall(hist_key).items()}
+    raw_hist = {k.decode(): float(v) for k, v in service.redis.hgetall(hist_key).items()}
     expected_hist = {str(i): n for i, n in enumerate(truth.purchase_buckets) if n}
     expected_hist.update({"sum": truth.purchase_sum, "count": truth.purchase_count})
     if not truth.purchase_count:
         expected_hist = {}
-    checked += 1
     if raw_hist != {k: float(v) for k, v in expected_hist.items()}:
         fixes.append(Correction(PURCHASE_VALUE.name + "_count", {"day": day}, truth.purchase_count,
                                 raw_hist.get("count", 0.0)))
@@ -173,6 +180,18 @@ def apply_truth(service: RealtimeMetricsService, truth: DayTruth, ttl_seconds: i
             pipe.sadd(keys.histogram_index(PURCHASE_VALUE.name), day)
         else:
             pipe.srem(keys.histogram_index(PURCHASE_VALUE.name), day)
+    return 1
+
+
+def apply_truth(service: RealtimeMetricsService, truth: DayTruth, ttl_seconds: int,
+                corrections: list[Correction] | None = None) -> int:
+    """Make Redis hold ``truth`` for its day; append what differed to ``corrections``. Returns series checked."""
+    fixes = corrections if corrections is not None else []
+    pipe = service.redis.pipeline(transaction=True)
+    checked = _fix_events_by_type(service, truth, pipe, fixes)
+    checked += _fix_revenue(service, truth, pipe, fixes)
+    checked += _fix_users(service, truth, ttl_seconds, pipe, fixes)
+    checked += _fix_purchases(service, truth, pipe, fixes)
     pipe.execute()
     return checked
 

@@ -52,6 +52,11 @@ class MetricSpec:
     builtin: bool = False  # maintained by the stream consumer from events
 
     def __post_init__(self) -> None:
+        self._check_names()
+        self._check_histogram()
+        self._check_rate()
+
+    def _check_names(self) -> None:
         if not NAME_RE.match(self.name):
             raise RealtimeMetricError(
                 f"metric name {self.name!r} is not a Prometheus name ([a-zA-Z_:][a-zA-Z0-9_:]*)")
@@ -65,20 +70,26 @@ class MetricSpec:
         reserved = {"le"} if self.type is MetricType.HISTOGRAM else {"window"} if self.type is MetricType.RATE else set()
         if reserved & set(self.labels):
             raise RealtimeMetricError(f"{self.name}: label {sorted(reserved)[0]!r} is reserved for a {self.type}")
-        if self.type is MetricType.HISTOGRAM:
-            if not self.buckets:
-                object.__setattr__(self, "buckets", DEFAULT_BUCKETS)
-            if any(not math.isfinite(b) for b in self.buckets) or list(self.buckets) != sorted(set(self.buckets)):
-                raise RealtimeMetricError(f"{self.name}: buckets must be finite, distinct and ascending")
-        elif self.buckets:
-            raise RealtimeMetricError(f"{self.name}: only a histogram has buckets")
-        if self.type is MetricType.RATE:
-            if not self.windows:
-                object.__setattr__(self, "windows", DEFAULT_WINDOWS)
-            if any(int(w) != w or w < 1 for w in self.windows):
-                raise RealtimeMetricError(f"{self.name}: rate windows are whole seconds >= 1")
-        elif self.windows:
-            raise RealtimeMetricError(f"{self.name}: only a rate has windows")
+
+    def _check_histogram(self) -> None:
+        if self.type is not MetricType.HISTOGRAM:
+            if self.buckets:
+                raise RealtimeMetricError(f"{self.name}: only a histogram has buckets")
+            return
+        if not self.buckets:
+            object.__setattr__(self, "buckets", DEFAULT_BUCKETS)
+        if any(not math.isfinite(b) for b in self.buckets) or list(self.buckets) != sorted(set(self.buckets)):
+            raise RealtimeMetricError(f"{self.name}: buckets must be finite, distinct and ascending")
+
+    def _check_rate(self) -> None:
+        if self.type is not MetricType.RATE:
+            if self.windows:
+                raise RealtimeMetricError(f"{self.name}: only a rate has windows")
+            return
+        if not self.windows:
+            object.__setattr__(self, "windows", DEFAULT_WINDOWS)
+        if any(int(w) != w or w < 1 for w in self.windows):
+            raise RealtimeMetricError(f"{self.name}: rate windows are whole seconds >= 1")
 
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "type": str(self.type), "help": self.help, "labels": list(self.labels),

@@ -305,17 +305,20 @@ class StreamConsumer:
                 if self._stop:
                     return total
 
+    def _process_own_pending(self, total: ConsumeStats) -> None:
+        """1. our own pending entries (a restart under the same name after a crash)."""
+        while not self._stop:
+            entries = self._read("0")
+            if not entries:
+                return
+            total.add(self.process(entries))
+
     def _run(self, *, until_idle: bool, max_entries: int | None, progress: Callable[[ConsumeStats], None] | None,
              total: ConsumeStats) -> ConsumeStats:
         started = time.perf_counter() - total.seconds
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ms-realtime")
         try:
-            # 1. our own pending entries (a restart under the same name after a crash)
-            while not self._stop:
-                entries = self._read("0")
-                if not entries:
-                    break
-                total.add(self.process(entries))
+            self._process_own_pending(total)
             claim_cursor = "0-0"
             last_claim = 0.0
             pending: Future[ConsumeStats] | None = None
