@@ -195,3 +195,19 @@ def test_no_key_shows_the_banner(browser: Browser, server: tuple[str, World]) ->
     context.close()
 
 
+
+
+def test_firing_alerts_show_on_every_page(page: Page, server: tuple[str, World], tmp_path: Path) -> None:
+    from metricsmith.alerts.evaluate import evaluate
+    from metricsmith.alerts.rules import parse_text
+
+    base, world = server
+    rules = ("channels:\n  quiet: {type: log}\nrules:\n"
+             "  - {name: browser-always, kind: metric_threshold, grain: day, expr: total_events > -1,"
+             " severity: critical, channels: [quiet]}\n")
+    assert not evaluate(parse_text(rules), schema=world.schema, deliver=False).errors
+    for where in ("overview", "jobs"):
+        page.goto(f"{base}/#{where}")
+        page.wait_for_selector("#alerts:not([hidden])")
+        assert "FIRING browser-always (critical)" in page.inner_text("#alerts")
+    shot(page, tmp_path, "alerts")

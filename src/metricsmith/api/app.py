@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from metricsmith.api import errors
 from metricsmith.api.config import ApiSettings, load_api_settings
 from metricsmith.api.deps import ApiState
-from metricsmith.api.routers import custom_metrics, dashboard, jobs, metrics, ops, realtime
+from metricsmith.api.routers import alerts, custom_metrics, dashboard, jobs, metrics, ops, realtime
 from metricsmith.api.serialization import JSONResponse
 from metricsmith.config import Settings, load_settings
 from metricsmith.core.schema import marts_schema
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None, *, api_settings: ApiSettings | 
                   lifespan=lifespan)
     app.state.api = state
     errors.install(app)
-    for module in (metrics, custom_metrics, realtime, jobs, ops):
+    for module in (metrics, custom_metrics, realtime, jobs, alerts, ops):
         app.include_router(module.router, responses=errors.RESPONSES)
     app.include_router(dashboard.router)
     return app

@@ -292,6 +292,26 @@ async function showJobs() {
   document.getElementById("page-jobs").dataset.ready = String(report.jobs.length);
 }
 
+// ---------------------------------------------------------------- firing alerts (every page)
+async function showAlerts() {
+  const el = document.getElementById("alerts");
+  let body;
+  try {
+    const response = await fetch("/v1/alerts?state=FIRING&limit=20", { headers: headers() });
+    if (!response.ok) { el.hidden = true; return; }  // no key, or no alerting: nothing to show
+    body = await response.json();
+  } catch (e) { el.hidden = true; return; }
+  el.replaceChildren();
+  for (const incident of body.incidents) {
+    const line = document.createElement("div");
+    line.className = incident.severity;
+    line.textContent = "FIRING " + incident.rule + " (" + incident.severity + "): " + (incident.summary || "");
+    el.appendChild(line);
+  }
+  el.dataset.firing = String(body.incidents.length);
+  el.hidden = body.incidents.length === 0;
+}
+
 // ---------------------------------------------------------------- navigation
 const PAGES = { overview: showOverview, custom: showCustom, realtime: streamRealtime, jobs: showJobs };
 
@@ -302,6 +322,7 @@ async function show(page) {
   for (const el of document.querySelectorAll(".page")) el.hidden = el.id !== "page-" + page;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === page);
   banner("");
+  showAlerts();
   try { await PAGES[page](); } catch (e) { if (!document.getElementById("banner").textContent) banner(e.message); }
 }
 
