@@ -104,7 +104,9 @@ def run_demo() -> int:
     for number, (title, step) in enumerate(STEPS, start=1):
         print(f"\n== {number}. {title}")
         step()
-    print("\nDone. Next: `make test`, or see README.md for the analyst / operator / Python views.")
+    print("\nDone. The dashboard on the demo data: METRICSMITH_API_PUBLIC_READ=1 .venv/bin/metricsmith api"
+          "  ->  http://127.0.0.1:8750/")
+    print("Next: `make test`, or see README.md for the analyst / operator / dashboard / Python views.")
     return 0
 
 
