@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from metricsmith.config import DEFAULT_EMBEDDED_PG_PORT, DEFAULT_EMBEDDED_REDIS_PORT, Settings
+from metricsmith.embedded import port_free
 from metricsmith.errors import UserFacingError
 
 DEFAULT_BASE_PORT = 7101
@@ -76,15 +76,7 @@ def server_binary() -> Path:
 
 
 def _free(port: int) -> bool:
-    if port in RESERVED_PORTS or not 1024 < port < 65536:
-        return False
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    return port not in RESERVED_PORTS and 1024 < port < 65536 and port_free(port)
 
 
 def free_base_port(preferred: int = DEFAULT_BASE_PORT, count: int = MASTERS * (1 + REPLICAS_PER_MASTER)) -> int:
