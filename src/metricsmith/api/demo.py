@@ -21,7 +21,7 @@ from psycopg import sql
 
 from metricsmith import db, grains
 from metricsmith.api.app import create_app
-from metricsmith.api.config import DEFAULT_PORT, ApiSettings
+from metricsmith.api.config import ApiSettings
 from metricsmith.core.schema import marts_schema
 
 
@@ -84,5 +84,3 @@ def step_api() -> None:
                   f"  revenue_cents {row['revenue_cents']:>13,}{flag}")
         families = [line for line in _get(base, "/metrics").splitlines() if line.startswith("# TYPE")]
         print(f"GET /metrics -> {len(families)} Prometheus metric families (realtime, cache, job health)")
-    print(f"Dashboard and API: `metricsmith api` -> http://127.0.0.1:{DEFAULT_PORT}/ "
-          f"(METRICSMITH_API_PUBLIC_READ=1 for a screen without a key; docs at /docs)")
