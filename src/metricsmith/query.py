@@ -20,8 +20,9 @@ are read from the marts or computed by the database's ``metricsmith.growth_pct``
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -89,6 +90,8 @@ class WeeklyMetrics:
     active_users_wow_pct: Decimal | None
     new_users_wow_pct: Decimal | None
     revenue_cents_wow_pct: Decimal | None
+    wow_basis_days: int | None = None
+    wow_basis: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class WeekBreakdown:
     total_events: int
     active_users: int
     revenue_cents: int
+    is_complete: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,10 @@ class MonthlyMetrics:
     new_users_yoy_pct: Decimal | None
     revenue_cents_yoy_pct: Decimal | None
     weekly_breakdown: tuple[WeekBreakdown, ...] = ()
+    mom_basis_days: int | None = None
+    mom_basis: str | None = None
+    yoy_basis_days: int | None = None
+    yoy_basis: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,7 @@ class MonthBreakdown:
     total_events: int
     active_users: int
     revenue_cents: int
+    is_complete: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,10 @@ class QuarterlyMetrics:
     new_users_yoy_pct: Decimal | None
     revenue_cents_yoy_pct: Decimal | None
     monthly_breakdown: tuple[MonthBreakdown, ...] = ()
+    qoq_basis_days: int | None = None
+    qoq_basis: str | None = None
+    yoy_basis_days: int | None = None
+    yoy_basis: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,11 +185,17 @@ class PeriodSummary:
     ``totals`` sums the additive measures over every period of the range, ``avg_daily`` divides
     them by ``days_with_data``. Growth compares like with like: each period of the range is paired
     with the period as many periods earlier as the range has (a year of months: the same month a
-    year before; six weeks: the six weeks before), and only pairs where both periods have a row
-    count (``compared_periods``). ``compared_totals`` sums this range's paired periods,
-    ``previous_totals`` their counterparts, and ``growth_pct`` is the database's
+    year before; six weeks: the six weeks before), and within each pair only the days both periods
+    have in the day-level mart, aligned by their offset in the period (day 1 of a month with day
+    1; 29 February has no partner in a non-leap year and is left out of both sides).
+    ``compared_periods`` counts the pairs with an aligned day, ``compared_days`` the aligned days,
+    ``compared_starts`` lists the range's compared periods. ``compared_totals`` sums this range's
+    aligned days, ``previous_totals`` their partners, and ``growth_pct`` is the database's
     ``metricsmith.growth_pct`` of the two (None when there is nothing to compare or the previous
-    value is 0).
+    value is 0). ``growth_basis`` is ``full`` (every compared period complete on both sides),
+    ``to_date`` (a compared period of the range is partial), ``partial_baseline`` (a compared
+    previous period is partial) or ``none``; ``alignment`` says what was compared, e.g.
+    "Jan–Nov vs Jan–Nov" or "Dec vs Dec, 3 aligned days".
     """
 
     grain: str
@@ -193,6 +212,10 @@ class PeriodSummary:
     compared_totals: dict[str, int]
     previous_totals: dict[str, int]
     growth_pct: dict[str, Decimal | None]
+    compared_days: int = 0
+    growth_basis: str = "none"
+    compared_starts: list[date] = field(default_factory=list)
+    alignment: str = ""
 
 
 @dataclass(frozen=True)
@@ -210,10 +233,11 @@ class WeeklySummary:
 class MonthlySummary:
     """A year's months, its additive totals and year-over-year growth.
 
-    ``previous_year_totals`` sums the months of the previous year whose month this year has a
-    row too (``compared_months`` of them), so a year in progress or a first year with missing
-    months compares like with like; ``yoy_pct`` is the growth of this year's compared months over
-    those (``metricsmith.growth_pct``: None when the previous value is 0 or missing).
+    ``previous_year_totals`` sums the days of the previous year's months whose month and day
+    this year has too (``compared_months`` months, ``compared_days`` days), so a year in progress
+    or a first year starting mid-month compares like with like; ``yoy_pct`` is the growth of this
+    year's aligned days over those (``metricsmith.growth_pct``: None when the previous value is 0
+    or missing); ``growth_basis`` and ``alignment`` as in :class:`PeriodSummary`.
     """
 
     year: int
@@ -222,6 +246,9 @@ class MonthlySummary:
     previous_year_totals: dict[str, int]
     yoy_pct: dict[str, Decimal | None]
     compared_months: int = 0
+    compared_days: int = 0
+    growth_basis: str = "none"
+    alignment: str = ""
 
 
 @dataclass(frozen=True)
@@ -235,6 +262,8 @@ class CustomMetricValue:
     previous_value: Decimal | None
     growth_pct: Decimal | None
     computed_at: datetime | None = None
+    growth_basis: str | None = None
+    growth_basis_days: int | None = None
 
 
 @dataclass(frozen=True)
@@ -247,7 +276,8 @@ class RealtimeValue:
 
 _CUSTOM_COLUMNS = [f.name for f in CustomMetricValue.__dataclass_fields__.values()]
 #: integer columns of the marts (whatever SQL type a contract gives them, e.g. numeric(38,0) sums)
-_COUNTS = frozenset({*MEASURES, "days_with_data"})
+_COUNTS = frozenset({*MEASURES, "days_with_data", *(f"{c.suffix}_basis_days" for g in grains.load()
+                                                     for c in g.comparisons)})
 
 
 # ---------------------------------------------------------------- grains and their columns
@@ -263,14 +293,43 @@ def grain_of(name: str | Grain) -> Grain:
         raise QueryError(str(exc)) from None
 
 
+#: the basis of a growth figure (``<cmp>_basis`` of the marts, ``growth_basis`` of custom metrics)
+BASES = ("full", "to_date", "partial_baseline", "none")
+#: the marker a growth figure on each basis carries wherever a person reads it (none on ``full``)
+BASIS_MARKS = {"full": "", "to_date": "ᵗᵈ", "partial_baseline": "ᵖᵇ", "none": "ⁿ"}
+#: the line explaining the markers, printed under every output that shows one
+BASIS_LEGEND = ("ᵗᵈ period to date vs the same days of the previous period; ᵖᵇ only the days the partial "
+                "previous period has; ⁿ nothing to compare")
+
+
+def basis_mark(basis: str | None) -> str:
+    """The marker of a growth figure on ``basis`` ('' for ``full`` and for no basis given)."""
+    return BASIS_MARKS.get(basis or "full", "?")
+
+
+def basis_columns(comparison: Comparison) -> list[str]:
+    """``<cmp>_basis_days`` and ``<cmp>_basis`` of one comparison (the marts' flag columns)."""
+    return [f"{comparison.suffix}_basis_days", f"{comparison.suffix}_basis"]
+
+
 def breakdown_keys(grain: str | Grain) -> list[str]:
-    """The keys of one element of ``grain``'s breakdown column, in order ([] without one)."""
-    return rollups.breakdown_keys(grain_of(grain))
+    """The keys of one element of ``grain``'s breakdown column, in order ([] without one);
+    ``is_complete`` (all days of that part present) last."""
+    keys = rollups.breakdown_keys(grain_of(grain))
+    return [*keys, "is_complete"] if keys and "is_complete" not in keys else keys
 
 
 def period_columns(grain: str | Grain) -> list[str]:
-    """Every column of ``grain``'s mart, in mart order (the dbt contract)."""
-    return rollups.mart_columns(grain_of(grain))
+    """Every column of ``grain``'s mart, in mart order (the dbt contract): each comparison's growth
+    columns followed by its basis columns (:func:`basis_columns`)."""
+    g = grain_of(grain)
+    columns = rollups.mart_columns(g)
+    for c in g.comparisons:
+        if basis_columns(c)[0] in columns:
+            continue
+        at = max(columns.index(f"{m}_{c.suffix}_pct") for m in GROWTH_MEASURES) + 1
+        columns[at:at] = basis_columns(c)
+    return columns
 
 
 def _num(value: Any) -> Any:
@@ -284,9 +343,16 @@ def _count(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def _part(value: Any) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    return int(Decimal(str(value)))
+
+
 def _breakdown(keys: list[str], elements: Any) -> list[list[Any]]:
-    """A jsonb breakdown as stored in the cache: [start (date), days, measures (int)...] per element."""
-    return [[date.fromisoformat(str(e[keys[0]])), *(int(Decimal(str(e[k]))) for k in keys[1:])]
+    """A jsonb breakdown as stored in the cache: [start (date), days, measures (int)...,
+    is_complete (bool)] per element."""
+    return [[date.fromisoformat(str(e[keys[0]])), *(_part(e.get(k)) for k in keys[1:])]
             for e in (elements or [])]
 
 
@@ -330,16 +396,25 @@ class _Rows:
         return out
 
     def typed(self, cls: type, part: type | None = None) -> tuple[Any, ...]:
-        """The rows as ``cls`` instances (breakdown elements as ``part``), built once per entry."""
+        """The rows as ``cls`` instances (breakdown elements as ``part``), built once per entry;
+        fields are filled by column name, so the mart's column order does not matter."""
         view = self._views.get(cls)
         if view is None:
-            if part is None:
-                view = tuple(cls(*r) for r in self.rows)
-            else:
-                view = tuple(cls(*r[:-1], tuple(part(*b) for b in r[-1])) for r in self.rows)
+            fields = [f.name for f in dataclasses.fields(cls) if f.name in self.columns]
+            at = [self.columns.index(f) for f in fields]
+            bd = self.columns[-1] if self.keys else None
+            view = tuple(cls(**{f: (self._parts(part, r[i]) if f == bd and part is not None else r[i])
+                                for f, i in zip(fields, at, strict=True)}) for r in self.rows)
             with self._lock:
                 self._views[cls] = view
         return view
+
+
+    def _parts(self, part: type, elements: tuple[Any, ...]) -> tuple[Any, ...]:
+        wanted = {f.name for f in dataclasses.fields(part)}
+        names = [k for k in self.keys if k in wanted]
+        at = [self.keys.index(k) for k in names]
+        return tuple(part(**{k: b[i] for k, i in zip(names, at, strict=True)}) for b in elements)
 
 
 def _check_range(start: date, end: date) -> None:
@@ -500,16 +575,19 @@ class MetricsQueryService:
         first, last = current[0], current[-1]
 
         def compute() -> list[Any]:
-            found = self._fetch(_summary_sql(g, self.schema), {"first": first, "last": last, "cur": current,
-                                                                "prev": previous}, g.model)
-            return [_num(v) for v in found[0]]
+            found = self._fetch(_summary_sql(g, self.schema), {
+                "first": first, "last": last, "cur": current, "prev": previous,
+                "cur_end": [g.end_of(d) for d in current], "prev_end": [g.end_of(d) for d in previous]}, g.model)
+            row = list(found[0])
+            row[6] = [d.isoformat() for d in row[6]]
+            return [_num(v) for v in row]
 
         def tags() -> list[str]:
             return [*periods.range_tags(g, previous[0], end)]
 
-        stored = self._cached(f"{g.adjective}-summary:{first}:{last}", compute, self.tier_for_range(g.end_of(end)),
+        stored = self._cached(f"{g.adjective}-summary-aligned:{first}:{last}", compute, self.tier_for_range(g.end_of(end)),
                               tags, tuple)
-        return _summary(g, start, end, rows.dicts(), previous, stored)
+        return _summary(g, start, end, rows.dicts(), dict(zip(current, previous, strict=True)), previous, stored)
 
     # ------------------------------------------------------------------ marts: the typed views
     def get_daily_metrics(self, start: date, end: date) -> list[DailyMetrics]:
@@ -539,7 +617,8 @@ class MetricsQueryService:
         months = self.get_monthly_metrics(date(year, 1, 1), date(year, 12, 31))
         summary = self.get_period_summary("month", date(year, 1, 1), date(year, 12, 31))
         return MonthlySummary(year, months, summary.totals, summary.previous_totals, summary.growth_pct,
-                              summary.compared_periods)
+                              summary.compared_periods, summary.compared_days, summary.growth_basis,
+                              summary.alignment)
 
     # ------------------------------------------------------------------ custom metrics
     def get_custom_metric_values(
@@ -637,12 +716,14 @@ def _periods_before(g: Grain, first: date, count: int) -> list[date]:
 
 
 def _summary_sql(g: Grain, schema: str) -> sql.Composed:
-    """Totals of the range, and of its paired periods and their counterparts with their growth,
-    in one statement (growth by the database's ``metricsmith.growth_pct``)."""
+    """Totals of the range, and of its paired periods and their counterparts over the days both
+    have (aligned by their offset in the period, from the day-level mart), with their growth, in
+    one statement (growth by the database's ``metricsmith.growth_pct``)."""
     key = sql.Identifier(g.start_column)
     one_day = g.end_column is None  # a day row is one complete day
     days = sql.SQL("1") if one_day else sql.Identifier("days_with_data")
     complete = sql.SQL("true") if one_day else sql.Identifier("is_complete")
+    day_key = sql.Identifier(grains.day().start_column)
     ids = {m: sql.Identifier(m) for m in ADDITIVE}
     c_ids = {m: sql.Identifier(f"c_{m}") for m in ADDITIVE}
     p_ids = {m: sql.Identifier(f"p_{m}") for m in ADDITIVE}
@@ -651,15 +732,29 @@ def _summary_sql(g: Grain, schema: str) -> sql.Composed:
         "with r as (select * from {tbl} where {key} between %(first)s and %(last)s), "
         "t as (select count(*) as n, coalesce(sum({days}), 0) as days, count(*) filter (where {complete}) "
         "as complete, {totals} from r), "
-        "m as (select count(*) as compared, {pairs} from unnest(%(cur)s::date[], %(prev)s::date[]) as x(cur, prev) "
-        "join r on r.{key} = x.cur join {tbl} as p on p.{key} = x.prev) "
-        "select t.days, t.complete, m.compared, {out_totals}, {out_avgs}, {out_cur}, {out_prev}, {out_growth} "
-        "from t cross join m"
+        "x as (select * from unnest(%(cur)s::date[], %(cur_end)s::date[], %(prev)s::date[], %(prev_end)s::date[]) "
+        "as x(cur, cur_end, prev, prev_end)), "
+        "a as (select x.cur, x.prev, {pairs} from x join {daily} as c on c.{dk} between x.cur and x.cur_end "
+        "join {daily} as p on p.{dk} = x.prev + (c.{dk} - x.cur) and p.{dk} <= x.prev_end), "
+        "m as (select count(distinct cur) as compared, count(*) as aligned, "
+        "coalesce(array_agg(distinct cur order by cur), '{{}}') as starts, {sums} from a), "
+        "k as (select coalesce(bool_and({rc_complete}), true) as cur_complete, "
+        "coalesce(bool_and({pc_complete}), true) as prev_complete "
+        "from (select distinct cur, prev from a) as d join {tbl} as rc on rc.{key} = d.cur "
+        "join {tbl} as pc on pc.{key} = d.prev) "
+        "select t.days, t.complete, m.compared, m.aligned, k.cur_complete, k.prev_complete, m.starts, "
+        "{out_totals}, {out_avgs}, {out_cur}, {out_prev}, {out_growth} "
+        "from t cross join m cross join k"
     ).format(
         tbl=sql.Identifier(schema, g.model), key=key, days=days, complete=complete,
+        rc_complete=sql.SQL("true") if one_day else sql.Identifier("rc", "is_complete"),
+        pc_complete=sql.SQL("true") if one_day else sql.Identifier("pc", "is_complete"),
+        daily=sql.Identifier(schema, grains.day().model), dk=day_key,
         totals=comma.join(sql.SQL("sum({c}) as {c}").format(c=ids[m]) for m in ADDITIVE),
-        pairs=comma.join(sql.SQL("sum(r.{c}) as {cc}, sum(p.{c}) as {pc}").format(c=ids[m], cc=c_ids[m], pc=p_ids[m])
+        pairs=comma.join(sql.SQL("c.{c} as {cc}, p.{c} as {pc}").format(c=ids[m], cc=c_ids[m], pc=p_ids[m])
                          for m in ADDITIVE),
+        sums=comma.join(sql.SQL("sum({cc}) as {cc}, sum({pc}) as {pc}").format(cc=c_ids[m], pc=p_ids[m])
+                        for m in ADDITIVE),
         out_totals=comma.join(sql.SQL("coalesce(t.{c}, 0)").format(c=ids[m]) for m in ADDITIVE),
         out_avgs=comma.join(sql.SQL("round(t.{c} / nullif(t.days, 0), 4)").format(c=ids[m]) for m in ADDITIVE),
         out_cur=comma.join(sql.SQL("coalesce(m.{c}, 0)").format(c=c_ids[m]) for m in ADDITIVE),
@@ -669,11 +764,50 @@ def _summary_sql(g: Grain, schema: str) -> sql.Composed:
     )
 
 
-def _summary(g: Grain, start: date, end: date, rows: list[dict[str, Any]], previous: list[date],
-             stored: tuple[Any, ...]) -> PeriodSummary:
-    days, complete, compared = int(stored[0]), int(stored[1]), int(stored[2])
+def summary_basis(compared: int, cur_complete: bool, prev_complete: bool) -> str:
+    """The basis of a summary's growth: ``none`` (nothing compared), ``partial_baseline`` (a
+    compared previous period is partial), ``to_date`` (a compared period of the range is
+    partial), ``full``."""
+    if compared == 0:
+        return "none"
+    if not prev_complete:
+        return "partial_baseline"
+    return "full" if cur_complete else "to_date"
+
+
+def _span_label(g: Grain, starts: list[date]) -> str:
+    """The periods as runs: months as "Jan–Nov" (or "Jan, Mar–May"), quarters as "Q1–Q3", other
+    grains by their start."""
+    def name(d: date) -> str:
+        if g.unit == "month" and g.count in (1, 3):
+            return f"{d:%b}" if g.count == 1 else f"Q{(d.month - 1) // 3 + 1}"
+        return d.isoformat()
+
+    runs: list[list[date]] = []
+    for d in starts:
+        if runs and g.start_of(runs[-1][-1] + timedelta(days=g.days_in(runs[-1][-1]))) == d:
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+    return ", ".join(name(r[0]) if len(r) == 1 else f"{name(r[0])}–{name(r[-1])}" for r in runs)
+
+
+def alignment_label(g: Grain, starts: list[date], previous: list[date], aligned_days: int, full: bool) -> str:
+    """What a summary compares, e.g. "Jan–Nov vs Jan–Nov" (complete periods) or "Dec vs Dec, 3
+    aligned days"; ``previous`` maps each start to its counterpart (same order)."""
+    if not starts:
+        return f"no {g.name} to compare"
+    label = f"{_span_label(g, starts)} vs {_span_label(g, previous)}"
+    return label if full else f"{label}, {aligned_days} aligned day{'' if aligned_days == 1 else 's'}"
+
+
+def _summary(g: Grain, start: date, end: date, rows: list[dict[str, Any]], pairs: dict[date, date],
+             previous: list[date], stored: tuple[Any, ...]) -> PeriodSummary:
+    days, complete, compared, aligned = (int(v) for v in stored[:4])
+    basis = summary_basis(compared, bool(stored[4]), bool(stored[5]))
+    starts = [date.fromisoformat(str(d)) for d in stored[6]]
     n = len(ADDITIVE)
-    blocks = [stored[3 + i * n: 3 + (i + 1) * n] for i in range(5)]
+    blocks = [stored[7 + i * n: 7 + (i + 1) * n] for i in range(5)]
     totals, avgs, cur, prev, growth = ({m: v for m, v in zip(ADDITIVE, b, strict=True)} for b in blocks)
     return PeriodSummary(
         grain=g.name, start=start, end=end, periods=rows,
@@ -681,6 +815,8 @@ def _summary(g: Grain, start: date, end: date, rows: list[dict[str, Any]], previ
         complete_periods=complete, previous_start=previous[0], previous_end=g.end_of(previous[-1]),
         compared_periods=compared, compared_totals={m: int(v) for m, v in cur.items()},
         previous_totals={m: int(v) for m, v in prev.items()}, growth_pct=growth,
+        compared_days=aligned, growth_basis=basis, compared_starts=starts,
+        alignment=alignment_label(g, starts, [pairs[d] for d in starts], aligned, basis == "full"),
     )
 
 
@@ -714,5 +850,6 @@ __all__ = [
     "CustomMetricValue", "DailyMetrics", "MetricsQueryService", "MonthBreakdown", "MonthlyMetrics",
     "MonthlySummary", "NotAvailable", "PeriodSummary", "QuarterlyMetrics", "QueryError", "RealtimeValue",
     "WeekBreakdown", "WeeklyMetrics", "WeeklySummary", "breakdown_keys", "grain_of", "period_columns",
-    "recent_range", "year_comparison", "year_range", "MEASURES", "GROWTH_MEASURES", "AVERAGES", "ADDITIVE",
+    "recent_range", "year_comparison", "year_range", "BASES", "BASIS_MARKS", "BASIS_LEGEND", "basis_mark",
+    "basis_columns", "summary_basis", "alignment_label", "MEASURES", "GROWTH_MEASURES", "AVERAGES", "ADDITIVE",
 ]

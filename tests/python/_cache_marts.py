@@ -23,21 +23,24 @@ create table {s}.weekly_metrics (week_start date primary key, week_end date, day
   is_complete boolean, total_events bigint, active_users bigint, new_users bigint, active_organizations bigint,
   sessions bigint, signups bigint, purchases bigint, revenue_cents bigint, avg_daily_events numeric,
   avg_daily_active_users numeric, avg_daily_revenue_cents numeric, total_events_wow_pct numeric,
-  active_users_wow_pct numeric, new_users_wow_pct numeric, revenue_cents_wow_pct numeric);
+  active_users_wow_pct numeric, new_users_wow_pct numeric, revenue_cents_wow_pct numeric,
+  wow_basis_days integer, wow_basis text);
 create table {s}.monthly_metrics (month_start date primary key, month_end date, days_with_data int,
   is_complete boolean, total_events bigint, active_users bigint, new_users bigint, active_organizations bigint,
   sessions bigint, signups bigint, purchases bigint, revenue_cents bigint, avg_daily_events numeric,
   avg_daily_active_users numeric, avg_daily_revenue_cents numeric, total_events_mom_pct numeric,
   active_users_mom_pct numeric, new_users_mom_pct numeric, revenue_cents_mom_pct numeric,
+  mom_basis_days integer, mom_basis text,
   total_events_yoy_pct numeric, active_users_yoy_pct numeric, new_users_yoy_pct numeric,
-  revenue_cents_yoy_pct numeric, weekly_breakdown jsonb);
+  revenue_cents_yoy_pct numeric, yoy_basis_days integer, yoy_basis text, weekly_breakdown jsonb);
 create table {s}.quarterly_metrics (quarter_start date primary key, quarter_end date, days_with_data int,
   is_complete boolean, total_events bigint, active_users bigint, new_users bigint, active_organizations bigint,
   sessions bigint, signups bigint, purchases bigint, revenue_cents numeric(38,0), avg_daily_events numeric,
   avg_daily_active_users numeric, avg_daily_revenue_cents numeric, total_events_qoq_pct numeric,
   active_users_qoq_pct numeric, new_users_qoq_pct numeric, revenue_cents_qoq_pct numeric,
+  qoq_basis_days integer, qoq_basis text,
   total_events_yoy_pct numeric, active_users_yoy_pct numeric, new_users_yoy_pct numeric,
-  revenue_cents_yoy_pct numeric, monthly_breakdown jsonb);
+  revenue_cents_yoy_pct numeric, yoy_basis_days integer, yoy_basis text, monthly_breakdown jsonb);
 """
 
 
@@ -54,6 +57,37 @@ def month_add(d: date, n: int) -> date:
 
 def quarter_start(d: date) -> date:
     return date(d.year, (d.month - 1) // 3 * 3 + 1, 1)
+
+
+GROWTH = ("total_events", "active_users", "new_users", "revenue_cents")
+
+
+def like_for_like(daily: dict[date, dict[str, Any]], cur: tuple[date, date], prev: tuple[date, date] | None,
+                  prev_exists: bool) -> dict[str, Any]:
+    """Growth of the days both periods have (aligned by offset in the period) and the basis flags,
+    for ``cur`` and ``prev`` as (first, last) day."""
+    if prev is None or not prev_exists:
+        return {"basis_days": None, "basis": "none", **{m: None for m in GROWTH}}
+    (cs, ce), (ps, pe) = cur, prev
+    offsets = [(d - cs).days for d in daily if cs <= d <= ce]
+    pairs = [(cs + timedelta(days=k), ps + timedelta(days=k)) for k in offsets
+             if ps + timedelta(days=k) <= pe and ps + timedelta(days=k) in daily]
+    cur_full = len(offsets) == (ce - cs).days + 1
+    prev_full = len([d for d in daily if ps <= d <= pe]) == (pe - ps).days + 1
+    basis = ("none" if not pairs else "partial_baseline" if not prev_full else "full" if cur_full else "to_date")
+    return {"basis_days": len(pairs), "basis": basis,
+            **{m: pct(sum(daily[c][m] for c, _ in pairs), sum(daily[p][m] for _, p in pairs)) for m in GROWTH}}
+
+
+def _flags(row: dict[str, Any], suffix: str, lfl: dict[str, Any]) -> None:
+    for m in GROWTH:
+        row[f"{m}_{suffix}_pct"] = lfl[m]
+    row[f"{suffix}_basis_days"] = lfl["basis_days"]
+    row[f"{suffix}_basis"] = lfl["basis"]
+
+
+def month_end(d: date, n: int = 1) -> date:
+    return month_add(d, n) - timedelta(days=1)
 
 
 class Marts:
@@ -86,11 +120,11 @@ class Marts:
         self.weekly = {}
         for ws in sorted(weeks):
             row = self._agg(weeks[ws])
-            prev = self.weekly.get(ws - timedelta(days=7))
+            pw = ws - timedelta(days=7)
             row.update(week_start=ws, week_end=ws + timedelta(days=6), days_with_data=len(weeks[ws]),
                        is_complete=len(weeks[ws]) == 7)
-            for m in ("total_events", "active_users", "new_users", "revenue_cents"):
-                row[f"{m}_wow_pct"] = pct(row[m], prev[m]) if prev else None
+            _flags(row, "wow", like_for_like(self.daily, (ws, ws + timedelta(days=6)), (pw, pw + timedelta(days=6)),
+                                             pw in self.weekly))
             self.weekly[ws] = row
         self.monthly = {}
         for ms in sorted(months):
@@ -98,10 +132,10 @@ class Marts:
             ndays = (month_add(ms, 1) - ms).days
             row.update(month_start=ms, month_end=month_add(ms, 1) - timedelta(days=1),
                        days_with_data=len(months[ms]), is_complete=len(months[ms]) == ndays)
-            prev, yago = self.monthly.get(month_add(ms, -1)), self.monthly.get(month_add(ms, -12))
-            for m in ("total_events", "active_users", "new_users", "revenue_cents"):
-                row[f"{m}_mom_pct"] = pct(row[m], prev[m]) if prev else None
-                row[f"{m}_yoy_pct"] = pct(row[m], yago[m]) if yago else None
+            for suffix, back in (("mom", -1), ("yoy", -12)):
+                pm = month_add(ms, back)
+                _flags(row, suffix, like_for_like(self.daily, (ms, month_end(ms)), (pm, month_end(pm)),
+                                                  pm in self.monthly))
             bd = {}
             for d in months[ms]:
                 w = d - timedelta(days=d.weekday())
@@ -110,6 +144,9 @@ class Marts:
                 e["days_in_month"] += 1
                 for m in ("total_events", "active_users", "revenue_cents"):
                     e[m] += self.daily[d][m]
+            for w, e in bd.items():
+                e["is_complete"] = e["days_in_month"] == sum(
+                    1 for k in range(7) if (w + timedelta(days=k)).replace(day=1) == ms)
             row["weekly_breakdown"] = [bd[w] for w in sorted(bd)]
             self.monthly[ms] = row
         self.quarterly = {}
@@ -119,13 +156,14 @@ class Marts:
             ndays = (month_add(qs, 3) - qs).days
             row.update(quarter_start=qs, quarter_end=month_add(qs, 3) - timedelta(days=1),
                        days_with_data=len(qdays), is_complete=len(qdays) == ndays)
-            prev, yago = self.quarterly.get(month_add(qs, -3)), self.quarterly.get(month_add(qs, -12))
-            for suffix, base in (("qoq", prev), ("yoy", yago)):
-                for m in ("total_events", "active_users", "new_users", "revenue_cents"):
-                    row[f"{m}_{suffix}_pct"] = pct(row[m], base[m]) if base else None
+            for suffix, back in (("qoq", -3), ("yoy", -12)):
+                pq = month_add(qs, back)
+                _flags(row, suffix, like_for_like(self.daily, (qs, month_end(qs, 3)), (pq, month_end(pq, 3)),
+                                                  pq in self.quarterly))
             row["monthly_breakdown"] = [
                 {"month_start": m.isoformat(), "days_in_quarter": len(months[m]),
-                 **{k: sum(self.daily[d][k] for d in months[m]) for k in ("total_events", "active_users", "revenue_cents")}}
+                 **{k: sum(self.daily[d][k] for d in months[m]) for k in ("total_events", "active_users", "revenue_cents")},
+                 "is_complete": len(months[m]) == (month_add(m, 1) - m).days}
                 for m in sorted(months) if quarter_start(m) == qs]
             self.quarterly[qs] = row
         self.write()

@@ -72,6 +72,10 @@ def _sql_type(column: str, g: Grain) -> str:
         return "bigint"
     if column == g.breakdown_column:
         return "jsonb"
+    if column.endswith("_basis_days"):
+        return "integer"
+    if column.endswith("_basis"):
+        return "text"
     return "numeric"
 
 
@@ -122,13 +126,20 @@ class World:
                 prev = out.get(c.baseline(start))
                 for m in ("total_events", "active_users", "new_users", "revenue_cents"):
                     row[f"{m}_{c.suffix}_pct"] = pct(row[m], prev[m] if prev else None)
+                # this world's data is whole periods but the last (no aligned-days arithmetic needed here:
+                # the API passes the flags through; test_query checks them against a like-for-like reference)
+                row[f"{c.suffix}_basis_days"] = None if prev is None else min(row["days_with_data"], prev["days_with_data"])
+                row[f"{c.suffix}_basis"] = ("none" if prev is None else "partial_baseline" if not prev["is_complete"]
+                                            else "full" if row["is_complete"] else "to_date")
             if g.breakdown_column:
                 finer = grains.get(g.breakdown or "day")
                 bkeys = breakdown_keys(g)
                 row[g.breakdown_column] = [
-                    dict(zip(bkeys, [s.isoformat(), sum(1 for d in daily if finer.start_of(d) == s and g.start_of(d) == start),
-                                     0, 0, 0], strict=True))
-                    for s in finer.periods_between(start, g.end_of(start))]
+                    dict(zip(bkeys, [s.isoformat(), n, 0, 0, 0,
+                                     n == sum(1 for k in range(finer.days_in(s))
+                                              if g.start_of(s + timedelta(days=k)) == start)], strict=True))
+                    for s in finer.periods_between(start, g.end_of(start))
+                    for n in [sum(1 for d in daily if finer.start_of(d) == s and g.start_of(d) == start)]]
         return out
 
     def _write(self, g: Grain) -> None:
@@ -149,7 +160,7 @@ class World:
     def _custom_metrics(self) -> None:
         self.conn.execute(f"create table {self.schema}.custom_metric_values (metric_slug text, metric_version int,"
                           " grain text, period_start date, dimensions jsonb, value numeric, previous_value numeric,"
-                          " growth_pct numeric, computed_at timestamptz)")
+                          " growth_pct numeric, computed_at timestamptz, growth_basis text, growth_basis_days integer)")
         for slug, visibility in METRICS.items():
             row = self.conn.execute(
                 "insert into metricsmith.custom_metric_definitions (slug, name, owner_id, team_id, organization_id,"
@@ -170,9 +181,11 @@ class World:
                                  "period_start": date(2024, 1, 1) + timedelta(weeks=week),
                                  "dimensions": {"country": country}, "value": Decimal(1000 * version + 10 * week + i),
                                  "previous_value": None, "growth_pct": None,
-                                 "computed_at": datetime(2024, 3, 1, tzinfo=UTC)}
+                                 "computed_at": datetime(2024, 3, 1, tzinfo=UTC),
+                                 "growth_basis": "none" if week == 0 else "full",
+                                 "growth_basis_days": None if week == 0 else 7}
                         self.conn.execute(f"insert into {self.schema}.custom_metric_values values"
-                                          " (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                                          " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                                           (*list(value.values())[:4], Jsonb(value["dimensions"]),
                                            *list(value.values())[5:]))
                         if version == 2:
@@ -276,14 +289,14 @@ def test_every_grain_equals_the_mart(client: TestClient, world: World, grain: st
         assert norm_api({c: got[c] for c in columns}) == norm(expected)
         period_start = expected[g.start_column]
         assert got["is_complete"] == expected.get("is_complete", period_start < TODAY)
-        assert got["growth_basis"] == {c.suffix: c.baseline(period_start).isoformat() for c in g.comparisons}
+        assert got["growth_baseline"] == {c.suffix: c.baseline(period_start).isoformat() for c in g.comparisons}
 
 
 def test_fields_subset_and_csv(client: TestClient, world: World) -> None:
     params = {"start": "2024-01-01", "end": "2024-03-31", "fields": "revenue_cents,total_events"}
     body = client.get("/v1/metrics/week", params=params, headers=auth(world)).json()
     assert body["fields"] == ["week_start", "total_events", "revenue_cents"]
-    assert all(set(r) == {"week_start", "total_events", "revenue_cents", "is_complete", "growth_basis"}
+    assert all(set(r) == {"week_start", "total_events", "revenue_cents", "is_complete", "growth_baseline"}
                for r in body["rows"])
     as_csv = client.get("/v1/metrics/week", params={**params, "format": "csv"}, headers=auth(world))
     by_accept = client.get("/v1/metrics/week", params=params, headers={**auth(world), "Accept": "text/csv"})
@@ -291,7 +304,26 @@ def test_fields_subset_and_csv(client: TestClient, world: World) -> None:
     table = list(csv.DictReader(io.StringIO(as_csv.text)))
     assert [r["week_start"] for r in table] == [r["week_start"] for r in body["rows"]]
     assert [int(r["revenue_cents"]) for r in table] == [r["revenue_cents"] for r in body["rows"]]
-    assert table[0]["growth_basis_wow"] == body["rows"][0]["growth_basis"]["wow"]
+    assert table[0]["growth_baseline_wow"] == body["rows"][0]["growth_baseline"]["wow"]
+
+
+def test_growth_travels_with_its_basis(client: TestClient, world: World) -> None:
+    params = {"start": "2024-09-01", "end": str(TODAY), "fields": "revenue_cents_mom_pct"}
+    body = client.get("/v1/metrics/month", params=params, headers=auth(world)).json()
+    assert body["fields"] == ["month_start", "revenue_cents_mom_pct", "mom_basis_days", "mom_basis"]
+    for row in body["rows"]:
+        want = world.rows["month"][date.fromisoformat(row["month_start"])]
+        assert (row["mom_basis"], row["mom_basis_days"]) == (want["mom_basis"], want["mom_basis_days"])
+    assert body["rows"][-1]["mom_basis"] == "to_date"  # the month in progress
+    as_csv = list(csv.DictReader(io.StringIO(
+        client.get("/v1/metrics/month", params={**params, "format": "csv"}, headers=auth(world)).text)))
+    assert [r["mom_basis"] for r in as_csv] == [r["mom_basis"] for r in body["rows"]]
+    # every column by default, the basis columns included; the dashboard marks a non-full basis
+    full = client.get("/v1/metrics/quarter", params={"start": "2024-01-01", "end": str(TODAY)},
+                      headers=auth(world)).json()
+    assert {"qoq_basis", "qoq_basis_days", "yoy_basis", "yoy_basis_days"} <= set(full["fields"])
+    script = client.get("/static/dashboard.js").text
+    assert 'basisMark(basis)' in script and 'to_date: "ᵗᵈ"' in script and "summary.alignment" in script
 
 
 @pytest.mark.parametrize("grain", grains.names())
@@ -310,11 +342,15 @@ def test_summary_equals_plain_python(client: TestClient, world: World, grain: st
     for _ in current:
         p = g.start_of(p - timedelta(days=1))
         previous.insert(0, p)
-    pairs = [(c, b) for c, b in zip(current, previous, strict=True) if b in world.rows[grain]]
-    assert body["compared_periods"] == len(pairs)
+    # like for like: the days both periods of a pair have, matched by their offset in the period
+    daily = world.rows["day"]
+    aligned = [(d, b + (d - c)) for c, b in zip(current, previous, strict=True) for d in sorted(daily)
+               if c <= d <= g.end_of(c) and b + (d - c) <= g.end_of(b) and b + (d - c) in daily]
+    assert body["compared_periods"] == len({g.start_of(d) for d, _ in aligned})
+    assert body["compared_days"] == len(aligned) and body["growth_basis"] in ("full", "to_date")
     for m in ADDITIVE:
-        cur = sum(world.rows[grain][c][m] for c, _ in pairs)
-        prev = sum(world.rows[grain][b][m] for _, b in pairs)
+        cur = sum(daily[d][m] for d, _ in aligned)
+        prev = sum(daily[b][m] for _, b in aligned)
         want = pct(cur, prev)
         assert (body["growth_pct"][m] is None) == (want is None)
         if want is not None:

@@ -448,3 +448,48 @@ def test_transient_failure_is_retried_and_a_permanent_one_is_not(
             log_row = joblog.recent(conn, job.name, limit=1)[0]
             tasks = _attempt_task_run(log_row["prefect_flow_run_id"], f"{job.name} attempt", final)
             assert len(tasks) == 1 and tasks[0].run_count == runs and tasks[0].state_type.value == final, tasks
+
+
+# ---------------------------------------------------------------- artifact markers (no database)
+def _basis_rows() -> dict[str, list[dict[str, Any]]]:
+    """Three weeks: a full one, one against a partial baseline, the current one to date; and a
+    month with no previous month at all."""
+    def week(start: date, pct: Any, basis: str | None, days: int | None) -> dict[str, Any]:
+        return {"week_start": start, "total_events": 100, "active_users": 10, "revenue_cents": 1234,
+                **{f"{m}_wow_pct": pct for m in runner.GROWTH_MEASURES}, "wow_basis": basis, "wow_basis_days": days}
+    month = {"month_start": date(2026, 1, 1), "total_events": 5, "active_users": 2, "revenue_cents": 100,
+             **{f"{m}_{s}_pct": None for s in ("mom", "yoy") for m in runner.GROWTH_MEASURES},
+             "mom_basis": "none", "mom_basis_days": None, "yoy_basis": "none", "yoy_basis_days": None}
+    return {"week": [week(date(2026, 1, 5), "4.25", "partial_baseline", 3), week(date(2026, 1, 12), "1.5", "full", 7),
+                     week(date(2026, 1, 19), "-20", "to_date", 2)], "month": [month]}
+
+
+def test_artifact_marks_every_growth_figure_not_on_the_full_basis() -> None:
+    from metricsmith.orchestration import artifacts
+    from metricsmith.query import BASIS_LEGEND
+
+    result = runner.JobResult(job_name="daily-metrics", status=runner.JobStatus.COMPLETED, latest=_basis_rows())
+    markdown = artifacts.render_markdown(result)
+    body = {line.split(" | ")[0].lstrip("| "): line for line in markdown.splitlines() if line.startswith("| 2026")}
+    assert body["2026-01-05"].count("+4.2 %ᵖᵇ") == len(runner.GROWTH_MEASURES)
+    assert body["2026-01-12"].count("+1.5 % ") == len(runner.GROWTH_MEASURES) and "ᵗᵈ" not in body["2026-01-12"]
+    assert body["2026-01-19"].count("-20.0 %ᵗᵈ") == len(runner.GROWTH_MEASURES)
+    assert "%ⁿ" not in markdown and body["2026-01-01"].count("n/a") == 2 * len(runner.GROWTH_MEASURES)
+    assert markdown.count(BASIS_LEGEND) == 1  # under the weeks (the months show no figure with a marker)
+    # all on the full basis: no marker, no legend
+    full = {"week": [dict(r, wow_basis="full") for r in _basis_rows()["week"]]}
+    plain = artifacts.render_markdown(runner.JobResult(job_name="x", status=runner.JobStatus.COMPLETED, latest=full))
+    assert BASIS_LEGEND not in plain and not any(mark in plain for mark in ("ᵗᵈ", "ᵖᵇ", "ⁿ"))
+
+
+def test_rollups_summary_marks_growth_not_on_the_full_basis() -> None:
+    from metricsmith.cli.rollups import render_periods
+    from metricsmith.query import BASIS_LEGEND
+
+    rows = _basis_rows()["week"]
+    text = render_periods({"week": [dict(r, end_column=None, days_with_data=r["wow_basis_days"] or 7,
+                                         is_complete=r["wow_basis"] != "to_date", new_users=1) for r in rows]})
+    lines = text.splitlines()
+    assert lines[1].count("%ᵖᵇ") == 3 and lines[3].count("%ᵗᵈ") == 3
+    assert "ᵗᵈ" not in lines[2] and "ᵖᵇ" not in lines[2]
+    assert lines[-1] == f"({BASIS_LEGEND})"

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from _cache_marts import Marts, pct
+from _cache_marts import Marts, like_for_like, month_add, pct
 
 from metricsmith.cache import TwoTierCache, load_cache_config
 from metricsmith.cache.invalidation import invalidate_periods, warm_cache
@@ -88,6 +88,31 @@ def test_weekly_summary(svc: MetricsQueryService, marts: Marts) -> None:
     assert svc.get_weekly_metrics_summary(start, end) == summary
 
 
+def aligned(daily: dict[date, dict[str, Any]], pairs: list[tuple[date, date, date, date]], m: str
+            ) -> tuple[int, int, int, int]:
+    """Plain Python like-for-like: (current sum, previous sum, aligned days, compared periods) over
+    the days both periods of each (cur_start, cur_end, prev_start, prev_end) pair have, matched by
+    their offset in the period."""
+    cur = prev = days = compared = 0
+    for cs, ce, ps, pe in pairs:
+        hits = [(d, ps + (d - cs)) for d in sorted(daily) if cs <= d <= ce
+                and ps + (d - cs) <= pe and ps + (d - cs) in daily]
+        cur += sum(daily[c][m] for c, _ in hits)
+        prev += sum(daily[p][m] for _, p in hits)
+        days += len(hits)
+        compared += bool(hits)
+    return cur, prev, days, compared
+
+
+def month_pairs(first: date, months: int, back: int) -> list[tuple[date, date, date, date]]:
+    out = []
+    for i in range(months):
+        ms = month_add(first, i)
+        ps = month_add(ms, -back)
+        out.append((ms, month_add(ms, 1) - timedelta(days=1), ps, month_add(ps, 1) - timedelta(days=1)))
+    return out
+
+
 def test_monthly_summary_with_yoy(svc: MetricsQueryService, marts: Marts) -> None:
     summary = svc.get_monthly_metrics_summary(2024)
     assert len(summary.months) == 12
@@ -97,12 +122,16 @@ def test_monthly_summary_with_yoy(svc: MetricsQueryService, marts: Marts) -> Non
     assert [dataclasses.asdict(b) | {"week_start": b.week_start.isoformat()} for b in got.weekly_breakdown] \
         == want["weekly_breakdown"]
     assert got.revenue_cents_yoy_pct == want["revenue_cents_yoy_pct"]
-    this = sum(marts.daily[d]["revenue_cents"] for d in marts.daily if d.year == 2024)
-    prev = sum(marts.daily[d]["revenue_cents"] for d in marts.daily if d.year == 2023)
-    assert summary.totals["revenue_cents"] == this
+    assert got.yoy_basis == "full" and got.yoy_basis_days == 28  # 29 February has no partner in 2023
+    assert got.mom_basis == want["mom_basis"] and got.mom_basis_days == want["mom_basis_days"]
+    total = sum(marts.daily[d]["revenue_cents"] for d in marts.daily if d.year == 2024)
+    this, prev, days, compared = aligned(marts.daily, month_pairs(date(2024, 1, 1), 12, 12), "revenue_cents")
+    assert days == 365 and compared == 12 and this == total - marts.daily[date(2024, 2, 29)]["revenue_cents"]
+    assert summary.totals["revenue_cents"] == total
     assert summary.previous_year_totals["revenue_cents"] == prev
     assert summary.yoy_pct["revenue_cents"] == round4(pct(this, prev))
-    assert summary.compared_months == 12
+    assert summary.compared_months == 12 and summary.compared_days == 365
+    assert summary.growth_basis == "full" and summary.alignment == "Jan–Dec vs Jan–Dec"
     # the first year has no previous year: growth is None, not 0 or an error
     first = svc.get_monthly_metrics_summary(2023)
     assert first.yoy_pct["revenue_cents"] is None and first.months[0].total_events_yoy_pct is None
@@ -283,7 +312,7 @@ def test_realtime_values_cached_in_the_realtime_tier() -> None:
 # ---------------------------------------------------------------- custom metric values
 CUSTOM_DDL = """
 create table {s}.custom_metric_values (metric_slug text, metric_version int, grain text, period_start date,
-  dimensions jsonb, value numeric, previous_value numeric, growth_pct numeric, computed_at timestamptz)
+  dimensions jsonb, value numeric, previous_value numeric, growth_pct numeric, computed_at timestamptz, growth_basis text, growth_basis_days integer)
 """
 
 
@@ -314,8 +343,10 @@ def test_custom_metric_values_with_visibility_enforced(marts: Marts, svc: Metric
             for week in range(3):
                 value = Decimal(100 * version + week)
                 row = (slug, version, "week", date(2024, 1, 1) + timedelta(weeks=week), {"organization_id": "o1"},
-                       value, None if week == 0 else value - 1, None, datetime(2024, 2, 1, tzinfo=UTC))
-                conn.execute(f"insert into {marts.schema}.custom_metric_values values (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                       value, None if week == 0 else value - 1, None, datetime(2024, 2, 1, tzinfo=UTC),
+                       "none" if week == 0 else "to_date", None if week == 0 else 4)
+                conn.execute(f"insert into {marts.schema}.custom_metric_values values (%s,%s,%s,%s,%s,%s,%s,%s,%s,"
+                             "%s,%s)",
                              (*row[:4], Jsonb(row[4]), *row[5:]))
                 if version == 2:
                     rows.append(row)
@@ -390,9 +421,9 @@ def test_cli_money_in_cents_or_currency_units(marts: Marts, cache: TwoTierCache,
     assert main(["query", "monthly", "--year", "2024", "--currency", "--format", "json", *base]) == 0
     summary = json.loads(capsys.readouterr().out)
     year_cents = sum(marts.monthly[date(2024, m, 1)]["revenue_cents"] for m in range(1, 13))
-    before = sum(marts.monthly[date(2023, m, 1)]["revenue_cents"] for m in range(1, 13))
+    now, before, _, _ = aligned(marts.daily, month_pairs(date(2024, 1, 1), 12, 12), "revenue_cents")
     assert summary["totals"]["revenue"] == pytest.approx(year_cents / 100)
-    assert summary["yoy_pct"]["revenue"] == pytest.approx(float(pct(year_cents, before)), abs=1e-4)
+    assert summary["yoy_pct"]["revenue"] == pytest.approx(float(pct(now, before)), abs=1e-4)
     assert summary["months"][0]["weekly_breakdown"][0]["revenue"] == pytest.approx(
         marts.monthly[date(2024, 1, 1)]["weekly_breakdown"][0]["revenue_cents"] / 100)
     # --columns takes either name
@@ -456,13 +487,16 @@ def test_period_summary_growth_like_with_like(svc: MetricsQueryService, marts: M
     assert [p["quarter_start"] for p in summary.periods] == [q["quarter_start"] for q in quarters]
     days = sum(1 for d in marts.daily if d.year == 2024)
     assert summary.days_with_data == days == 366 and summary.complete_periods == 4
+    qpairs = [(q["quarter_start"], q["quarter_end"], b["quarter_start"], b["quarter_end"])
+              for q, b in zip(quarters, before, strict=True)]
     for m in ("total_events", "revenue_cents", "new_users"):
         total = sum(marts.daily[d][m] for d in marts.daily if d.year == 2024)
-        previous = sum(marts.daily[d][m] for d in marts.daily if d.year == 2023)
+        cur, previous, n_days, _ = aligned(marts.daily, qpairs, m)
         assert summary.totals[m] == total == sum(q[m] for q in quarters)
-        assert summary.previous_totals[m] == previous == sum(q[m] for q in before)
-        assert summary.growth_pct[m] == round4(pct(total, previous))
+        assert summary.compared_totals[m] == cur and summary.previous_totals[m] == previous
+        assert summary.growth_pct[m] == round4(pct(cur, previous))
         assert summary.avg_daily[m] == round4(Decimal(total) / days)
+    assert summary.compared_days == n_days == 365 and summary.growth_basis == "full"
     assert (summary.previous_start, summary.previous_end) == (date(2023, 1, 1), date(2023, 12, 31))
     # six weeks compare with the six weeks before them
     weeks = svc.get_period_summary("week", date(2024, 3, 4), date(2024, 4, 14))
@@ -476,8 +510,8 @@ def test_period_summary_growth_like_with_like(svc: MetricsQueryService, marts: M
     # a range half outside the data: only the months both ranges have are compared
     part = svc.get_period_summary("month", date(2024, 7, 1), date(2025, 6, 30))
     assert part.compared_periods == 6 and len(part.periods) == 6
-    cur = sum(marts.monthly[date(2024, m, 1)]["total_events"] for m in range(7, 13))
-    prev = sum(marts.monthly[date(2023, m, 1)]["total_events"] for m in range(7, 13))
+    cur, prev, _, _ = aligned(marts.daily, month_pairs(date(2024, 7, 1), 12, 12), "total_events")
+    assert cur == sum(marts.monthly[date(2024, m, 1)]["total_events"] for m in range(7, 13))
     assert part.compared_totals["total_events"] == cur and part.previous_totals["total_events"] == prev
     assert part.growth_pct["total_events"] == round4(pct(cur, prev))
     # day grain
@@ -531,9 +565,10 @@ def test_cli_query_quarterly(marts: Marts, cache: TwoTierCache, capsys: pytest.C
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["quarter_start", "days_with_data", "total_events"]
     assert [line.split()[0] for line in out[2:6]] == ["2024-01-01", "2024-04-01", "2024-07-01", "2024-10-01"]
-    assert out[6] == "2024 (4 quarters) vs the same quarters of 2023: the 4 quarters both years have"
-    this = sum(marts.daily[d]["revenue_cents"] for d in marts.daily if d.year == 2024)
-    prev = sum(marts.daily[d]["revenue_cents"] for d in marts.daily if d.year == 2023)
+    assert out[6] == "2024 (4 quarters) vs the same quarters of 2023: Q1–Q4 vs Q1–Q4 (the quarters and days both years have)"
+    qpairs = [(q, month_add(q, 3) - timedelta(days=1), month_add(q, -12), month_add(q, -9) - timedelta(days=1))
+              for q in (date(2024, m, 1) for m in (1, 4, 7, 10))]
+    this, prev, _, _ = aligned(marts.daily, qpairs, "revenue_cents")
     revenue = next(line for line in out if line.split()[0] == "revenue_cents")
     assert revenue.split() == ["revenue_cents", f"{this:,}", "vs", f"{prev:,}", "YoY", f"{round4(pct(this, prev)):+.2f}%"]
 
@@ -543,7 +578,8 @@ def test_cli_query_quarterly(marts: Marts, cache: TwoTierCache, capsys: pytest.C
     assert data["quarters"][1]["monthly_breakdown"][0] == {
         "month_start": "2024-04-01", "days_in_quarter": 30,
         **{k: sum(marts.daily[date(2024, 4, d)][k] for d in range(1, 31))
-           for k in ("total_events", "active_users", "revenue_cents")}}
+           for k in ("total_events", "active_users", "revenue_cents")}, "is_complete": True}
+    assert data["yoy_basis"] == "full" and data["compared_days"] == 365 and data["quarters"][0]["yoy_basis"] == "full"
     assert data["yoy_pct"]["revenue_cents"] == pytest.approx(float(round4(pct(this, prev))))  # type: ignore[arg-type]
 
     # a range instead of a year: the quarters overlapping it, against as many quarters before
@@ -591,3 +627,56 @@ def test_cli_invalidate_a_quarter(marts: Marts, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     # every day of the second quarter (91), its 14 ISO weeks, 3 months and the quarter itself
     assert re.search(r"invalidated [1-9]\d* key\(s\) for day:2024-04-01, .* \(\+102 tags\)", out), out
+
+
+# ---------------------------------------------------------------- like-for-like basis on partial data
+@pytest.fixture(scope="module")
+def partial(test_database: str) -> Iterator[Marts]:
+    """Data from Wednesday 2023-11-29 (mid-month, mid-week) to Thursday 2024-12-05 (mid-week, a
+    one-day... five-day December), across a leap day and a year boundary."""
+    with psycopg.connect(test_database, autocommit=True) as conn:
+        m = Marts(conn, date(2023, 11, 29), date(2024, 12, 5), seed=11)
+        yield m
+        m.drop()
+
+
+def test_typed_and_generic_rows_carry_the_basis(partial: Marts, cache: TwoTierCache) -> None:
+    with MetricsQueryService(cache=cache, schema=partial.schema, today=date(2024, 12, 5)) as svc:
+        months = svc.get_monthly_metrics(date(2023, 11, 1), date(2024, 12, 31))
+        weeks = svc.get_weekly_metrics(date(2023, 11, 27), date(2024, 12, 5))
+        generic = svc.get_period_metrics("month", date(2023, 11, 1), date(2024, 12, 31))
+    end = lambda d: month_add(d, 1) - timedelta(days=1)  # noqa: E731
+    for row, plain in zip(months, generic, strict=True):
+        for suffix, back in (("mom", -1), ("yoy", -12)):
+            prev = month_add(row.month_start, back)
+            want = like_for_like(partial.daily, (row.month_start, end(row.month_start)), (prev, end(prev)),
+                                 prev in partial.monthly)
+            assert (getattr(row, f"{suffix}_basis"), getattr(row, f"{suffix}_basis_days")) == \
+                (want["basis"], want["basis_days"]) == (plain[f"{suffix}_basis"], plain[f"{suffix}_basis_days"])
+            assert getattr(row, f"revenue_cents_{suffix}_pct") == want["revenue_cents"]
+        assert [b.is_complete for b in row.weekly_breakdown] == [b["is_complete"] for b in plain["weekly_breakdown"]]
+    by_start = {m.month_start: m for m in months}
+    # the first (partial) month has nothing before it; December 2023 compares with 2 days of November
+    assert by_start[date(2023, 11, 1)].mom_basis == "none" and by_start[date(2023, 11, 1)].mom_basis_days is None
+    assert (by_start[date(2023, 12, 1)].mom_basis, by_start[date(2023, 12, 1)].mom_basis_days) == ("partial_baseline", 2)
+    # the last month, five days in: to date against the same five days of November
+    assert (by_start[date(2024, 12, 1)].mom_basis, by_start[date(2024, 12, 1)].mom_basis_days) == ("to_date", 5)
+    assert by_start[date(2024, 11, 1)].yoy_basis == "partial_baseline" and by_start[date(2024, 11, 1)].yoy_basis_days == 2
+    assert weeks[-1].wow_basis == "to_date" and weeks[-1].wow_basis_days == 4  # Monday .. Thursday
+    assert weeks[0].wow_basis == "none" and weeks[1].wow_basis == "partial_baseline" and weeks[1].wow_basis_days == 5
+    assert [dataclasses.fields(type(weeks[0]))[i].name for i in (-2, -1)] == ["wow_basis_days", "wow_basis"]
+
+
+def test_yearly_summary_aligns_months_and_days(partial: Marts, cache: TwoTierCache) -> None:
+    with MetricsQueryService(cache=cache, schema=partial.schema, today=date(2024, 12, 5)) as svc:
+        y2024 = svc.get_monthly_metrics_summary(2024)
+        y2023 = svc.get_monthly_metrics_summary(2023)
+    # 2024 against 2023: only November (2 days: 29, 30) and December (1..5 of 2024 vs 1..5 of 2023)
+    pairs = month_pairs(date(2024, 1, 1), 12, 12)
+    for m in ("revenue_cents", "total_events", "new_users"):
+        cur, prev, days, compared = aligned(partial.daily, pairs, m)
+        assert (y2024.previous_year_totals[m], y2024.yoy_pct[m]) == (prev, round4(pct(cur, prev)))
+    assert (y2024.compared_months, y2024.compared_days) == (compared, days) == (2, 7)
+    assert y2024.growth_basis == "partial_baseline"
+    assert y2024.alignment == "Nov–Dec vs Nov–Dec, 7 aligned days"
+    assert y2023.compared_months == 0 and y2023.growth_basis == "none" and y2023.yoy_pct["revenue_cents"] is None

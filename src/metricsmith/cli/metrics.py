@@ -189,10 +189,24 @@ def cmd_values(args: argparse.Namespace) -> int:
         print(f"metricsmith: {d.model} failed at its last run, so it has no values: {d.run_error}", file=sys.stderr)
         return 1
     rows = svc.values(_user(args), args.slug, version=args.version, start=args.start, end=args.end)
-    lines = [f"{'period_start':<12} {'dimensions':<32} {'value':>16} {'previous':>16} {'growth %':>9}"]
-    lines += [f"{r['period_start']!s:<12} {json.dumps(r['dimensions']):<32} {_fmt(r['value']):>16} "
-              f"{_fmt(r['previous_value']):>16} {_fmt(r['growth_pct']):>9}" for r in rows]
-    return _out(args, rows, "\n".join(lines) if rows else "(no values yet: run `metricsmith metrics run`)")
+    return _out(args, rows, "\n".join(value_lines(rows)) if rows else "(no values yet: run `metricsmith metrics run`)")
+
+
+def value_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Custom metric values as text: each growth figure with its basis marker (none on ``full``)
+    and its basis, and the legend when a figure is not on the ``full`` basis."""
+    from metricsmith.query import BASIS_LEGEND, basis_mark
+
+    lines = [f"{'period_start':<12} {'dimensions':<32} {'value':>16} {'previous':>16} {'growth %':>11}  basis"]
+    for r in rows:
+        basis = r.get("growth_basis")
+        growth = "" if r["growth_pct"] is None else _fmt(r["growth_pct"]) + basis_mark(basis)
+        days = "" if r.get("growth_basis_days") is None else f" ({r['growth_basis_days']} days)"
+        lines.append(f"{r['period_start']!s:<12} {json.dumps(r['dimensions']):<32} {_fmt(r['value']):>16} "
+                     f"{_fmt(r['previous_value']):>16} {growth:>11}  {basis or ''}{days}")
+    if any(r.get("growth_basis") not in (None, "full") for r in rows):
+        lines.append(f"({BASIS_LEGEND})")
+    return lines
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from metricsmith.errors import UserFacingError
 from metricsmith.grains import Grain
 
 #: Columns shown by ``--format table`` for custom metric values (json and csv carry every column).
-CUSTOM_COLUMNS = ["period_start", "dimensions", "value", "previous_value", "growth_pct"]
+CUSTOM_COLUMNS = ["period_start", "dimensions", "value", "previous_value", "growth_pct", "growth_basis"]
 
 
 def table_columns(g: Grain) -> list[str]:
@@ -174,14 +174,47 @@ def _csv(dicts: list[dict[str, Any]], all_columns: list[str]) -> str:
     return out.getvalue().rstrip("\n")
 
 
-def _table(dicts: list[dict[str, Any]], wanted: list[str], money: dict[str, bool]) -> list[str]:
-    table = [wanted] + [[_cell(d[c], money[c]) for c in wanted] for d in dicts]
+def basis_column(column: str, all_columns: Sequence[str]) -> str | None:
+    """The basis column of a growth column (``revenue_cents_mom_pct`` -> ``mom_basis``;
+    ``growth_pct`` -> ``growth_basis``), if the rows have it."""
+    if column == "growth_pct":
+        name = "growth_basis"
+    elif column.endswith("_pct") and column.count("_") >= 2:
+        name = column[:-4].rsplit("_", 1)[1] + "_basis"
+    else:
+        return None
+    return name if name in all_columns else None
+
+
+def basis_mark(basis: str | None) -> str:
+    from metricsmith.query import basis_mark as mark  # the CLI imports the query service lazily
+
+    return mark(basis)
+
+
+def marked(text: str, basis: str | None) -> str:
+    """A growth figure's text with its basis marker (none on ``full``; none on an empty cell)."""
+    return text + basis_mark(basis) if text and text != "n/a" else text
+
+
+def legend() -> str:
+    from metricsmith.query import BASIS_LEGEND
+
+    return f"({BASIS_LEGEND})"
+
+
+def _table(dicts: list[dict[str, Any]], wanted: list[str], money: dict[str, bool],
+           bases: dict[str, str | None]) -> list[str]:
+    table = [wanted] + [[marked(_cell(d[c], money[c]), d.get(b)) if (b := bases[c]) else _cell(d[c], money[c])
+                         for c in wanted] for d in dicts]
     widths = [max(len(row[i]) for row in table) for i in range(len(wanted))]
     lines = ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True)))
              for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     if not dicts:
         lines.append("(no rows)")
+    if any(d[c] is not None and basis_mark(d.get(b)) for d in dicts for c, b in bases.items() if b):
+        lines.append(legend())
     return lines
 
 
@@ -204,7 +237,8 @@ def render_rows(rows: Sequence[dict[str, Any]], all_columns: list[str], default_
     if unknown:
         raise UserFacingError(f"unknown column(s) {', '.join(unknown)}; available: {', '.join(all_columns)}")
     money = {c: _is_money(c, currency) for c in wanted}
-    return "\n".join(_table(dicts, wanted, money) + (footer or []))
+    bases = {c: basis_column(c, all_columns) for c in wanted}
+    return "\n".join(_table(dicts, wanted, money, bases) + (footer or []))
 
 
 def _service(args: argparse.Namespace) -> Any:
@@ -223,8 +257,8 @@ def _amount(measure: str, value: int, currency: bool) -> str:
     return f"{value / 100:>16,.2f}" if currency and measure == _CENTS else f"{value:>16,}"
 
 
-def _pct(value: Decimal | None) -> str:
-    return "n/a" if value is None else f"{value:+.2f}%"
+def _pct(value: Decimal | None, basis: str | None = None) -> str:
+    return "n/a" if value is None else marked(f"{value:+.2f}%", basis)
 
 
 def _plural(n: int, name: str) -> str:
@@ -259,9 +293,13 @@ def _range_footer(g: Grain, summary: Any, currency: bool) -> list[str]:
     n = len(list(g.periods_between(summary.start, summary.end)))
     lines = [f"{_plural(len(summary.periods), g.name)}, {summary.complete_periods} complete; totals: "
              + ", ".join(_total(k, v, currency) for k, v in summary.totals.items())]
-    growth = ", ".join(f"{_currency_name(k) if currency else k} {_pct(v)}" for k, v in summary.growth_pct.items())
+    growth = ", ".join(f"{_currency_name(k) if currency else k} {_pct(v, summary.growth_basis)}"
+                       for k, v in summary.growth_pct.items())
     lines.append(f"vs the previous {_plural(n, g.name)} ({summary.previous_start} .. {summary.previous_end}; "
-                 f"{summary.compared_periods} compared, each with the {g.name} {n} before): {growth}")
+                 f"{summary.compared_periods} compared, each with the {g.name} {n} before, "
+                 f"{summary.compared_days} aligned days): {growth}")
+    if summary.growth_basis != "full":
+        lines.append(legend())
     return lines
 
 
@@ -275,16 +313,19 @@ def _print_year(args: argparse.Namespace, svc: Any, g: Grain, year_: int) -> int
     if args.format == "json":
         data = {"year": year_, f"{g.name}s": summary.periods, "totals": summary.totals,
                 "previous_year_totals": summary.previous_totals, f"{suffix}_pct": summary.growth_pct,
-                f"compared_{g.name}s": summary.compared_periods}
+                f"compared_{g.name}s": summary.compared_periods, "compared_days": summary.compared_days,
+                f"{suffix}_basis": summary.growth_basis, "alignment": summary.alignment}
         print(json.dumps(_plain(_in_currency(data, "") if args.currency else data), indent=2))
         return 0
     footer = [f"{year_} ({_plural(len(summary.periods), g.name)}) vs the same {g.name}s of {year_ - 1}: "
-              f"the {_plural(summary.compared_periods, g.name)} both years have"]
+              f"{summary.alignment} (the {g.name}s and days both years have)"]
     for measure, growth in summary.growth_pct.items():
         name = _currency_name(measure) if args.currency else measure
         now = _amount(measure, summary.compared_totals[measure], args.currency)
         before = _amount(measure, summary.previous_totals[measure], args.currency)
-        footer.append(f"  {name:<14} {now}  vs {before}  {growth_label(suffix)} {_pct(growth)}")
+        footer.append(f"  {name:<14} {now}  vs {before}  {growth_label(suffix)} {_pct(growth, summary.growth_basis)}")
+    if summary.growth_basis != "full":
+        footer.append(legend())
     print(render_rows(summary.periods, period_columns(g), table_columns(g), args.format, args.columns,
                       footer if args.format == "table" else None, currency=args.currency))
     return 0

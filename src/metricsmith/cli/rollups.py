@@ -58,16 +58,19 @@ def growth_label(suffix: str) -> str:
     return suffix[0].upper() + suffix[1:-1] + suffix[-1].upper() if len(suffix) == 3 else suffix.upper()
 
 
-def _pct(value: Any) -> str:
-    return "    n/a" if value is None else f"{float(value):+7.1f}%"
+def _pct(value: Any, basis: str | None = None) -> str:
+    """A growth figure, 10 wide: ``  +4.2%ᵗᵈ`` (the basis marker; none on ``full``)."""
+    from metricsmith.query import basis_mark
+
+    return "    n/a   " if value is None else f"{float(value):+7.1f}%{basis_mark(basis):<2}"
 
 
 def _period_lines(g: Grain, rows: list[dict[str, Any]]) -> list[str]:
     growth = "  ".join(f"events/users/revenue {growth_label(c.suffix)}" for c in g.comparisons)
     lines = [f"{g.name:<11} days  events     users   new     revenue     {growth}"]
     for r in rows:
-        pcts = "  ".join(" ".join(_pct(r.get(f"{m}_{c.suffix}_pct")) for m in ("total_events", "active_users",
-                                                                             "revenue_cents"))
+        pcts = "  ".join(" ".join(_pct(r.get(f"{m}_{c.suffix}_pct"), r.get(f"{c.suffix}_basis"))
+                                  for m in ("total_events", "active_users", "revenue_cents"))
                          for c in g.comparisons)
         lines.append(
             f"{r[g.start_column]}  {r['days_with_data']:>2}{' ' if r['is_complete'] else '*'} "
@@ -78,10 +81,14 @@ def _period_lines(g: Grain, rows: list[dict[str, Any]]) -> list[str]:
 
 def render_periods(latest: dict[str, list[dict[str, Any]]]) -> str:
     """A compact text table of the latest periods of each grain (name -> rows) with their growth."""
+    from metricsmith.query import BASIS_LEGEND
+
     lines: list[str] = []
     for name, rows in latest.items():
         lines += _period_lines(grains.get(name), rows)
     lines.append("(* = period not complete; revenue in currency units)")
+    if any("%" in p and p.rstrip()[-1] != "%" for line in lines for p in line.split()):
+        lines.append(f"({BASIS_LEGEND})")
     return "\n".join(lines)
 
 

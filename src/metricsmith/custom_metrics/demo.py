@@ -7,6 +7,7 @@ from typing import Any
 
 from metricsmith.custom_metrics.errors import MetricNotFound
 from metricsmith.custom_metrics.service import CustomMetricsService
+from metricsmith.query import BASIS_LEGEND, CustomMetricValue, MetricsQueryService, basis_mark
 
 DEMO_USER = "demo_analyst"
 DEMO_METRICS: list[dict[str, Any]] = [
@@ -45,11 +46,23 @@ def step_custom_metrics() -> None:
         where = where.relative_to(svc.project_dir)
     print(f"compiled {where} and ran {len(run.results)} models "
           f"in {time.perf_counter() - t0:.1f} s")
-    for d in svc.list_metrics(DEMO_USER):
-        if d.owner_id != DEMO_USER:
-            continue
-        rows = svc.values(DEMO_USER, d.slug)[-3:]
-        print(f"{d.slug} ({d.spec['type']}, {d.spec.get('grain', 'day')}):")
-        for r in rows:
-            print(f"  {r['period_start']}  value {_num(r['value']):>14}  previous {_num(r['previous_value']):>14}"
-                  f"  growth {_num(r['growth_pct']):>7} %")
+    marked = False
+    with MetricsQueryService(use_cache=False) as reader:
+        for d in svc.list_metrics(DEMO_USER):
+            if d.owner_id != DEMO_USER:
+                continue
+            rows = reader.get_custom_metric_values(d.slug, user=DEMO_USER)[-3:]
+            print(f"{d.slug} ({d.spec['type']}, {d.spec.get('grain', 'day')}):")
+            for r in rows:
+                print("  " + value_line(r))
+                marked = marked or r.growth_basis not in (None, "full")
+    if marked:
+        print(f"  ({BASIS_LEGEND})")
+
+
+def value_line(r: CustomMetricValue) -> str:
+    """One value with its growth, the growth's basis marker (none on ``full``) and its basis."""
+    growth = "" if r.growth_pct is None else f"{_num(r.growth_pct)} %{basis_mark(r.growth_basis)}"
+    days = "" if r.growth_basis_days is None else f", {r.growth_basis_days} days"
+    return (f"{r.period_start}  value {_num(r.value):>14}  previous {_num(r.previous_value):>14}"
+            f"  growth {growth:>10}  ({r.growth_basis or 'basis unknown'}{days})")

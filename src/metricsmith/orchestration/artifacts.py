@@ -7,12 +7,20 @@ from typing import Any
 
 from metricsmith import grains
 from metricsmith.orchestration.runner import GROWTH_MEASURES, JobResult
+from metricsmith.query import BASIS_LEGEND, basis_mark
 
 _LABELS = {"total_events": "events", "active_users": "active users", "revenue_cents": "revenue"}
 
 
-def _pct(v: Any) -> str:
-    return "n/a" if v is None else f"{float(v):+.1f} %"
+def _pct(v: Any, basis: str | None = None) -> str:
+    """A growth figure with its basis marker (none on ``full``): ``+4.2 %ᵗᵈ``."""
+    return "n/a" if v is None else f"{float(v):+.1f} %{basis_mark(basis)}"
+
+
+def _marked(rows: list[dict[str, Any]], grain: grains.Grain) -> bool:
+    """Whether a figure of ``rows`` shows a marker (a growth value on a basis other than full)."""
+    return any(r.get(f"{m}_{c.suffix}_pct") is not None and basis_mark(r.get(f"{c.suffix}_basis"))
+               for c in grain.comparisons for m in GROWTH_MEASURES for r in rows)
 
 
 def _summary(result: JobResult) -> list[str]:
@@ -42,9 +50,11 @@ def _grain_table(grain: grains.Grain, rows: list[dict[str, Any]]) -> list[str]:
     body = []
     for row in rows:
         cells = [str(row[grain.start_column]), f"{row['total_events']:,}", f"{row['active_users']:,}",
-                 f"{row['revenue_cents'] / 100:,.2f}", *(_pct(row.get(f"{m}_{s}_pct")) for m, s in growth)]
+                 f"{row['revenue_cents'] / 100:,.2f}",
+                 *(_pct(row.get(f"{m}_{s}_pct"), row.get(f"{s}_basis")) for m, s in growth)]
         body.append("| " + " | ".join(cells) + " |")
-    return head + body
+    legend = ["", f"_{BASIS_LEGEND}_"] if _marked(rows, grain) else []
+    return head + body + legend
 
 
 def render_markdown(result: JobResult) -> str:

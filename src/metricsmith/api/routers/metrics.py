@@ -1,9 +1,11 @@
 """``/v1/metrics/{grain}`` and ``/v1/metrics/{grain}/summary`` for every grain declared in
 ``dbt_project.yml`` (:mod:`metricsmith.grains`), read through the query service's cache.
 
-Every row carries its completeness (``is_complete``; for the day grain: the day is over) and its
-growth basis (``growth_basis``: for each growth comparison, the start of the period it compares
-with). Closed ranges answer with the closed cache tier's ``max-age``, open ones at most 300 s;
+Every row carries its completeness (``is_complete``; for the day grain: the day is over), the
+like-for-like basis of each comparison's growth (the mart's ``<cmp>_basis`` - ``full``,
+``to_date``, ``partial_baseline``, ``none`` - and ``<cmp>_basis_days``, sent with any growth
+column of that comparison) and its baseline (``growth_baseline``: for each comparison, the start
+of the period it compares with). Closed ranges answer with the closed cache tier's ``max-age``, open ones at most 300 s;
 both with a strong ETag (``If-None-Match`` -> 304).
 """
 
@@ -62,18 +64,28 @@ def carried(g: Grain, row: dict[str, Any], today: date) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if "is_complete" not in row:
         extra["is_complete"] = g.end_of(start) < today
-    extra["growth_basis"] = {c.suffix: c.baseline(start) for c in g.comparisons}
+    extra["growth_baseline"] = {c.suffix: c.baseline(start) for c in g.comparisons}
     return {**row, **extra}
+
+
+def with_basis(g: Grain, chosen: list[str], columns: list[str]) -> list[str]:
+    """``chosen`` plus the basis columns of every comparison a chosen growth column belongs to
+    (a growth figure never travels without its basis), in mart order."""
+    wanted = set(chosen)
+    for c in g.comparisons:
+        if any(f.endswith(f"_{c.suffix}_pct") for f in chosen):
+            wanted.update(col for col in columns if col in (f"{c.suffix}_basis", f"{c.suffix}_basis_days"))
+    return [col for col in columns if col in wanted]
 
 
 def _csv_columns(g: Grain, fields: list[str]) -> list[str]:
     tail = [] if "is_complete" in fields else ["is_complete"]
-    return [*fields, *tail, *(f"growth_basis_{c.suffix}" for c in g.comparisons)]
+    return [*fields, *tail, *(f"growth_baseline_{c.suffix}" for c in g.comparisons)]
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    basis = row.pop("growth_basis", {})
-    return {**row, **{f"growth_basis_{k}": v for k, v in basis.items()}}
+    baseline = row.pop("growth_baseline", {})
+    return {**row, **{f"growth_baseline_{k}": v for k, v in baseline.items()}}
 
 
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {304: {"description": "the client's If-None-Match holds the current ETag"},
@@ -91,7 +103,8 @@ def metrics(request: Request, grain: Annotated[str, _grain_path()], state: State
             accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
     g = grain_param(grain)
     lo, hi = _range(state, g, start, end)
-    chosen = params.parse_fields(fields, state.query.period_columns(g.name), keep=[g.start_column])
+    columns = state.query.period_columns(g.name)
+    chosen = with_basis(g, params.parse_fields(fields, columns, keep=[g.start_column]), columns)
     kind = params.parse_format(format, accept)
     today = state.query.today()
     rows = [carried(g, {c: r[c] for c in chosen}, today) for r in state.query.get_period_metrics(g.name, lo, hi)]

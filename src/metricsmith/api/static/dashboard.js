@@ -61,6 +61,20 @@ async function loadGrains() {
   document.getElementById("end").value = params.get("end") || isoDaysAgo(0);
 }
 
+// a growth figure on a basis other than "full" carries a marker (the legend says what each means)
+const BASIS_MARKS = { full: "", to_date: "ᵗᵈ", partial_baseline: "ᵖᵇ", none: "ⁿ" };
+const BASIS_TEXT = { to_date: "period to date vs the same days of the previous period",
+                     partial_baseline: "only the days the partial previous period has", none: "nothing to compare" };
+
+function basisMark(basis) {
+  return basis ? (BASIS_MARKS[basis] === undefined ? "?" : BASIS_MARKS[basis]) : "";
+}
+
+function basisColumn(grain) {
+  const g = state.grains.find((x) => x.name === grain);
+  return g && g.comparisons.length ? g.comparisons[0] + "_basis" : null;
+}
+
 function growthColumn(grain, measure) {
   const g = state.grains.find((x) => x.name === grain);
   return g && g.comparisons.length ? measure + "_" + g.comparisons[0] + "_pct" : null;
@@ -77,8 +91,9 @@ function drawSeries(grain, rows) {
       { type: "bar", name: label, x: rows.map((r) => r[key]), y: rows.map((r) => r[measure]),
         marker: { color: rows.map((r) => (r.is_complete ? COLORS.complete : COLORS.partial)),
                   pattern: { shape: rows.map((r) => (r.is_complete ? "" : "/")) } },
-        customdata: rows.map((r) => [growth ? r[growth] : null, r.is_complete ? "" : " (partial period)"]),
-        hovertemplate: "%{x}: %{y}%{customdata[1]}" + (growth ? "<br>growth %{customdata[0]:.1f} %" : "")
+        customdata: rows.map((r) => [growth ? r[growth] : null, r.is_complete ? "" : " (partial period)",
+                                     basisMark(r[basisColumn(grain)])]),
+        hovertemplate: "%{x}: %{y}%{customdata[1]}" + (growth ? "<br>growth %{customdata[0]:.1f} %%{customdata[2]}" : "")
           + "<extra></extra>" },
     ];
     const layout = Object.assign({}, LAYOUT, { title: { text: label + " — " + g.adjective }, showlegend: false });
@@ -104,9 +119,14 @@ function drawSummary(summary, rows) {
     tile.querySelector(".label").textContent = label + (additive ? " (total, " : " (mean per period, ")
       + summary.complete_periods + " complete of " + summary.periods.length + ")";
     tile.querySelector(".value").textContent = fmt(additive ? summary.totals[measure] : mean);
-    tile.querySelector(".growth").textContent = !additive ? "distinct counts do not add up across periods"
+    const basis = summary.growth_basis || "full";
+    const growthEl = tile.querySelector(".growth");
+    growthEl.dataset.basis = basis;
+    growthEl.textContent = !additive ? "distinct counts do not add up across periods"
       : growth === null || growth === undefined ? "no comparison"
-      : (growth >= 0 ? "+" : "") + fmt(growth) + " % vs the " + summary.compared_periods + " periods before";
+      : (growth >= 0 ? "+" : "") + fmt(growth) + " %" + basisMark(basis) + " vs the " + summary.compared_periods
+        + " periods before (" + summary.alignment + ")" + (BASIS_TEXT[basis] ? "; " + basisMark(basis) + " "
+        + BASIS_TEXT[basis] : "");
     tiles.appendChild(tile);
   }
 }
