@@ -9,9 +9,18 @@
     Incremental: the periods of int_changed_days are recomputed whole; the periods whose growth
     compares with one of them get their growth columns recomputed from the stored rows.
     The model passes the relations it reads (its refs): int_daily_activity, daily_metrics
-    (new_users of each day) and int_changed_days.
+    (new_users of each day), int_changed_days and stg_events.
+
+    Growth is like-for-like (docs/rollups.md "Like-for-like growth"): a period's days are
+    numbered by their offset in the period; a comparison uses the offsets both periods have on
+    the spine (the whole periods when both are complete, except comparisons of a month with the
+    month a year earlier, which align by day of month and so leave 29 February out). Each
+    comparison gets <cmp>_basis_days and <cmp>_basis ('full', 'to_date', 'partial_baseline',
+    'none'). Distinct counts over the aligned days are sums of the "first in <grain>" counts
+    over a prefix of the period's spine days (exact); only the current period of a
+    'partial_baseline' comparison (its aligned days are a suffix) counts its users from stg_events.
 -#}
-{% macro period_metrics(grain_name, activity, daily, changed_days) -%}
+{% macro period_metrics(grain_name, activity, daily, changed_days, events) -%}
 {%- set g = metricsmith.grain(grain_name) -%}
 {%- if g.unit == 'day' -%}
     {{ exceptions.raise_compiler_error("period_metrics builds the marts of grains longer than a day, not " ~ g.name) }}
@@ -80,6 +89,9 @@ parts as (
         period_start,
         part_start,
         cast(count(*) as {{ dbt.type_int() }}) as days_in_period,
+        count(*) = {{ dbt.datediff('greatest(part_start, period_start)',
+            'least(' ~ metricsmith.period_end(part, 'part_start') ~ ', ' ~ metricsmith.period_end(g, 'period_start') ~ ')', 'day') }} + 1
+            as is_complete,
         cast(sum(total_events) as {{ dbt.type_bigint() }}) as total_events,
         cast(sum(users_first_in_{{ metricsmith.breakdown_window(g) }}) as {{ dbt.type_bigint() }}) as active_users,
         cast(sum(revenue_cents) as {{ metricsmith.type_cents() }}) as revenue_cents
@@ -95,6 +107,7 @@ breakdowns as (
         {{ metricsmith.json_object_array([
             (part.start, 'part_start'),
             ('days_in_' ~ g.name, 'days_in_period'),
+            ('is_complete', 'is_complete'),
             ('total_events', 'total_events'),
             ('active_users', 'active_users'),
             ('revenue_cents', 'revenue_cents'),
@@ -152,17 +165,143 @@ current_periods as (
 
 ),
 
-comparable_periods as (
+spine as (
 
-    select {{ g.start }}, {{ growth_measures | join(', ') }} from recomputed
-    {%- if is_incremental() %}
-    union all
-    select {{ g.start }}, {{ growth_measures | join(', ') }}
-    from {{ this }}
-    where {{ g.start }} not in (select period_start from refresh_periods)
-    {%- endif %}
+    select min(metric_date) as first_day, max(metric_date) as last_day
+    from {{ daily }}
 
 ),
+
+-- every spine day's values that a growth comparison sums over its aligned days
+day_values as (
+
+    select
+        day_activity.metric_date,
+        day_activity.total_events,
+        day_activity.users_first_in_{{ g.name }} as users_first,
+        day_daily.new_users,
+        day_activity.revenue_cents
+    from {{ activity }} as day_activity
+    inner join {{ daily }} as day_daily on day_daily.metric_date = day_activity.metric_date
+
+),
+{%- for suffix, spec in compare.items() %}
+{%- set by_day_of_month = g.unit == 'month' and (g.get('count', 1) | int) == 1
+    and spec.get('months') is not none and (spec.months | int) % 12 == 0 %}
+
+-- {{ suffix }}: the present days of each period and of its baseline period
+{{ suffix }}_bounds as (
+
+    select
+        period_start,
+        prev_start,
+        greatest(period_start, spine.first_day) as cur_from,
+        least(period_end, spine.last_day) as cur_to,
+        greatest(prev_start, spine.first_day) as prev_from,
+        least(prev_end, spine.last_day) as prev_to,
+        period_end,
+        prev_end
+    from (
+        select
+            {{ g.start }} as period_start,
+            {{ g.end }} as period_end,
+            {{ metricsmith.comparison_shift(spec, g.start, -1) }} as prev_start,
+            {{ metricsmith.period_end(g, metricsmith.comparison_shift(spec, g.start, -1)) }} as prev_end
+        from current_periods
+    ) as periods
+    cross join spine
+
+),
+
+-- {{ suffix }}: the aligned day offsets (both periods on the spine)
+{{ suffix }}_offsets as (
+
+    select
+        period_start,
+        prev_start,
+        cur_from,
+        cur_to,
+        prev_from,
+        prev_to,
+        prev_from <= prev_to as has_prev,
+        cur_from = period_start and cur_to = period_end as cur_complete,
+        prev_from = prev_start and prev_to = prev_end as prev_complete,
+        greatest({{ dbt.datediff('period_start', 'cur_from', 'day') }},
+                 {{ dbt.datediff('prev_start', 'prev_from', 'day') }}) as lo,
+        least({{ dbt.datediff('period_start', 'cur_to', 'day') }},
+              {{ dbt.datediff('prev_start', 'prev_to', 'day') }}) as hi
+    from {{ suffix }}_bounds
+
+),
+
+{{ suffix }}_ranges as (
+
+    select
+        period_start,
+        cur_from,
+        case
+            when not has_prev or hi < lo then 'none'
+            when not prev_complete then 'partial_baseline'
+            when not cur_complete then 'to_date'
+            else 'full'
+        end as basis,
+        case
+            when not has_prev then null
+            {%- if not by_day_of_month %}
+            when cur_complete and prev_complete then {{ dbt.datediff('cur_from', 'cur_to', 'day') }} + 1
+            {%- endif %}
+            else greatest(hi - lo + 1, 0)
+        end as basis_days,
+        {%- if by_day_of_month %}
+        {{ metricsmith.add_days('period_start', 'lo') }} as cur_lo,
+        {{ metricsmith.add_days('period_start', 'hi') }} as cur_hi,
+        {{ metricsmith.add_days('prev_start', 'lo') }} as prev_lo,
+        {{ metricsmith.add_days('prev_start', 'hi') }} as prev_hi
+        {%- else %}
+        case when cur_complete and prev_complete then cur_from else {{ metricsmith.add_days('period_start', 'lo') }} end as cur_lo,
+        case when cur_complete and prev_complete then cur_to else {{ metricsmith.add_days('period_start', 'hi') }} end as cur_hi,
+        case when cur_complete and prev_complete then prev_from else {{ metricsmith.add_days('prev_start', 'lo') }} end as prev_lo,
+        case when cur_complete and prev_complete then prev_to else {{ metricsmith.add_days('prev_start', 'hi') }} end as prev_hi
+        {%- endif %}
+    from {{ suffix }}_offsets
+
+),
+
+{%- for side in ['cur', 'prev'] %}
+
+{{ suffix }}_{{ side }}_values as (
+
+    select
+        r.period_start,
+        sum(d.total_events) as total_events,
+        sum(d.users_first) as active_users,
+        sum(d.new_users) as new_users,
+        sum(d.revenue_cents) as revenue_cents
+    from {{ suffix }}_ranges as r
+    inner join day_values as d on d.metric_date between r.{{ side }}_lo and r.{{ side }}_hi
+    where r.basis <> 'none'
+    group by r.period_start
+
+),
+{%- endfor %}
+
+-- {{ suffix }}: distinct users over aligned days that are not a prefix of the period's
+-- spine days (the current period of a partial baseline) are counted from the events
+{{ suffix }}_suffix_users as (
+
+    select
+        r.period_start,
+        count(distinct e.user_id) as active_users
+    from {{ suffix }}_ranges as r
+    inner join {{ events }} as e
+        on e.event_date between r.cur_lo and r.cur_hi
+        and e.occurred_at >= {{ dbt.dateadd('day', -2, 'r.cur_lo') }}
+        and e.occurred_at < {{ dbt.dateadd('day', 3, 'r.cur_hi') }}
+    where r.basis <> 'none' and r.cur_lo > r.cur_from
+    group by r.period_start
+
+),
+{%- endfor %}
 
 final as (
 
@@ -178,19 +317,23 @@ final as (
         cur.avg_daily_active_users,
         cur.avg_daily_revenue_cents{{ ',' if compare or part }}
         {%- for suffix, spec in compare.items() %}
-        {%- set last_comparison = loop.last %}
         {%- for column in growth_measures %}
-        {{ metricsmith.growth_pct('cur.' ~ column, 'prev_' ~ suffix ~ '.' ~ column) }}
-            as {{ column }}_{{ suffix }}_pct{{ ',' if part or not (last_comparison and loop.last) }}
+        {%- set current_value = ('coalesce(' ~ suffix ~ '_su.active_users, ' ~ suffix ~ '_cv.active_users)')
+            if column == 'active_users' else suffix ~ '_cv.' ~ column %}
+        {{ metricsmith.growth_pct(current_value, suffix ~ '_pv.' ~ column) }} as {{ column }}_{{ suffix }}_pct,
         {%- endfor %}
+        cast({{ suffix }}_r.basis_days as {{ dbt.type_int() }}) as {{ suffix }}_basis_days,
+        cast({{ suffix }}_r.basis as {{ dbt.type_string() }}) as {{ suffix }}_basis{{ ',' if part or not loop.last }}
         {%- endfor %}
         {%- if part %}
         cur.{{ part.adjective }}_breakdown
         {%- endif %}
     from current_periods as cur
     {%- for suffix, spec in compare.items() %}
-    left join comparable_periods as prev_{{ suffix }}
-        on prev_{{ suffix }}.{{ g.start }} = {{ metricsmith.comparison_shift(spec, 'cur.' ~ g.start, -1) }}
+    left join {{ suffix }}_ranges as {{ suffix }}_r on {{ suffix }}_r.period_start = cur.{{ g.start }}
+    left join {{ suffix }}_cur_values as {{ suffix }}_cv on {{ suffix }}_cv.period_start = cur.{{ g.start }}
+    left join {{ suffix }}_prev_values as {{ suffix }}_pv on {{ suffix }}_pv.period_start = cur.{{ g.start }}
+    left join {{ suffix }}_suffix_users as {{ suffix }}_su on {{ suffix }}_su.period_start = cur.{{ g.start }}
     {%- endfor %}
 
 )

@@ -1,1 +1,1 @@
-{{ metricsmith.period_metrics('quarter', ref('int_daily_activity'), ref('daily_metrics'), ref('int_changed_days')) }}
+{{ metricsmith.period_metrics('quarter', ref('int_daily_activity'), ref('daily_metrics'), ref('int_changed_days'), ref('stg_events')) }}  -- noqa: LT05

@@ -95,6 +95,19 @@ def _quarter_end(q: date) -> date:
     return _add_months(q, 3) - timedelta(days=1)
 
 
+def _month_len(s: date) -> int:
+    return (_month_end(s) - s).days + 1
+
+
+def _quarter_len(s: date) -> int:
+    return (_quarter_end(s) - s).days + 1
+
+
+def _week_days_in_month(week: date, month: date) -> int:
+    """How many days of the week starting ``week`` lie in ``month`` (a breakdown part's full size)."""
+    return sum(1 for i in range(7) if (week + timedelta(days=i)).replace(day=1) == month)
+
+
 def _measures(evs: list[tuple[date, Event]], days: list[date], first_seen: dict[str, date]) -> dict[str, Any]:
     dayset = set(days)
     return {
@@ -109,15 +122,53 @@ def _measures(evs: list[tuple[date, Event]], days: list[date], first_seen: dict[
     }
 
 
-def _add_growth(rows: list[dict[str, Any]], key: str, baselines: dict[str, Any]) -> None:
-    """``<measure>_<suffix>_pct`` for every comparison: growth against the row whose key is
-    ``baselines[suffix](row key)`` (the columns in the marts' order: suffix by suffix)."""
-    by_key = {r[key]: r for r in rows}
+@dataclass
+class _Days:
+    """The spine, its events by day and each user's first day: what a comparison recomputes from."""
+    spine: set[date]
+    by_day: dict[date, list[tuple[date, Event]]]
+    first_seen: dict[str, date]
+
+    def measures(self, days: list[date]) -> dict[str, Any]:
+        return _measures([x for d in days for x in self.by_day.get(d, [])], days, self.first_seen)
+
+
+def _basis(cur_off: set[int], prev_off: set[int], cur_len: int, prev_len: int,
+           by_dom: bool) -> tuple[str, list[int] | None]:
+    """The basis of one comparison and the aligned day offsets (None: the whole periods)."""
+    cur_full, prev_full = len(cur_off) == cur_len, len(prev_off) == prev_len
+    if cur_full and prev_full and not by_dom:
+        return "full", None
+    both = sorted(cur_off & prev_off)
+    basis = ("none" if not both else "partial_baseline" if not prev_full
+             else "to_date" if not cur_full else "full")
+    return basis, both
+
+
+def _add_growth(rows: list[dict[str, Any]], key: str, length: Any, shift: Any, suffix: str, by_dom: bool,
+                days: _Days) -> None:
+    """Like-for-like growth and basis of one comparison, straight from the definition: the day
+    offsets both periods have on the spine (whole periods when both are complete, unless the
+    comparison aligns by day of month), measures recomputed from the events of those days."""
     for r in rows:
-        for suffix, baseline in baselines.items():
-            prev = by_key.get(baseline(r[key]))
+        start = r[key]
+        prev_start = shift(start)
+        cur_days = [start + timedelta(days=i) for i in range(length(start))]
+        prev_days = [prev_start + timedelta(days=i) for i in range(length(prev_start))]
+        prev_off = {i for i, d in enumerate(prev_days) if d in days.spine}
+        if not prev_off:  # no previous period
             for c in GROWTH:
-                r[f"{c}_{suffix}_pct"] = _growth(r[c], prev, c)
+                r[f"{c}_{suffix}_pct"] = None
+            r[f"{suffix}_basis_days"], r[f"{suffix}_basis"] = None, "none"
+            continue
+        basis, both = _basis({i for i, d in enumerate(cur_days) if d in days.spine}, prev_off,
+                             len(cur_days), len(prev_days), by_dom)
+        cur_sel = cur_days if both is None else [cur_days[i] for i in both]
+        prev_sel = prev_days if both is None else [prev_days[i] for i in both]
+        cur_m, prev_m = days.measures(cur_sel), days.measures(prev_sel)
+        for c in GROWTH:
+            r[f"{c}_{suffix}_pct"] = None if basis == "none" else _growth(cur_m[c], prev_m, c)
+        r[f"{suffix}_basis_days"], r[f"{suffix}_basis"] = len(cur_sel), basis
 
 
 def reference(events: list[Event], tz: str, rules: EventRules | None = None) -> dict[str, list[dict[str, Any]]]:
@@ -159,24 +210,27 @@ def reference(events: list[Event], tz: str, rules: EventRules | None = None) -> 
         return rows
 
     weekly = period_rows(_monday, lambda s: s + timedelta(days=6), lambda s: 7, "week")
-    _add_growth(weekly, "week_start", {"wow": lambda s: s - timedelta(days=7)})
-    monthly = period_rows(lambda d: d.replace(day=1), _month_end, lambda s: (_month_end(s) - s).days + 1, "month")
-    _add_growth(monthly, "month_start", {"mom": lambda s: _add_months(s, -1), "yoy": lambda s: _add_months(s, -12)})
+    days = _Days(set(spine), by_day, first_seen)
+    _add_growth(weekly, "week_start", lambda s: 7, lambda s: s - timedelta(days=7), "wow", False, days)
+    monthly = period_rows(lambda d: d.replace(day=1), _month_end, _month_len, "month")
+    _add_growth(monthly, "month_start", _month_len, lambda s: _add_months(s, -1), "mom", False, days)
+    _add_growth(monthly, "month_start", _month_len, lambda s: _add_months(s, -12), "yoy", True, days)
     for r in monthly:
         r["weekly_breakdown"] = _breakdown([d for d in spine if d.replace(day=1) == r["month_start"]], by_day,
-                                           _monday, "week_start", "days_in_month")
-    quarterly = period_rows(_quarter_start, _quarter_end, lambda s: (_quarter_end(s) - s).days + 1, "quarter")
-    _add_growth(quarterly, "quarter_start",
-                {"qoq": lambda s: _add_months(s, -3), "yoy": lambda s: _add_months(s, -12)})
+                                           _monday, "week_start", "days_in_month",
+                                           lambda w, m=r["month_start"]: _week_days_in_month(w, m))
+    quarterly = period_rows(_quarter_start, _quarter_end, _quarter_len, "quarter")
+    _add_growth(quarterly, "quarter_start", _quarter_len, lambda s: _add_months(s, -3), "qoq", False, days)
+    _add_growth(quarterly, "quarter_start", _quarter_len, lambda s: _add_months(s, -12), "yoy", False, days)
     for r in quarterly:
         r["monthly_breakdown"] = _breakdown([d for d in spine if _quarter_start(d) == r["quarter_start"]], by_day,
-                                            lambda d: d.replace(day=1), "month_start", "days_in_quarter")
+                                            lambda d: d.replace(day=1), "month_start", "days_in_quarter", _month_len)
     return {"daily_metrics": daily, "weekly_metrics": weekly, "monthly_metrics": monthly,
             "quarterly_metrics": quarterly}
 
 
 def _breakdown(days_in_period: list[date], by_day: dict[date, list[tuple[date, Event]]], part_of: Any,
-               start_key: str, days_key: str) -> list[dict[str, Any]]:
+               start_key: str, days_key: str, part_days: Any) -> list[dict[str, Any]]:
     """The parts of one period (its days grouped by ``part_of``), ordered, as the marts' jsonb."""
     parts: dict[date, list[date]] = defaultdict(list)
     for d in days_in_period:
@@ -184,7 +238,8 @@ def _breakdown(days_in_period: list[date], by_day: dict[date, list[tuple[date, E
     out = []
     for start, days in sorted(parts.items()):
         evs = [x for d in days for x in by_day.get(d, [])]
-        out.append({start_key: start.isoformat(), days_key: len(days), "total_events": len(evs),
+        out.append({start_key: start.isoformat(), days_key: len(days), "is_complete": len(days) == part_days(start),
+                    "total_events": len(evs),
                     "active_users": len({e.user_id for _, e in evs if e.user_id is not None}),
                     "revenue_cents": sum(e.revenue_cents for _, e in evs)})
     return out

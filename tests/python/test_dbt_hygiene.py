@@ -156,7 +156,7 @@ def test_the_new_macros_are_documented(default_manifest: dict[str, Any]) -> None
                  "growth_pct", "test_breakdown_matches_period"):
         assert macros[name]["description"].strip(), name
     assert [a["name"] for a in macros["period_metrics"]["arguments"]] == [
-        "grain_name", "activity", "daily", "changed_days"]
+        "grain_name", "activity", "daily", "changed_days", "events"]
     assert {"default__growth_pct", "postgres__growth_pct"} <= set(macros)
 
 

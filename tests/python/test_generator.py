@@ -129,3 +129,37 @@ def test_a_range_past_today_is_refused() -> None:
         EventGenerator(days=1, events_per_day=10, seed=1, start=tomorrow)
     with pytest.raises(ValueError, match="no future events"):
         EventGenerator(days=3, events_per_day=10, seed=1, start=tomorrow - timedelta(days=2))
+
+
+def test_a_year_starting_on_the_28th_has_like_for_like_growth_and_flags(empty_events: psycopg.Connection[Any]) -> None:
+    """Issue 12: a generated year starting on the 28th (2024-11-28, a Thursday) used to show YoY users of
+    thousands of percent against a 3-day November. Like-for-like: no growth above +500 % on the
+    full basis, and every comparison with the first partial month / week, or of the last
+    partial ones, says so in its basis."""
+    from metricsmith import rollups
+
+    generate_to_db(days=370, events_per_day=500, seed=12, start=date(2024, 11, 28))
+    rollups.run_rollups(full_refresh=True, quiet=True)
+    conn = empty_events
+    for table, key, cmps in (("weekly_metrics", "week_start", ("wow",)), ("monthly_metrics", "month_start", ("mom", "yoy")),
+                             ("quarterly_metrics", "quarter_start", ("qoq", "yoy"))):
+        cur = conn.execute(f"select * from analytics.{table} order by {key}")
+        rows = [dict(zip([d.name for d in cur.description], r, strict=True)) for r in cur.fetchall()]
+        for r in rows:
+            for c in cmps:
+                if r[f"{c}_basis"] == "full":
+                    for m in ("total_events", "active_users", "new_users", "revenue_cents"):
+                        value = r[f"{m}_{c}_pct"]
+                        assert value is None or value <= 500, (table, r[key], m, c, value)
+        assert all(r[f"{c}_basis"] == "none" and r[f"{c}_basis_days"] is None for c in cmps for r in rows[:1])
+    months = {r[0]: r[1:] for r in conn.execute(
+        "select month_start, is_complete, mom_basis, mom_basis_days, yoy_basis, yoy_basis_days "
+        "from analytics.monthly_metrics").fetchall()}
+    assert months[date(2024, 11, 1)] == (False, "none", None, "none", None)
+    assert months[date(2024, 12, 1)][1:4] == ("partial_baseline", 3, "none")
+    assert months[date(2025, 1, 1)][1:3] == ("full", 31)
+    assert months[date(2025, 11, 1)][3:] == ("partial_baseline", 3)
+    assert months[date(2025, 12, 1)][:3] == (False, "to_date", 2)
+    weeks = conn.execute("select wow_basis, wow_basis_days from analytics.weekly_metrics order by week_start").fetchall()
+    assert weeks[0] == ("none", None) and weeks[1] == ("partial_baseline", 4) and weeks[2] == ("full", 7)
+    assert weeks[-1][0] == "to_date"
