@@ -680,3 +680,48 @@ def test_yearly_summary_aligns_months_and_days(partial: Marts, cache: TwoTierCac
     assert y2024.growth_basis == "partial_baseline"
     assert y2024.alignment == "Nov–Dec vs Nov–Dec, 7 aligned days"
     assert y2023.compared_months == 0 and y2023.growth_basis == "none" and y2023.yoy_pct["revenue_cents"] is None
+
+
+def test_cli_marks_growth_not_on_the_full_basis(partial: Marts, cache: TwoTierCache,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+    import io
+    import json
+
+    from metricsmith.cli import main
+    from metricsmith.query import BASIS_LEGEND, BASIS_MARKS
+
+    base = ["--schema", partial.schema, "--no-cache"]
+    assert main(["query", "monthly", "--year", "2024", *base]) == 0
+    out = capsys.readouterr().out.splitlines()
+    header = out[0].split()
+    mom, yoy = header.index("revenue_cents_mom_pct"), header.index("revenue_cents_yoy_pct")
+    marks = set(BASIS_MARKS.values()) - {""}
+    for line in out[2:14]:
+        cells = line.split()
+        want = partial.monthly[date.fromisoformat(cells[0])]
+        for at, suffix in ((mom, "mom"), (yoy, "yoy")):
+            if want[f"revenue_cents_{suffix}_pct"] is None:
+                continue
+            cell, mark = cells[at], BASIS_MARKS[want[f"{suffix}_basis"]]
+            assert cell.endswith(mark) if mark else cell[-1].isdigit(), (cells[0], suffix, cell)
+            assert Decimal(cell.rstrip("".join(marks))) == round(want[f"revenue_cents_{suffix}_pct"], 2)
+    assert out.count(f"({BASIS_LEGEND})") == 1
+    assert out[14] == ("2024 (12 months) vs the same months of 2023: Nov–Dec vs Nov–Dec, 7 aligned days "
+                       "(the months and days both years have)")
+    revenue = next(line for line in out if line.split()[0] == "revenue_cents")
+    assert revenue.endswith("%ᵖᵇ") and out[-1] == f"({BASIS_LEGEND})"
+    # json and csv carry the basis fields
+    assert main(["query", "monthly", "--year", "2024", "--format", "json", *base]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["yoy_basis"] == "partial_baseline" and data["compared_days"] == 7
+    assert [(m["mom_basis"], m["mom_basis_days"]) for m in data["months"]] == \
+        [(partial.monthly[date(2024, i, 1)]["mom_basis"], partial.monthly[date(2024, i, 1)]["mom_basis_days"])
+         for i in range(1, 13)]
+    assert main(["query", "weekly", "--start", "2024-11-25", "--end", "2024-12-05", "--format", "csv", *base]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["wow_basis"], r["wow_basis_days"]) for r in rows] == [("full", "7"), ("to_date", "4")]
+    # a range on the full basis only: no marker, no legend
+    assert main(["query", "weekly", "--start", "2024-03-04", "--end", "2024-03-17", *base]) == 0
+    text = capsys.readouterr().out
+    assert BASIS_LEGEND not in text and not any(m in text for m in marks)

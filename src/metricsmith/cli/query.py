@@ -238,7 +238,10 @@ def render_rows(rows: Sequence[dict[str, Any]], all_columns: list[str], default_
         raise UserFacingError(f"unknown column(s) {', '.join(unknown)}; available: {', '.join(all_columns)}")
     money = {c: _is_money(c, currency) for c in wanted}
     bases = {c: basis_column(c, all_columns) for c in wanted}
-    return "\n".join(_table(dicts, wanted, money, bases) + (footer or []))
+    lines = _table(dicts, wanted, money, bases)
+    if footer and legend() in footer and lines[-1] == legend():
+        lines.pop()  # the legend once, under everything
+    return "\n".join(lines + (footer or []))
 
 
 def _service(args: argparse.Namespace) -> Any:
