@@ -84,6 +84,34 @@ def test_rows_equal_the_reference(built: dict[str, list[dict[str, Any]]], svc: M
     assert [d.name for d in cur.description or []] == svc.period_columns(grain) == list(rows[0])
 
 
+def _basis(ref: dict[date, dict[str, Any]], pairs: list[tuple[date, date]]) -> str:
+    if not pairs:
+        return "none"
+    if not all(ref[p]["is_complete"] for _, p in pairs):
+        return "partial_baseline"
+    return "full" if all(ref[c]["is_complete"] for c, _ in pairs) else "to_date"
+
+
+def test_typed_rows_carry_the_reference_basis(built: dict[str, list[dict[str, Any]]],
+                                              svc: MetricsQueryService) -> None:
+    views = {"week": svc.get_weekly_metrics, "month": svc.get_monthly_metrics, "quarter": svc.get_quarterly_metrics}
+    seen: set[str] = set()
+    for name, read in views.items():
+        g = grains.get(name)
+        typed = read(FIRST, LAST)
+        assert len(typed) == len(built[g.model])
+        for row, want in zip(typed, built[g.model], strict=True):
+            for c in g.comparisons:
+                for column in (f"{c.suffix}_basis", f"{c.suffix}_basis_days", f"revenue_cents_{c.suffix}_pct"):
+                    assert getattr(row, column) == want[column], (name, getattr(row, g.start_column), column)
+                seen.add(want[f"{c.suffix}_basis"])
+            if g.breakdown_column:
+                parts = getattr(row, g.breakdown_column)
+                assert [p.is_complete for p in parts] == [e["is_complete"] for e in want[g.breakdown_column]]
+    # the data starts mid-month on a Friday and ends mid-week: every basis occurs
+    assert seen == {"full", "to_date", "partial_baseline", "none"}
+
+
 @pytest.mark.parametrize("grain", [g.name for g in grains.periods()])
 def test_year_summary_equals_the_reference(built: dict[str, list[dict[str, Any]]], svc: MetricsQueryService,
                                            grain: str) -> None:
@@ -97,12 +125,18 @@ def test_year_summary_equals_the_reference(built: dict[str, list[dict[str, Any]]
     previous = [g.start_of(summary.previous_start)]
     while len(previous) < len(current):
         previous.append(g.next_start(previous[-1]))
-    pairs = [(c, p) for c, p in zip(current, previous, strict=True) if c in ref and p in ref]
-    assert summary.compared_periods == len(pairs)
+    # like for like: within each pair, the days both periods have, matched by offset in the period
+    daily = {r["metric_date"]: r for r in built["daily_metrics"]}
+    aligned = [(d, p + (d - c)) for c, p in zip(current, previous, strict=True) for d in sorted(daily)
+               if c <= d <= g.end_of(c) and p + (d - c) <= g.end_of(p) and p + (d - c) in daily]
+    pairs = sorted({(g.start_of(d), g.start_of(b)) for d, b in aligned})
+    assert summary.compared_periods == len(pairs) and summary.compared_days == len(aligned)
+    assert summary.compared_starts == [c for c, _ in pairs]
+    assert summary.growth_basis == _basis(ref, pairs)
     assert summary.complete_periods == sum(1 for c in current if c in ref and ref[c]["is_complete"])
     for m in ADDITIVE:
         assert summary.totals[m] == sum(ref[c][m] for c in current if c in ref)
-        now, before = sum(ref[c][m] for c, _ in pairs), sum(ref[p][m] for _, p in pairs)
+        now, before = sum(daily[d][m] for d, _ in aligned), sum(daily[b][m] for _, b in aligned)
         assert (summary.compared_totals[m], summary.previous_totals[m]) == (now, before)
         expected = None if not pairs or before == 0 else _round4(Decimal(100) * (now - before) / before)
         assert summary.growth_pct[m] == expected, m
