@@ -725,3 +725,23 @@ def test_cli_marks_growth_not_on_the_full_basis(partial: Marts, cache: TwoTierCa
     assert main(["query", "weekly", "--start", "2024-03-04", "--end", "2024-03-17", *base]) == 0
     text = capsys.readouterr().out
     assert BASIS_LEGEND not in text and not any(m in text for m in marks)
+
+
+def test_custom_metric_values_printed_with_their_basis() -> None:
+    from metricsmith.cli.metrics import value_lines
+    from metricsmith.custom_metrics.demo import value_line
+    from metricsmith.query import BASIS_LEGEND, CustomMetricValue
+
+    def value(start: date, growth: str | None, basis: str, days: int | None) -> CustomMetricValue:
+        return CustomMetricValue("m", 1, "month", start, {}, Decimal(10), None if growth is None else Decimal(9),
+                                 None if growth is None else Decimal(growth), None, basis, days)
+
+    rows = [value(date(2024, 1, 1), None, "none", None), value(date(2024, 2, 1), "11.1111", "full", 29),
+            value(date(2024, 3, 1), "-3.5", "to_date", 5)]
+    lines = value_lines([dataclasses.asdict(r) for r in rows])
+    assert lines[1].split()[-1] == "none" and "ⁿ" not in lines[1]  # no figure, no marker
+    assert lines[2].split()[-4:] == ["11.11", "full", "(29", "days)"]
+    assert "-3.50ᵗᵈ" in lines[3] and lines[3].endswith("to_date (5 days)") and lines[-1] == f"({BASIS_LEGEND})"
+    assert value_lines([dataclasses.asdict(rows[1])])[-1].endswith("full (29 days)")  # all full: no legend
+    assert value_line(rows[2]).endswith("growth  -3.50 %ᵗᵈ  (to_date, 5 days)")
+    assert "%ᵗᵈ" not in value_line(rows[1]) and value_line(rows[1]).endswith("(full, 29 days)")

@@ -7,7 +7,7 @@ from typing import Any
 
 from metricsmith.custom_metrics.errors import MetricNotFound
 from metricsmith.custom_metrics.service import CustomMetricsService
-from metricsmith.query import BASIS_LEGEND, CustomMetricValue, MetricsQueryService, basis_mark
+from metricsmith.query import BASIS_LEGEND, CustomMetricValue, MetricsQueryService, NotAvailable, basis_mark
 
 DEMO_USER = "demo_analyst"
 DEMO_METRICS: list[dict[str, Any]] = [
@@ -51,13 +51,22 @@ def step_custom_metrics() -> None:
         for d in svc.list_metrics(DEMO_USER):
             if d.owner_id != DEMO_USER:
                 continue
-            rows = reader.get_custom_metric_values(d.slug, user=DEMO_USER)[-3:]
+            rows = _latest(reader, svc, d.slug)
             print(f"{d.slug} ({d.spec['type']}, {d.spec.get('grain', 'day')}):")
             for r in rows:
                 print("  " + value_line(r))
-                marked = marked or r.growth_basis not in (None, "full")
+                marked = marked or bool(basis_mark(r.growth_basis)) and r.growth_pct is not None
     if marked:
         print(f"  ({BASIS_LEGEND})")
+
+
+def _latest(reader: MetricsQueryService, svc: CustomMetricsService, slug: str) -> list[CustomMetricValue]:
+    """The metric's last three values with their growth basis (read through the query service);
+    a custom_metric_values built before the basis columns gives them without it (shown as such)."""
+    try:
+        return reader.get_custom_metric_values(slug, user=DEMO_USER)[-3:]
+    except NotAvailable:
+        return [CustomMetricValue(**r) for r in svc.values(DEMO_USER, slug)[-3:]]
 
 
 def value_line(r: CustomMetricValue) -> str:
