@@ -796,7 +796,7 @@ def alignment_label(g: Grain, starts: list[date], previous: list[date], aligned_
     """What a summary compares, e.g. "Jan–Nov vs Jan–Nov" (complete periods) or "Dec vs Dec, 3
     aligned days"; ``previous`` maps each start to its counterpart (same order)."""
     if not starts:
-        return f"no {g.name} to compare"
+        return f"no {g.name} both have"
     label = f"{_span_label(g, starts)} vs {_span_label(g, previous)}"
     return label if full else f"{label}, {aligned_days} aligned day{'' if aligned_days == 1 else 's'}"
 

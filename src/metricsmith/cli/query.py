@@ -301,9 +301,14 @@ def _range_footer(g: Grain, summary: Any, currency: bool) -> list[str]:
     lines.append(f"vs the previous {_plural(n, g.name)} ({summary.previous_start} .. {summary.previous_end}; "
                  f"{summary.compared_periods} compared, each with the {g.name} {n} before, "
                  f"{summary.compared_days} aligned days): {growth}")
-    if summary.growth_basis != "full":
+    if _marked(summary):
         lines.append(legend())
     return lines
+
+
+def _marked(summary: Any) -> bool:
+    """Whether a summary line shows a marker (a growth figure on a basis other than full)."""
+    return bool(basis_mark(summary.growth_basis)) and any(v is not None for v in summary.growth_pct.values())
 
 
 def _print_year(args: argparse.Namespace, svc: Any, g: Grain, year_: int) -> int:
@@ -320,14 +325,15 @@ def _print_year(args: argparse.Namespace, svc: Any, g: Grain, year_: int) -> int
                 f"{suffix}_basis": summary.growth_basis, "alignment": summary.alignment}
         print(json.dumps(_plain(_in_currency(data, "") if args.currency else data), indent=2))
         return 0
+    what = "" if summary.compared_periods == 0 else f" (the {g.name}s and days both years have)"
     footer = [f"{year_} ({_plural(len(summary.periods), g.name)}) vs the same {g.name}s of {year_ - 1}: "
-              f"{summary.alignment} (the {g.name}s and days both years have)"]
+              f"{summary.alignment}{what}"]
     for measure, growth in summary.growth_pct.items():
         name = _currency_name(measure) if args.currency else measure
         now = _amount(measure, summary.compared_totals[measure], args.currency)
         before = _amount(measure, summary.previous_totals[measure], args.currency)
         footer.append(f"  {name:<14} {now}  vs {before}  {growth_label(suffix)} {_pct(growth, summary.growth_basis)}")
-    if summary.growth_basis != "full":
+    if _marked(summary):
         footer.append(legend())
     print(render_rows(summary.periods, period_columns(g), table_columns(g), args.format, args.columns,
                       footer if args.format == "table" else None, currency=args.currency))
