@@ -106,6 +106,12 @@ def test_rollups_equal_python_reference_with_late_data(empty_events: psycopg.Con
     assert date(2020, 12, 28) in result.changed.weeks  # ISO week 53
     assert len(result.changed.days) < 60  # not the whole ~1400-day spine
     incremental = _check(conn, first + late, BERLIN)
+    # the data starts mid-month (Thursday 2020-12-24) and ends mid-week, spans 29 February 2024 and
+    # year boundaries, and has empty days inside periods: every basis occurs (issue 12)
+    for table, cmp in (("weekly_metrics", "wow"), ("monthly_metrics", "mom"), ("monthly_metrics", "yoy"),
+                       ("quarterly_metrics", "qoq")):
+        assert {r[f"{cmp}_basis"] for r in incremental[table]} == {"full", "to_date", "partial_baseline", "none"}, (
+            table, cmp)
 
     # a full refresh of the same data gives the same tables, cell for cell
     rollups.run_rollups(full_refresh=True, timezone=BERLIN, quiet=True)
