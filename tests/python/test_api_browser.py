@@ -121,6 +121,8 @@ def test_overview_points_grain_switch_and_partial_period(page: Page, server: tup
     page.wait_for_selector(f"#page-overview[data-ready='week:{weeks}']")
     assert points(page, "chart-total_events") == (weeks, 0)
     assert page.locator("#summary .tile").count() == 4
+    growth = page.locator("#summary .tile .growth").first
+    assert growth.get_attribute("data-basis") == "full" and "ᵗᵈ" not in (growth.text_content() or "")
     page.select_option("#grain", "month")
     page.wait_for_selector("#page-overview[data-ready='month:3']")
     assert points(page, "chart-revenue_cents") == (3, 0)
@@ -129,6 +131,9 @@ def test_overview_points_grain_switch_and_partial_period(page: Page, server: tup
     page.click("#apply-range")
     page.wait_for_selector("#page-overview[data-ready='month:4']")
     assert points(page, "chart-active_users") == (3, 1)  # December is still running: marked partial
+    growth = page.locator("#summary .tile .growth").first  # so its growth is to date, and says so
+    assert growth.get_attribute("data-basis") == "to_date"
+    assert "%ᵗᵈ vs the" in (growth.text_content() or "") and "aligned days" in (growth.text_content() or "")
     assert page.get_attribute("#chart-active_users", "data-partial") == "1"
     assert page.locator(".legend .swatch.partial").is_visible()
     shot(page, tmp_path, "overview")
