@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -39,6 +39,14 @@ class MetricType(StrEnum):
     GAUGE = "gauge"
     HISTOGRAM = "histogram"
     RATE = "rate"
+
+
+def _ascending_finite(buckets: tuple[float, ...]) -> bool:
+    return all(math.isfinite(b) for b in buckets) and list(buckets) == sorted(set(buckets))
+
+
+def _whole_seconds(windows: tuple[int, ...]) -> bool:
+    return all(int(w) == w and w >= 1 for w in windows)
 
 
 @dataclass(frozen=True)
@@ -72,24 +80,25 @@ class MetricSpec:
             raise RealtimeMetricError(f"{self.name}: label {sorted(reserved)[0]!r} is reserved for a {self.type}")
 
     def _check_histogram(self) -> None:
-        if self.type is not MetricType.HISTOGRAM:
-            if self.buckets:
-                raise RealtimeMetricError(f"{self.name}: only a histogram has buckets")
-            return
-        if not self.buckets:
-            object.__setattr__(self, "buckets", DEFAULT_BUCKETS)
-        if any(not math.isfinite(b) for b in self.buckets) or list(self.buckets) != sorted(set(self.buckets)):
-            raise RealtimeMetricError(f"{self.name}: buckets must be finite, distinct and ascending")
+        self._check_option(MetricType.HISTOGRAM, "buckets", DEFAULT_BUCKETS, _ascending_finite,
+                           "buckets must be finite, distinct and ascending")
 
     def _check_rate(self) -> None:
-        if self.type is not MetricType.RATE:
-            if self.windows:
-                raise RealtimeMetricError(f"{self.name}: only a rate has windows")
+        self._check_option(MetricType.RATE, "windows", DEFAULT_WINDOWS, _whole_seconds,
+                           "rate windows are whole seconds >= 1")
+
+    def _check_option(self, owner: MetricType, attr: str, default: tuple[Any, ...],
+                      valid: Callable[[tuple[Any, ...]], bool], rule: str) -> None:
+        """An option of one type only (a histogram's buckets, a rate's windows): the default when
+        none is given, else checked with ``valid``."""
+        if self.type is not owner:
+            if getattr(self, attr):
+                raise RealtimeMetricError(f"{self.name}: only a {owner} has {attr}")
             return
-        if not self.windows:
-            object.__setattr__(self, "windows", DEFAULT_WINDOWS)
-        if any(int(w) != w or w < 1 for w in self.windows):
-            raise RealtimeMetricError(f"{self.name}: rate windows are whole seconds >= 1")
+        if not getattr(self, attr):
+            object.__setattr__(self, attr, default)
+        if not valid(getattr(self, attr)):
+            raise RealtimeMetricError(f"{self.name}: {rule}")
 
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "type": str(self.type), "help": self.help, "labels": list(self.labels),
