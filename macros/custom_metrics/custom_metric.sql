@@ -160,7 +160,12 @@ group by {{ period }}
 
 
 {#- analytics.custom_metric_values: all generated models (but those whose last run failed), with the previous
-    period and growth (macro growth_pct: the marts' definition, 4 decimals). -#}
+    period and growth (macro growth_pct: the marts' definition, 4 decimals), like for like (macro
+    like_for_like_ranges, the marts' rule): the spine of a metric is its source's first to last day
+    (time column, every row); a comparison where one period is partial on it compares the
+    aggregate recomputed from the source over the aligned days of both periods, and says so in
+    growth_basis / growth_basis_days. Each item: {slug, version, grain, relation (its ref), metric_id,
+    source (ref), time_column, metric_type, dimensions, percentile}. -#}
 {% macro custom_metric_values(all_inputs) -%}
 {#- a model not built yet (e.g. a metric created after the last run, when only some metrics run) is left out -#}
 {%- set inputs = [] -%}
@@ -177,10 +182,82 @@ select
     cast(null as numeric) as value,
     cast(null as numeric) as previous_value,
     cast(null as numeric) as growth_pct,
-    cast(null as timestamptz) as computed_at
+    cast(null as timestamptz) as computed_at,
+    cast(null as text) as growth_basis,
+    cast(null as integer) as growth_basis_days
 where false
 {%- else %}
-with unioned as (
+{#- one spine per source and time column -#}
+{%- set spines = {} -%}
+{%- for item in inputs -%}
+    {%- set key = (item.source | string) ~ '.' ~ item.time_column -%}
+    {%- if key not in spines -%}{%- do spines.update({key: 'spine_' ~ (spines | length)}) -%}{%- endif -%}
+{%- endfor -%}
+{%- set spined = [] -%}
+with
+{%- for item in inputs %}
+{%- set spine = spines[(item.source | string) ~ '.' ~ item.time_column] %}
+{%- if spine not in spined %}
+{%- do spined.append(spine) %}
+
+{{ spine }} as (
+    select
+        min({{ metricsmith.custom_metric_period('day', adapter.quote(item.time_column)) }}) as first_day,
+        max({{ metricsmith.custom_metric_period('day', adapter.quote(item.time_column)) }}) as last_day
+    from {{ item.source }}
+),
+{%- endif %}
+
+periods_{{ loop.index }} as (
+    select
+        cast('{{ item.slug }}' as text) as metric_slug,
+        cast({{ item.version | int }} as integer) as metric_version,
+        p.period_start,
+        {{ metricsmith.add_days('cast(' ~ dbt.dateadd(item.grain, 1, 'p.period_start') ~ ' as date)', -1) }} as period_end,
+        cast({{ dbt.dateadd(item.grain, -1, 'p.period_start') }} as date) as prev_start,
+        {{ metricsmith.add_days('p.period_start', -1) }} as prev_end,
+        spine.first_day,
+        spine.last_day
+    from (select distinct period_start from {{ item.relation }}) as p
+    cross join {{ spine }} as spine
+),
+
+ranges_{{ loop.index }} as (
+    {{ metricsmith.like_for_like_ranges('periods_' ~ loop.index, false, ['metric_slug', 'metric_version']) }}
+),
+{%- if item.grain != 'day' %}
+{#- a day is always complete: only longer grains recompute over aligned days. The range columns
+    have names no source column has, so that the checked (unqualified) expressions resolve to the source -#}
+{%- set checked = metricsmith.custom_metric_checked(item.metric_id, item.version) %}
+
+aligned_{{ loop.index }} as (
+    select
+        sides.mm__slug as metric_slug,
+        sides.mm__version as metric_version,
+        sides.mm__period as period_start,
+        sides.mm__side as side,
+        {{ metricsmith.custom_metric_dimensions(item.dimensions) }} as dimensions,
+        {{ metricsmith.custom_metric_value(item.metric_type, checked.expression, item.percentile,
+                                           checked.numerator, checked.denominator) }} as value
+    from (
+        select metric_slug as mm__slug, metric_version as mm__version, period_start as mm__period,
+               'cur' as mm__side, cur_lo as mm__lo, cur_hi as mm__hi
+        from ranges_{{ loop.index }} where basis in ('to_date', 'partial_baseline')
+        union all
+        select metric_slug, metric_version, period_start, 'prev', prev_lo, prev_hi
+        from ranges_{{ loop.index }} where basis in ('to_date', 'partial_baseline')
+    ) as sides
+    inner join {{ item.source }} as src
+        on {{ metricsmith.custom_metric_period('day', 'src.' ~ adapter.quote(item.time_column)) }}
+            between sides.mm__lo and sides.mm__hi
+    where {{ checked.filter if checked.filter else "true" }}
+    group by sides.mm__slug, sides.mm__version, sides.mm__period, sides.mm__side
+    {%- for d in item.dimensions %}, {{ adapter.quote(d) }}{% endfor %}
+),
+{%- endif %}
+{%- endfor %}
+
+unioned as (
 {%- for item in inputs %}
     select
         cast('{{ item.slug }}' as text) as metric_slug,
@@ -194,6 +271,28 @@ with unioned as (
     from {{ item.relation }}
     {{- "\n    union all" if not loop.last }}
 {%- endfor %}
+),
+
+ranges as (
+{%- for item in inputs %}
+    select metric_slug, metric_version, period_start, basis, basis_days from ranges_{{ loop.index }}
+    {{- "\n    union all" if not loop.last }}
+{%- endfor %}
+),
+
+aligned as (
+    select
+        cast(null as text) as metric_slug,
+        cast(null as integer) as metric_version,
+        cast(null as date) as period_start,
+        cast(null as text) as side,
+        cast(null as jsonb) as dimensions,
+        cast(null as numeric) as value
+    where false
+{%- for item in inputs %}{% if item.grain != 'day' %}
+    union all
+    select metric_slug, metric_version, period_start, side, dimensions, value from aligned_{{ loop.index }}
+{%- endif %}{% endfor %}
 )
 
 select
@@ -204,13 +303,34 @@ select
     cur.dimensions,
     cur.value,
     prev.value as previous_value,
-    cast({{ metricsmith.growth_pct('cur.value', 'prev.value') }} as numeric) as growth_pct,
-    cur.computed_at
+    cast(case
+        when r.basis = 'full' then {{ metricsmith.growth_pct('cur.value', 'prev.value') }}
+        when r.basis <> 'none' then {{ metricsmith.growth_pct('aligned_cur.value', 'aligned_prev.value') }}
+    end as numeric) as growth_pct,
+    cur.computed_at,
+    cast(r.basis as text) as growth_basis,
+    cast(r.basis_days as integer) as growth_basis_days
 from unioned as cur
 left join unioned as prev
     on prev.metric_slug = cur.metric_slug
    and prev.metric_version = cur.metric_version
    and prev.dimensions = cur.dimensions
    and prev.period_start = cur.previous_period_start
+left join ranges as r
+    on r.metric_slug = cur.metric_slug
+   and r.metric_version = cur.metric_version
+   and r.period_start = cur.period_start
+left join aligned as aligned_cur
+    on aligned_cur.metric_slug = cur.metric_slug
+   and aligned_cur.metric_version = cur.metric_version
+   and aligned_cur.period_start = cur.period_start
+   and aligned_cur.dimensions = cur.dimensions
+   and aligned_cur.side = 'cur'
+left join aligned as aligned_prev
+    on aligned_prev.metric_slug = cur.metric_slug
+   and aligned_prev.metric_version = cur.metric_version
+   and aligned_prev.period_start = cur.period_start
+   and aligned_prev.dimensions = cur.dimensions
+   and aligned_prev.side = 'prev'
 {%- endif %}
 {%- endmacro %}

@@ -189,81 +189,25 @@ day_values as (
 {%- set by_day_of_month = g.unit == 'month' and (g.get('count', 1) | int) == 1
     and spec.get('months') is not none and (spec.months | int) % 12 == 0 %}
 
--- {{ suffix }}: the present days of each period and of its baseline period
-{{ suffix }}_bounds as (
+-- {{ suffix }}: each period, its baseline period and the spine
+{{ suffix }}_periods as (
 
     select
-        period_start,
-        prev_start,
-        greatest(period_start, spine.first_day) as cur_from,
-        least(period_end, spine.last_day) as cur_to,
-        greatest(prev_start, spine.first_day) as prev_from,
-        least(prev_end, spine.last_day) as prev_to,
-        period_end,
-        prev_end
-    from (
-        select
-            {{ g.start }} as period_start,
-            {{ g.end }} as period_end,
-            {{ metricsmith.comparison_shift(spec, g.start, -1) }} as prev_start,
-            {{ metricsmith.period_end(g, metricsmith.comparison_shift(spec, g.start, -1)) }} as prev_end
-        from current_periods
-    ) as periods
+        cur.{{ g.start }} as period_start,
+        cur.{{ g.end }} as period_end,
+        {{ metricsmith.comparison_shift(spec, 'cur.' ~ g.start, -1) }} as prev_start,
+        {{ metricsmith.period_end(g, metricsmith.comparison_shift(spec, 'cur.' ~ g.start, -1)) }} as prev_end,
+        spine.first_day,
+        spine.last_day
+    from current_periods as cur
     cross join spine
 
 ),
 
--- {{ suffix }}: the aligned day offsets (both periods on the spine)
-{{ suffix }}_offsets as (
-
-    select
-        period_start,
-        prev_start,
-        cur_from,
-        cur_to,
-        prev_from,
-        prev_to,
-        prev_from <= prev_to as has_prev,
-        cur_from = period_start and cur_to = period_end as cur_complete,
-        prev_from = prev_start and prev_to = prev_end as prev_complete,
-        greatest({{ dbt.datediff('period_start', 'cur_from', 'day') }},
-                 {{ dbt.datediff('prev_start', 'prev_from', 'day') }}) as lo,
-        least({{ dbt.datediff('period_start', 'cur_to', 'day') }},
-              {{ dbt.datediff('prev_start', 'prev_to', 'day') }}) as hi
-    from {{ suffix }}_bounds
-
-),
-
+-- {{ suffix }}: the basis and the aligned days of both periods (macro like_for_like_ranges)
 {{ suffix }}_ranges as (
 
-    select
-        period_start,
-        cur_from,
-        case
-            when not has_prev or hi < lo then 'none'
-            when not prev_complete then 'partial_baseline'
-            when not cur_complete then 'to_date'
-            else 'full'
-        end as basis,
-        case
-            when not has_prev then null
-            {%- if not by_day_of_month %}
-            when cur_complete and prev_complete then {{ dbt.datediff('cur_from', 'cur_to', 'day') }} + 1
-            {%- endif %}
-            else greatest(hi - lo + 1, 0)
-        end as basis_days,
-        {%- if by_day_of_month %}
-        {{ metricsmith.add_days('period_start', 'lo') }} as cur_lo,
-        {{ metricsmith.add_days('period_start', 'hi') }} as cur_hi,
-        {{ metricsmith.add_days('prev_start', 'lo') }} as prev_lo,
-        {{ metricsmith.add_days('prev_start', 'hi') }} as prev_hi
-        {%- else %}
-        case when cur_complete and prev_complete then cur_from else {{ metricsmith.add_days('period_start', 'lo') }} end as cur_lo,
-        case when cur_complete and prev_complete then cur_to else {{ metricsmith.add_days('period_start', 'hi') }} end as cur_hi,
-        case when cur_complete and prev_complete then prev_from else {{ metricsmith.add_days('prev_start', 'lo') }} end as prev_lo,
-        case when cur_complete and prev_complete then prev_to else {{ metricsmith.add_days('prev_start', 'hi') }} end as prev_hi
-        {%- endif %}
-    from {{ suffix }}_offsets
+    {{ metricsmith.like_for_like_ranges(suffix ~ '_periods', by_day_of_month) }}
 
 ),
 

@@ -213,21 +213,114 @@ def test_metric_type_spelling_on_daily_metrics(world: dict[str, Any], conn: psyc
     assert all(v == 0 for k, v in got.items() if k not in want)
 
 
+def _next(p: date, grain: str, n: int) -> date:
+    """The start of the period ``n`` periods after ``p`` (n < 0: before)."""
+    if grain == "month":
+        i = p.year * 12 + p.month - 1 + n
+        return date(i // 12, i % 12 + 1, 1)
+    return p + timedelta(days=n * (7 if grain == "week" else 1))
+
+
+def _growth(cur: float | None, prev: float | None) -> Decimal | None:
+    if cur is None or prev is None or prev == 0:
+        return None
+    return (Decimal(100) * (Decimal(cur) - Decimal(prev)) / Decimal(prev)).quantize(
+        Decimal("0.0001"), rounding=ROUND_HALF_UP)
+
+
+def like_for_like(events: list[Row], kind: str, grain: str, dims: list[str], keep: Callable[[Row], bool] | None,
+                  ) -> dict[tuple[date, tuple[Any, ...]], tuple[Decimal | None, str, int | None]]:
+    """(growth, basis, basis days) of every (period, dimensions), from the definition: the spine is the
+    source's first to last day (every valid event); a period's days are numbered by their offset; growth
+    compares the metric over the offsets both periods have on the spine (the whole periods when both are
+    complete), recomputed from the events of those days."""
+    days = {e["day"] for e in events}
+    spine = {min(days) + timedelta(days=i) for i in range((max(days) - min(days)).days + 1)}
+    whole = reference(events, kind, grain, dims, keep)
+    out = {}
+    for (p, dim), value in whole.items():
+        prev = _next(p, grain, -1)
+        cur_days = [p + timedelta(days=i) for i in range((_next(p, grain, 1) - p).days)]
+        prev_days = [prev + timedelta(days=i) for i in range((p - prev).days)]
+        cur_off = {i for i, d in enumerate(cur_days) if d in spine}
+        prev_off = {i for i, d in enumerate(prev_days) if d in spine}
+        if not prev_off:
+            out[(p, dim)] = (None, "none", None)
+            continue
+        if len(cur_off) == len(cur_days) and len(prev_off) == len(prev_days):
+            out[(p, dim)] = (_growth(value, whole.get((prev, dim))), "full", len(cur_days))
+            continue
+        both = cur_off & prev_off
+        basis = ("none" if not both else "partial_baseline" if len(prev_off) < len(prev_days) else "to_date")
+        sides = []
+        for start_days in (cur_days, prev_days):
+            chosen = {start_days[i] for i in both}
+            rows = [e for e in events if e["day"] in chosen and tuple((d, e[d]) for d in dims) == dim
+                    and (keep is None or keep(e))]
+            sides.append(aggregate(kind, rows) if rows else None)
+        out[(p, dim)] = (None if basis == "none" else _growth(sides[0], sides[1]), basis, len(both))
+    return out
+
+
+def stored_growth(conn: psycopg.Connection[Any], slug: str) -> dict[tuple[date, tuple[Any, ...]], tuple[Any, ...]]:
+    rows = conn.execute("select period_start, dimensions, growth_pct, growth_basis, growth_basis_days"
+                        " from analytics.custom_metric_values where metric_slug = %s and metric_version = 1",
+                        (slug,)).fetchall()
+    return {(p, tuple(sorted(d.items()))): (g, b, n) for p, d, g, b, n in rows}
+
+
 def test_previous_value_and_growth(world: dict[str, Any], conn: psycopg.Connection[Any]) -> None:
-    rows = conn.execute("select period_start, value, previous_value, growth_pct from analytics.custom_metric_values"
+    rows = conn.execute("select period_start, value, previous_value from analytics.custom_metric_values"
                         " where metric_slug = 't_sum_plain_week' order by period_start").fetchall()
     assert len(rows) >= 7
-    assert rows[0][2] is None and rows[0][3] is None
-    for (p0, v0, _, _), (p1, v1, prev, growth) in zip(rows, rows[1:], strict=False):
+    assert rows[0][2] is None
+    for (p0, v0, _), (p1, _, prev) in zip(rows, rows[1:], strict=False):
         assert p1 - p0 == timedelta(days=7)
-        assert prev == v0
-        # metricsmith.growth_pct: the one definition, rounded half-up to 4 decimals
-        expected = None if v0 == 0 else (Decimal(100) * (Decimal(v1) - Decimal(v0)) / Decimal(v0)).quantize(
-            Decimal("0.0001"), rounding=ROUND_HALF_UP)
-        assert growth == expected
+        assert prev == v0  # previous_value: the whole previous period
     dims = conn.execute("select distinct dimensions::text from analytics.custom_metric_values"
                         " where metric_slug = 't_count_plain_day'").fetchall()
     assert dims == [("{}",)]
+
+
+def test_growth_is_like_for_like_with_its_basis(world: dict[str, Any], conn: psycopg.Connection[Any]) -> None:
+    """Every type, grain and variant against the plain-Python like-for-like computation: the data start
+    on a Monday in mid-January and end on a Monday in March, so the first month is a partial baseline,
+    the last week and month are to date, and growth over their aligned days is recomputed (distinct
+    counts, percentiles, ratios included); growth on a 'full' basis is value against previous_value."""
+    events = valid_events(conn)
+    seen: set[tuple[str, str]] = set()
+    for kind in TYPES:
+        for grain in GRAINS:
+            for variant in ("plain", "dimf"):
+                slug = slug_for(kind, grain, variant)
+                dims = DIMS if variant == "dimf" else []
+                want = like_for_like(events, kind, grain, dims, _filter_py if variant == "dimf" else None)
+                want = {(p, tuple(sorted(d))): v for (p, d), v in want.items()}
+                got = stored_growth(conn, slug)
+                assert set(got) == set(want), slug
+                for key, (growth, basis, n) in want.items():
+                    g, b, days = got[key]
+                    assert (b, days) == (basis, n), (slug, key, got[key], want[key])
+                    assert (g is None) == (growth is None), (slug, key, got[key], want[key])
+                    if growth is not None:  # Python floats vs numeric: equal to the 4th decimal
+                        assert abs(g - growth) <= Decimal("0.0002"), (slug, key, g, growth)
+                    seen.add((grain, basis))
+    assert seen == {("day", "none"), ("day", "full"), ("week", "none"), ("week", "full"), ("week", "to_date"),
+                    ("month", "none"), ("month", "partial_baseline"), ("month", "to_date")}
+
+
+def test_values_carry_the_basis_everywhere(world: dict[str, Any], svc: CustomMetricsService) -> None:
+    """The service's values(), the query service's typed rows and `metricsmith query custom` carry the
+    basis of the stored rows: the last month (2026-03-01 to 03-09) is to date over 9 days."""
+    from metricsmith.query import MetricsQueryService
+
+    rows = svc.values("outsider", "t_count_plain_month")
+    assert [(r["period_start"], r["growth_basis"], r["growth_basis_days"]) for r in rows] == [
+        (date(2026, 1, 1), "none", None), (date(2026, 2, 1), "partial_baseline", 10),
+        (date(2026, 3, 1), "to_date", 9)]
+    typed = MetricsQueryService().get_custom_metric_values("t_count_plain_month", user="outsider")
+    assert [(v.period_start, v.growth_pct, v.growth_basis, v.growth_basis_days) for v in typed] == [
+        (r["period_start"], r["growth_pct"], r["growth_basis"], r["growth_basis_days"]) for r in rows]
 
 
 def test_late_data_incremental_and_versioning(world: dict[str, Any], conn: psycopg.Connection[Any]) -> None:

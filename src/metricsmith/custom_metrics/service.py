@@ -379,7 +379,7 @@ class CustomMetricsService:
             cur = conn.cursor(row_factory=dict_row)
             return cur.execute(sql.SQL(
                 "select metric_slug, metric_version, grain, period_start, dimensions, value, previous_value,"
-                " growth_pct, computed_at from {} where metric_slug = %s"
+                " growth_pct, computed_at, growth_basis, growth_basis_days from {} where metric_slug = %s"
                 " and metric_version = %s and (%s::date is null or period_start >= %s::date)"
                 " and (%s::date is null or period_start <= %s::date) order by period_start, dimensions::text"
             ).format(values),
@@ -401,7 +401,7 @@ class CustomMetricsService:
                 " where d.status = 'active' order by d.slug, v.version").fetchall()
         self.generated_dir.mkdir(parents=True, exist_ok=True)
         wanted: dict[str, str] = {}
-        inputs: list[tuple[str, int, str]] = []
+        inputs: list[tuple[int, str, int, dict[str, Any]]] = []
         docs: list[dict[str, Any]] = []
         for metric_id, slug, version, definition, run_status in rows:
             try:
@@ -412,7 +412,7 @@ class CustomMetricsService:
             model = compiler.model_name(slug, version)
             wanted[f"{model}.sql"] = text
             if run_status != "error":
-                inputs.append((slug, version, definition["grain"]))
+                inputs.append((metric_id, slug, version, definition))
             docs.append({"name": model, "description": compiler.model_description(metric_id, slug, version),
                          "columns": [dict(column) for column in compiler.GENERATED_MODEL_COLUMNS],
                          "config": {"tags": [compiler.GENERATED_TAG]}})
