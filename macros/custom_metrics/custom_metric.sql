@@ -194,6 +194,12 @@ where false
     {%- if key not in spines -%}{%- do spines.update({key: 'spine_' ~ (spines | length)}) -%}{%- endif -%}
 {%- endfor -%}
 {%- set spined = [] -%}
+{#- the inputs (by position) of grains longer than a day: a day is always complete, so only they
+    recompute growth over aligned days -#}
+{%- set longer = [] -%}
+{%- for item in inputs -%}
+    {%- if item.grain != 'day' -%}{%- do longer.append(loop.index) -%}{%- endif -%}
+{%- endfor -%}
 with
 {%- for item in inputs %}
 {%- set spine = spines[(item.source | string) ~ '.' ~ item.time_column] %}
@@ -278,22 +284,16 @@ ranges as (
     select metric_slug, metric_version, period_start, basis, basis_days from ranges_{{ loop.index }}
     {{- "\n    union all" if not loop.last }}
 {%- endfor %}
-),
+){{ ',' if longer }}
+{%- if longer %}
 
 aligned as (
-    select
-        cast(null as text) as metric_slug,
-        cast(null as integer) as metric_version,
-        cast(null as date) as period_start,
-        cast(null as text) as side,
-        cast(null as jsonb) as dimensions,
-        cast(null as numeric) as value
-    where false
-{%- for item in inputs %}{% if item.grain != 'day' %}
-    union all
-    select metric_slug, metric_version, period_start, side, dimensions, value from aligned_{{ loop.index }}
-{%- endif %}{% endfor %}
+{%- for i in longer %}
+    select metric_slug, metric_version, period_start, side, dimensions, value from aligned_{{ i }}
+    {{- "\n    union all" if not loop.last }}
+{%- endfor %}
 )
+{%- endif %}
 
 select
     cur.metric_slug,
@@ -305,7 +305,9 @@ select
     prev.value as previous_value,
     cast(case
         when r.basis = 'full' then {{ metricsmith.growth_pct('cur.value', 'prev.value') }}
+        {%- if longer %}
         when r.basis <> 'none' then {{ metricsmith.growth_pct('aligned_cur.value', 'aligned_prev.value') }}
+        {%- endif %}
     end as numeric) as growth_pct,
     cur.computed_at,
     cast(r.basis as text) as growth_basis,
@@ -320,17 +322,15 @@ left join ranges as r
     on r.metric_slug = cur.metric_slug
    and r.metric_version = cur.metric_version
    and r.period_start = cur.period_start
-left join aligned as aligned_cur
-    on aligned_cur.metric_slug = cur.metric_slug
-   and aligned_cur.metric_version = cur.metric_version
-   and aligned_cur.period_start = cur.period_start
-   and aligned_cur.dimensions = cur.dimensions
-   and aligned_cur.side = 'cur'
-left join aligned as aligned_prev
-    on aligned_prev.metric_slug = cur.metric_slug
-   and aligned_prev.metric_version = cur.metric_version
-   and aligned_prev.period_start = cur.period_start
-   and aligned_prev.dimensions = cur.dimensions
-   and aligned_prev.side = 'prev'
+{%- if longer %}
+{%- for side in ['cur', 'prev'] %}
+left join aligned as aligned_{{ side }}
+    on aligned_{{ side }}.metric_slug = cur.metric_slug
+   and aligned_{{ side }}.metric_version = cur.metric_version
+   and aligned_{{ side }}.period_start = cur.period_start
+   and aligned_{{ side }}.dimensions = cur.dimensions
+   and aligned_{{ side }}.side = '{{ side }}'
+{%- endfor %}
+{%- endif %}
 {%- endif %}
 {%- endmacro %}

@@ -307,29 +307,20 @@ def basis_mark(basis: str | None) -> str:
     return BASIS_MARKS.get(basis or "full", "?")
 
 
-def basis_columns(comparison: Comparison) -> list[str]:
-    """``<cmp>_basis_days`` and ``<cmp>_basis`` of one comparison (the marts' flag columns)."""
-    return [f"{comparison.suffix}_basis_days", f"{comparison.suffix}_basis"]
+#: ``<cmp>_basis_days`` and ``<cmp>_basis`` of one comparison (the marts' flag columns)
+basis_columns = rollups.basis_columns
 
 
 def breakdown_keys(grain: str | Grain) -> list[str]:
     """The keys of one element of ``grain``'s breakdown column, in order ([] without one);
     ``is_complete`` (all days of that part present) last."""
-    keys = rollups.breakdown_keys(grain_of(grain))
-    return [*keys, "is_complete"] if keys and "is_complete" not in keys else keys
+    return rollups.breakdown_keys(grain_of(grain))
 
 
 def period_columns(grain: str | Grain) -> list[str]:
     """Every column of ``grain``'s mart, in mart order (the dbt contract): each comparison's growth
     columns followed by its basis columns (:func:`basis_columns`)."""
-    g = grain_of(grain)
-    columns = rollups.mart_columns(g)
-    for c in g.comparisons:
-        if basis_columns(c)[0] in columns:
-            continue
-        at = max(columns.index(f"{m}_{c.suffix}_pct") for m in GROWTH_MEASURES) + 1
-        columns[at:at] = basis_columns(c)
-    return columns
+    return rollups.mart_columns(grain_of(grain))
 
 
 def _num(value: Any) -> Any:

@@ -48,21 +48,29 @@ AVERAGES = ("avg_daily_events", "avg_daily_active_users", "avg_daily_revenue_cen
 BREAKDOWN_MEASURES = ("total_events", "active_users", "revenue_cents")
 
 
+def basis_columns(comparison: Comparison) -> list[str]:
+    """``<cmp>_basis_days`` and ``<cmp>_basis`` of one comparison (the marts' flag columns:
+    how many aligned days its growth compares, and on which basis)."""
+    return [f"{comparison.suffix}_basis_days", f"{comparison.suffix}_basis"]
+
+
 def mart_columns(g: Grain) -> list[str]:
     """Every column of ``g``'s mart, in contract order: the period, the measures, the averages,
-    the growth columns of each comparison, the breakdown."""
+    for each comparison its growth columns then its basis columns, the breakdown."""
     if g.end_column is None:
         return [g.start_column, *MEASURES]
-    growth = [f"{m}_{c.suffix}_pct" for c in g.comparisons for m in GROWTH_MEASURES]
+    growth = [col for c in g.comparisons for col in (*(f"{m}_{c.suffix}_pct" for m in GROWTH_MEASURES),
+                                                     *basis_columns(c))]
     tail = [] if g.breakdown_column is None else [g.breakdown_column]
     return [g.start_column, g.end_column, "days_with_data", "is_complete", *MEASURES, *AVERAGES, *growth, *tail]
 
 
 def breakdown_keys(g: Grain) -> list[str]:
-    """The keys of one element of ``g``'s breakdown column, in order ([] without one)."""
+    """The keys of one element of ``g``'s breakdown column, in order ([] without one);
+    ``is_complete`` (all days of that part present) last."""
     if g.breakdown is None:
         return []
-    return [grains.get(g.breakdown).start_column, f"days_in_{g.name}", *BREAKDOWN_MEASURES]
+    return [grains.get(g.breakdown).start_column, f"days_in_{g.name}", *BREAKDOWN_MEASURES, "is_complete"]
 
 
 def year_comparison(g: Grain) -> Comparison | None:
@@ -234,9 +242,10 @@ def run_rollups(
     return result
 
 
-#: what dbt builds sums, averages and growth as (older versions built bigint sums, numeric
-#: without precision): a table that differs is rebuilt by the next run
+#: what dbt builds sums, averages, growth and the basis flags as (older versions built bigint
+#: sums, numeric without precision, no basis columns): a table that differs is rebuilt by the next run
 SUM_TYPE, AVERAGE_TYPE, GROWTH_TYPE = "numeric(38,0)", "numeric(42,4)", "numeric(46,4)"
+BASIS_DAYS_TYPE, BASIS_TYPE = "integer", "text"
 
 
 def _built_types(g: Grain) -> dict[str, str]:
@@ -244,6 +253,8 @@ def _built_types(g: Grain) -> dict[str, str]:
     if g.end_column is not None:
         types |= dict.fromkeys(AVERAGES, AVERAGE_TYPE)
         types |= {f"{m}_{c.suffix}_pct": GROWTH_TYPE for c in g.comparisons for m in GROWTH_MEASURES}
+        for c in g.comparisons:
+            types |= dict(zip(basis_columns(c), (BASIS_DAYS_TYPE, BASIS_TYPE), strict=True))
     return types
 
 
