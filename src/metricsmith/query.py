@@ -70,9 +70,10 @@ class DailyMetrics:
 
 
 @dataclass(frozen=True)
-class WeeklyMetrics:
-    week_start: date
-    week_end: date
+class _Measures:
+    """What every period mart row holds between its start/end and its growth: the days present,
+    the measures and the daily averages (each grain's typed row puts its start and end first)."""
+
     days_with_data: int
     is_complete: bool
     total_events: int
@@ -86,16 +87,12 @@ class WeeklyMetrics:
     avg_daily_events: Decimal | None
     avg_daily_active_users: Decimal | None
     avg_daily_revenue_cents: Decimal | None
-    total_events_wow_pct: Decimal | None
-    active_users_wow_pct: Decimal | None
-    new_users_wow_pct: Decimal | None
-    revenue_cents_wow_pct: Decimal | None
-    wow_basis_days: int | None = None
-    wow_basis: str | None = None
 
 
 @dataclass(frozen=True)
 class WeekBreakdown:
+    """One week (the part inside the month) of a month's ``weekly_breakdown``."""
+
     week_start: date
     days_in_month: int
     total_events: int
@@ -105,39 +102,54 @@ class WeekBreakdown:
 
 
 @dataclass(frozen=True)
-class MonthlyMetrics:
-    month_start: date
-    month_end: date
-    days_with_data: int
-    is_complete: bool
-    total_events: int
-    active_users: int
-    new_users: int
-    active_organizations: int
-    sessions: int
-    signups: int
-    purchases: int
-    revenue_cents: int
-    avg_daily_events: Decimal | None
-    avg_daily_active_users: Decimal | None
-    avg_daily_revenue_cents: Decimal | None
-    total_events_mom_pct: Decimal | None
-    active_users_mom_pct: Decimal | None
-    new_users_mom_pct: Decimal | None
-    revenue_cents_mom_pct: Decimal | None
-    total_events_yoy_pct: Decimal | None
-    active_users_yoy_pct: Decimal | None
-    new_users_yoy_pct: Decimal | None
-    revenue_cents_yoy_pct: Decimal | None
-    weekly_breakdown: tuple[WeekBreakdown, ...] = ()
-    mom_basis_days: int | None = None
-    mom_basis: str | None = None
+class _WeekKey:
+    week_start: date
+    week_end: date
+
+
+@dataclass(frozen=True)
+class WeeklyMetrics(_Measures, _WeekKey):
+    total_events_wow_pct: Decimal | None
+    active_users_wow_pct: Decimal | None
+    new_users_wow_pct: Decimal | None
+    revenue_cents_wow_pct: Decimal | None
+    wow_basis_days: int | None = None
+    wow_basis: str | None = None
+
+
+@dataclass(frozen=True)
+class _YearOverYear:
+    """The same period a year earlier (months and quarters): growth and basis."""
+
+    total_events_yoy_pct: Decimal | None = None
+    active_users_yoy_pct: Decimal | None = None
+    new_users_yoy_pct: Decimal | None = None
+    revenue_cents_yoy_pct: Decimal | None = None
     yoy_basis_days: int | None = None
     yoy_basis: str | None = None
 
 
 @dataclass(frozen=True)
+class _MonthKey:
+    month_start: date
+    month_end: date
+
+
+@dataclass(frozen=True)
+class MonthlyMetrics(_YearOverYear, _Measures, _MonthKey):
+    total_events_mom_pct: Decimal | None = None
+    active_users_mom_pct: Decimal | None = None
+    new_users_mom_pct: Decimal | None = None
+    revenue_cents_mom_pct: Decimal | None = None
+    weekly_breakdown: tuple[WeekBreakdown, ...] = ()
+    mom_basis_days: int | None = None
+    mom_basis: str | None = None
+
+
+@dataclass(frozen=True)
 class MonthBreakdown:
+    """One month of a quarter's ``monthly_breakdown``."""
+
     month_start: date
     days_in_quarter: int
     total_events: int
@@ -147,35 +159,20 @@ class MonthBreakdown:
 
 
 @dataclass(frozen=True)
-class QuarterlyMetrics:
+class _QuarterKey:
     quarter_start: date
     quarter_end: date
-    days_with_data: int
-    is_complete: bool
-    total_events: int
-    active_users: int
-    new_users: int
-    active_organizations: int
-    sessions: int
-    signups: int
-    purchases: int
-    revenue_cents: int
-    avg_daily_events: Decimal | None
-    avg_daily_active_users: Decimal | None
-    avg_daily_revenue_cents: Decimal | None
-    total_events_qoq_pct: Decimal | None
-    active_users_qoq_pct: Decimal | None
-    new_users_qoq_pct: Decimal | None
-    revenue_cents_qoq_pct: Decimal | None
-    total_events_yoy_pct: Decimal | None
-    active_users_yoy_pct: Decimal | None
-    new_users_yoy_pct: Decimal | None
-    revenue_cents_yoy_pct: Decimal | None
+
+
+@dataclass(frozen=True)
+class QuarterlyMetrics(_YearOverYear, _Measures, _QuarterKey):
     monthly_breakdown: tuple[MonthBreakdown, ...] = ()
+    total_events_qoq_pct: Decimal | None = None
+    active_users_qoq_pct: Decimal | None = None
+    new_users_qoq_pct: Decimal | None = None
+    revenue_cents_qoq_pct: Decimal | None = None
     qoq_basis_days: int | None = None
     qoq_basis: str | None = None
-    yoy_basis_days: int | None = None
-    yoy_basis: str | None = None
 
 
 @dataclass(frozen=True)
@@ -449,15 +446,8 @@ def year_comparison(grain: str | Grain) -> Comparison | None:
 class MetricsQueryService:
     """Typed, cached reads of the metrics marts, custom metric values and realtime values."""
 
-    def __init__(
-        self,
-        settings: Settings | None = None,
-        *,
-        cache: TwoTierCache | None = None,
-        schema: str | None = None,
-        use_cache: bool = True,
-        today: date | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings | None = None, *, cache: TwoTierCache | None = None,
+                 schema: str | None = None, use_cache: bool = True, today: date | None = None) -> None:
         self.settings = settings or load_settings()
         default = marts_schema()
         self.schema = schema or default

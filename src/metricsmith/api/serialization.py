@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 from decimal import Decimal
 from typing import Any
 
 import orjson
 from starlette.responses import JSONResponse as StarletteJSONResponse
+
+from metricsmith import csvtext
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
@@ -35,12 +35,7 @@ class JSONResponse(StarletteJSONResponse):
 
 def csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """Rows as CSV (header line first); Decimals and dates as their plain text, None as empty."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow(["" if row.get(c) is None else _cell(row.get(c)) for c in columns])
-    return out.getvalue()
+    return csvtext.csv_text(rows, columns, _cell)
 
 
 def _cell(value: Any) -> str:

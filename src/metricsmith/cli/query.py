@@ -4,9 +4,7 @@ through the cache) and `metricsmith cache ...` (operate it)."""
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
 import sys
 from collections.abc import Sequence
@@ -164,14 +162,14 @@ def _cell(value: Any, money: bool = False) -> str:
     return str(value)
 
 
+def _csv_cell(value: Any) -> Any:
+    return json.dumps(_plain(value)) if isinstance(value, (list, tuple, dict)) else value
+
+
 def _csv(dicts: list[dict[str, Any]], all_columns: list[str]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(all_columns)
-    for d in dicts:
-        writer.writerow(["" if d[c] is None else (json.dumps(_plain(d[c])) if isinstance(d[c], (list, tuple, dict))
-                                                else d[c]) for c in all_columns])
-    return out.getvalue().rstrip("\n")
+    from metricsmith.csvtext import csv_text
+
+    return csv_text(dicts, all_columns, _csv_cell).rstrip("\n")
 
 
 def basis_column(column: str, all_columns: Sequence[str]) -> str | None:
