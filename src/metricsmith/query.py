@@ -182,9 +182,11 @@ class PeriodSummary:
     ``totals`` sums the additive measures over every period of the range, ``avg_daily`` divides
     them by ``days_with_data``. Growth compares like with like: each period of the range is paired
     with the period as many periods earlier as the range has (a year of months: the same month a
-    year before; six weeks: the six weeks before), and within each pair only the days both periods
-    have in the day-level mart, aligned by their offset in the period (day 1 of a month with day
-    1; 29 February has no partner in a non-leap year and is left out of both sides).
+    year before; six weeks: the six weeks before), like for like, as the marts' growth columns: the
+    whole periods when both are complete, else only the days both periods have in the day-level
+    mart, aligned by their offset in the period; a month against the month a year before always
+    aligns by day of month (29 February has no partner in a non-leap year and is left out of both
+    sides). A one-period range's growth is thus its mart row's (``*_wow_pct``, ``*_mom_pct`` ...).
     ``compared_periods`` counts the pairs with an aligned day, ``compared_days`` the aligned days,
     ``compared_starts`` lists the range's compared periods. ``compared_totals`` sums this range's
     aligned days, ``previous_totals`` their partners, and ``growth_pct`` is the database's
@@ -558,6 +560,7 @@ class MetricsQueryService:
         def compute() -> list[Any]:
             found = self._fetch(_summary_sql(g, self.schema), {
                 "first": first, "last": last, "cur": current, "prev": previous,
+                "by_day": rollups.aligns_by_day_of_month(g, len(current) * g.count if g.unit == "month" else 0),
                 "cur_end": [g.end_of(d) for d in current], "prev_end": [g.end_of(d) for d in previous]}, g.model)
             row = list(found[0])
             row[6] = [d.isoformat() for d in row[6]]
@@ -566,7 +569,7 @@ class MetricsQueryService:
         def tags() -> list[str]:
             return [*periods.range_tags(g, previous[0], end)]
 
-        stored = self._cached(f"{g.adjective}-summary-aligned:{first}:{last}", compute, self.tier_for_range(g.end_of(end)),
+        stored = self._cached(f"{g.adjective}-summary-lfl:{first}:{last}", compute, self.tier_for_range(g.end_of(end)),
                               tags, tuple)
         return _summary(g, start, end, rows.dicts(), dict(zip(current, previous, strict=True)), previous, stored)
 
@@ -697,8 +700,9 @@ def _periods_before(g: Grain, first: date, count: int) -> list[date]:
 
 
 def _summary_sql(g: Grain, schema: str) -> sql.Composed:
-    """Totals of the range, and of its paired periods and their counterparts over the days both
-    have (aligned by their offset in the period, from the day-level mart), with their growth, in
+    """Totals of the range, and of its paired periods and their counterparts like for like (the
+    marts' rule: the whole periods when both are complete, unless aligned by day of month; else the
+    days both have, by their offset in the period, from the day-level mart), with their growth, in
     one statement (growth by the database's ``metricsmith.growth_pct``)."""
     key = sql.Identifier(g.start_column)
     one_day = g.end_column is None  # a day row is one complete day
@@ -715,26 +719,34 @@ def _summary_sql(g: Grain, schema: str) -> sql.Composed:
         "as complete, {totals} from r), "
         "x as (select * from unnest(%(cur)s::date[], %(cur_end)s::date[], %(prev)s::date[], %(prev_end)s::date[]) "
         "as x(cur, cur_end, prev, prev_end)), "
-        "a as (select x.cur, x.prev, {pairs} from x join {daily} as c on c.{dk} between x.cur and x.cur_end "
-        "join {daily} as p on p.{dk} = x.prev + (c.{dk} - x.cur) and p.{dk} <= x.prev_end), "
-        "m as (select count(distinct cur) as compared, count(*) as aligned, "
-        "coalesce(array_agg(distinct cur order by cur), '{{}}') as starts, {sums} from a), "
+        # a pair of complete periods compares the whole periods, unless aligned by day of month
+        "w as (select x.*, coalesce({both_complete}, false) and not %(by_day)s as whole "
+        "from x left join {tbl} as rc on rc.{key} = x.cur left join {tbl} as pc on pc.{key} = x.prev), "
+        "ac as (select w.cur, count(*) as days, {cur_sums} from w join {daily} as c "
+        "on c.{dk} between w.cur and w.cur_end where w.whole or exists (select from {daily} as p "
+        "where p.{dk} = w.prev + (c.{dk} - w.cur) and p.{dk} <= w.prev_end) group by w.cur), "
+        "ap as (select {prev_sums} from w join {daily} as p on p.{dk} between w.prev and w.prev_end "
+        "where w.whole or exists (select from {daily} as c where c.{dk} = w.cur + (p.{dk} - w.prev) "
+        "and c.{dk} <= w.cur_end)), "
+        "m as (select count(*) as compared, coalesce(sum(days), 0) as aligned, "
+        "coalesce(array_agg(cur order by cur), '{{}}') as starts, {sums} from ac cross join ap), "
         "k as (select coalesce(bool_and({rc_complete}), true) as cur_complete, "
         "coalesce(bool_and({pc_complete}), true) as prev_complete "
-        "from (select distinct cur, prev from a) as d join {tbl} as rc on rc.{key} = d.cur "
+        "from (select cur, prev from w where cur in (select cur from ac)) as d join {tbl} as rc on rc.{key} = d.cur "
         "join {tbl} as pc on pc.{key} = d.prev) "
         "select t.days, t.complete, m.compared, m.aligned, k.cur_complete, k.prev_complete, m.starts, "
         "{out_totals}, {out_avgs}, {out_cur}, {out_prev}, {out_growth} "
         "from t cross join m cross join k"
     ).format(
         tbl=sql.Identifier(schema, g.model), key=key, days=days, complete=complete,
+        both_complete=sql.SQL("false") if one_day else sql.SQL("rc.is_complete and pc.is_complete"),
         rc_complete=sql.SQL("true") if one_day else sql.Identifier("rc", "is_complete"),
         pc_complete=sql.SQL("true") if one_day else sql.Identifier("pc", "is_complete"),
         daily=sql.Identifier(schema, grains.day().model), dk=day_key,
         totals=comma.join(sql.SQL("sum({c}) as {c}").format(c=ids[m]) for m in ADDITIVE),
-        pairs=comma.join(sql.SQL("c.{c} as {cc}, p.{c} as {pc}").format(c=ids[m], cc=c_ids[m], pc=p_ids[m])
-                         for m in ADDITIVE),
-        sums=comma.join(sql.SQL("sum({cc}) as {cc}, sum({pc}) as {pc}").format(cc=c_ids[m], pc=p_ids[m])
+        cur_sums=comma.join(sql.SQL("sum(c.{c}) as {cc}").format(c=ids[m], cc=c_ids[m]) for m in ADDITIVE),
+        prev_sums=comma.join(sql.SQL("sum(p.{c}) as {pc}").format(c=ids[m], pc=p_ids[m]) for m in ADDITIVE),
+        sums=comma.join(sql.SQL("sum({cc}) as {cc}, max(ap.{pc}) as {pc}").format(cc=c_ids[m], pc=p_ids[m])
                         for m in ADDITIVE),
         out_totals=comma.join(sql.SQL("coalesce(t.{c}, 0)").format(c=ids[m]) for m in ADDITIVE),
         out_avgs=comma.join(sql.SQL("round(t.{c} / nullif(t.days, 0), 4)").format(c=ids[m]) for m in ADDITIVE),

@@ -73,6 +73,13 @@ def breakdown_keys(g: Grain) -> list[str]:
     return [grains.get(g.breakdown).start_column, f"days_in_{g.name}", *BREAKDOWN_MEASURES, "is_complete"]
 
 
+def aligns_by_day_of_month(g: Grain, months: int) -> bool:
+    """Whether ``g``'s periods compared with those ``months`` earlier align by day of month even
+    when both are complete (a month against the month a year earlier: 29 February has no
+    partner); the marts' macro period_metrics applies the same rule."""
+    return g.unit == "month" and g.count == 1 and months > 0 and months % 12 == 0
+
+
 def year_comparison(g: Grain) -> Comparison | None:
     """``g``'s comparison with the same period a year before (``yoy``), if it has one."""
     return next((c for c in g.comparisons if c.months == 12), None)

@@ -112,6 +112,52 @@ def test_typed_rows_carry_the_reference_basis(built: dict[str, list[dict[str, An
     assert seen == {"full", "to_date", "partial_baseline", "none"}
 
 
+def _like_for_like(g: grains.Grain, daily: dict[date, dict[str, Any]], ref: dict[date, dict[str, Any]],
+                   pairs: list[tuple[date, date]], *, by_day: bool) -> tuple[list[date], list[date], list[Any]]:
+    """The days each side of ``pairs`` compares, like for like: the whole periods when both are
+    complete (unless ``by_day``: a month against the month a year earlier, by day of month), else
+    the days both have, matched by offset in the period; and the pairs with an aligned day."""
+    cur_days: list[date] = []
+    prev_days: list[date] = []
+    compared = []
+    for c, p in pairs:
+        if not by_day and c in ref and p in ref and ref[c]["is_complete"] and ref[p]["is_complete"]:
+            now = [d for d in sorted(daily) if c <= d <= g.end_of(c)]
+            before = [d for d in sorted(daily) if p <= d <= g.end_of(p)]
+        else:
+            now = [d for d in sorted(daily) if c <= d <= g.end_of(c) and p + (d - c) <= g.end_of(p)
+                   and p + (d - c) in daily]
+            before = [p + (d - c) for d in now]
+        cur_days += now
+        prev_days += before
+        if now:
+            compared.append((c, p))
+    return cur_days, prev_days, compared
+
+
+@pytest.mark.parametrize("grain", [g.name for g in grains.periods()])
+def test_one_period_summary_is_its_mart_row(built: dict[str, list[dict[str, Any]]], svc: MetricsQueryService,
+                                            grain: str) -> None:
+    """A range of one period compares it with the previous one exactly as the mart's growth column
+    does (quarters by offset in the quarter, whole quarters when both are complete): the summary's
+    growth, aligned days and basis are the row's ``*_<cmp>_pct``, ``<cmp>_basis_days``, ``<cmp>_basis``;
+    a year of periods compares each with the period a year earlier like the ``yoy`` columns."""
+    g = grains.get(grain)
+    first = next(c for c in g.comparisons if not (c.months and c.months % 12 == 0))
+    yoy = next((c for c in g.comparisons if c.months and c.months % 12 == 0), None)
+    for row in built[g.model]:
+        start = row[g.start_column]
+        summary = svc.get_period_summary(grain, start, start)
+        assert summary.growth_basis == row[f"{first.suffix}_basis"], (start, summary.alignment)
+        assert summary.compared_days == (row[f"{first.suffix}_basis_days"] or 0), start
+        for m in ("total_events", "new_users", "revenue_cents"):
+            assert summary.growth_pct[m] == row[f"{m}_{first.suffix}_pct"], (start, m)
+    if yoy is not None:
+        summary = svc.get_period_summary(grain, date(2024, 1, 1), date(2024, 12, 31))
+        rows = [r for r in built[g.model] if r[g.start_column] in summary.compared_starts]
+        assert summary.compared_days == sum(r[f"{yoy.suffix}_basis_days"] for r in rows)
+
+
 @pytest.mark.parametrize("grain", [g.name for g in grains.periods()])
 def test_year_summary_equals_the_reference(built: dict[str, list[dict[str, Any]]], svc: MetricsQueryService,
                                            grain: str) -> None:
@@ -125,18 +171,16 @@ def test_year_summary_equals_the_reference(built: dict[str, list[dict[str, Any]]
     previous = [g.start_of(summary.previous_start)]
     while len(previous) < len(current):
         previous.append(g.next_start(previous[-1]))
-    # like for like: within each pair, the days both periods have, matched by offset in the period
     daily = {r["metric_date"]: r for r in built["daily_metrics"]}
-    aligned = [(d, p + (d - c)) for c, p in zip(current, previous, strict=True) for d in sorted(daily)
-               if c <= d <= g.end_of(c) and p + (d - c) <= g.end_of(p) and p + (d - c) in daily]
-    pairs = sorted({(g.start_of(d), g.start_of(b)) for d, b in aligned})
-    assert summary.compared_periods == len(pairs) and summary.compared_days == len(aligned)
+    cur_days, prev_days, pairs = _like_for_like(g, daily, ref, list(zip(current, previous, strict=True)),
+                                                by_day=g.unit == "month" and g.count == 1)
+    assert summary.compared_periods == len(pairs) and summary.compared_days == len(cur_days)
     assert summary.compared_starts == [c for c, _ in pairs]
     assert summary.growth_basis == _basis(ref, pairs)
     assert summary.complete_periods == sum(1 for c in current if c in ref and ref[c]["is_complete"])
     for m in ADDITIVE:
         assert summary.totals[m] == sum(ref[c][m] for c in current if c in ref)
-        now, before = sum(daily[d][m] for d, _ in aligned), sum(daily[b][m] for _, b in aligned)
+        now, before = sum(daily[d][m] for d in cur_days), sum(daily[b][m] for b in prev_days)
         assert (summary.compared_totals[m], summary.previous_totals[m]) == (now, before)
         expected = None if not pairs or before == 0 else _round4(Decimal(100) * (now - before) / before)
         assert summary.growth_pct[m] == expected, m
