@@ -315,3 +315,42 @@ def test_fast_path_never_disagrees_with_the_full_rule(payload: bytes) -> None:
     assert fast[0] == slow.event_id == fields[0]
     assert datetime.fromisoformat(fields[1].replace("Z", "+00:00")) == slow.occurred_at
     assert (fields[3], int(fields[7])) == (ingest._copy_escape(slow.event_type), slow.revenue_cents)
+
+
+@st.composite
+def clean_event(draw: st.DrawFn) -> bytes:
+    """A valid event in the common shape (what the batch path decides at C speed), sometimes with
+    text that needs COPY escaping or is not ASCII, optional fields dropped, or a time out of range."""
+    event: dict[str, Any] = base_event(str(uuid.UUID(int=draw(st.integers(0, 2**128 - 1)))))
+    if draw(st.booleans()):
+        event["event_id"] = event["event_id"].upper()
+    for name in draw(st.lists(st.sampled_from(["received_at", "user_id", "organization_id", "session_id",
+                                                "revenue_cents", "properties"]), max_size=3)):
+        event.pop(name, None)
+    if draw(st.integers(0, 4)) == 0:
+        event[draw(st.sampled_from(["user_id", "session_id", "event_type"]))] = draw(
+            st.sampled_from(["tab\there", "back\\slash", "new\nline", "caf\u00e9", "\u2603", "x" * 513, "", " "]))
+    if draw(st.integers(0, 4)) == 0:
+        event[draw(st.sampled_from(["occurred_at", "received_at"]))] = draw(
+            st.sampled_from(["2099-01-01T00:00:00Z", "2001-01-01T00:00:00Z", "2024-03-01T10:00:00+14:59",
+                             "2024-03-01 10:00:00.123456-03:00"]) | calendar_like)
+    return orjson.dumps(event)
+
+
+@settings(max_examples=600 if DEEP else 60, deadline=None, derandomize=not DEEP)
+@given(payloads=st.lists(clean_event() | mutated_event() | st.binary(max_size=30), min_size=1, max_size=40),
+       clean=st.lists(clean_event(), min_size=1, max_size=40), year=st.sampled_from([2000, 2024, 2099]))
+def test_batch_path_decides_like_the_record_path(payloads: list[bytes], clean: list[bytes], year: int) -> None:
+    """parse_objects / fast_lines / judge_many (the consumer's batch path) give, record by record,
+    exactly what parse_object / fast_line / judge give - on mixed batches and on clean ones."""
+    from datetime import UTC, datetime
+
+    now = datetime(year, 3, 1, 10, 0, 3, tzinfo=UTC)
+    now_text = now.isoformat()
+    for batch in (payloads, clean, clean + payloads):
+        records = ingest.parse_objects(batch)
+        assert records == [ingest.parse_object(p) for p in batch]
+        assert ingest.fast_lines(records, now, now_text) == [
+            None if isinstance(r, ingest.Rejection) else ingest.fast_line(r, now, now_text) for r in records]
+        assert ingest.judge_many(records, now, now_text) == [
+            r if isinstance(r, ingest.Rejection) else ingest.judge(r, now, now_text) for r in records]

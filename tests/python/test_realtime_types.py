@@ -47,8 +47,8 @@ def test_seed_parity_counter_and_gauge(svc: RealtimeMetricsService) -> None:
     svc.set_gauge("users:active", -3.25)  # a gauge may go anywhere
     assert svc.get_gauge("users:active") == -3.25
     # the dedicated read connection is dropped by the server: the next read reconnects
-    svc._read_conn.send_command("CLIENT", "ID")
-    read_id = svc._read_conn.read_response()
+    assert svc._reader is not None
+    read_id = svc._reader.execute("CLIENT", "ID")
     assert svc.redis.execute_command("CLIENT", "KILL", "ID", read_id) == 1
     assert svc.get_counter("api:calls") == 3.5
     svc.close()

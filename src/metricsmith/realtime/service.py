@@ -28,6 +28,7 @@ import redis
 
 from metricsmith import rediscluster
 from metricsmith.config import Settings, load_settings
+from metricsmith.realtime.fastread import DirectReader
 from metricsmith.realtime.keys import Keys
 from metricsmith.realtime.registry import (
     BUILTINS,
@@ -108,16 +109,16 @@ class RealtimeMetricsService:
         self.registry = Registry()
         self._mark = self.redis.register_script(MARK_LUA)
         self._read_lock = threading.Lock()
-        self._read_conn: Any = None
+        self._reader: DirectReader | None = None
         if declare_builtins:
             for spec in BUILTINS:
                 self.declare(spec)
 
     def close(self) -> None:
         with self._read_lock:
-            if self._read_conn is not None:
-                self._read_conn.disconnect()
-                self._read_conn = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     # ------------------------------------------------------------------ declaring
 
@@ -210,22 +211,18 @@ class RealtimeMetricsService:
     # ------------------------------------------------------------------ reads
 
     def _hget(self, key: str, field: str) -> bytes | None:
-        """HGET on a dedicated connection (the hot read path: no pool checkout, no retry wrapper);
+        """HGET on a dedicated connection (the hot read path, :mod:`metricsmith.realtime.fastread`);
         on a cluster through the client (it routes the key to its master)."""
         if not self._direct_reads:
             routed: bytes | None = self.redis.hget(key, field)
             return routed
         with self._read_lock:
             try:
-                if self._read_conn is None:
-                    self._read_conn = self.redis.connection_pool.make_connection()
-                self._read_conn.send_command("HGET", key, field)
-                reply: bytes | None = self._read_conn.read_response()
-                return reply
+                if self._reader is None:
+                    self._reader = DirectReader(self.redis.connection_pool)
+                return self._reader.hget(key, field)
             except (redis.ConnectionError, redis.TimeoutError, OSError):
-                if self._read_conn is not None:
-                    self._read_conn.disconnect()
-                self._read_conn = None
+                pass  # the reader closed its connection; it reconnects on the next call
         result: bytes | None = self.redis.hget(key, field)  # once more through the pool (reconnects)
         return result
 

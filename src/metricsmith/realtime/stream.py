@@ -30,6 +30,7 @@ skips entries already quarantined. Delivery is at-least-once, the effect exactly
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import secrets
 import signal
@@ -37,7 +38,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -53,9 +54,11 @@ from metricsmith.ingest import (
     REASONS,
     LoadSummary,
     Rejection,
+    ValidEvent,
     copy_line,
-    judge,
+    judge_many,
     parse_object,
+    parse_objects,
     raw_text,
     store_lines,
 )
@@ -206,6 +209,60 @@ class _Batch:
     lines: list[str] = field(default_factory=list)
     rejects: list[tuple[str, str, Rejection]] = field(default_factory=list)  # entry id, raw text, why
     valid: int = 0
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))  # received_at of events without one
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: reading and judging a batch allocates thousands of
+    short-lived containers (reply lists, parsed events) that die together when it ends, and each
+    collection they would trigger scans every young object for nothing. Restores the previous state."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _raw_stream_reader(client: redis.Redis) -> redis.Redis:
+    """A client on ``client``'s connection pool whose XREADGROUP replies stay RESP arrays
+    (``[[stream, [[id, [field, value, ...]], ...]]]``): no dict built per entry in Python."""
+    reader = redis.Redis(connection_pool=client.connection_pool)
+    reader.set_response_callback("XREADGROUP", lambda reply, **_: reply)
+    return reader
+
+
+def _fields(fields: Any) -> dict[bytes, bytes]:
+    """An entry's fields as a dict (redis-py's, or the raw ``[field, value, ...]``; none for an
+    entry deleted while pending)."""
+    if isinstance(fields, dict):
+        return fields
+    return dict(zip(fields[::2], fields[1::2], strict=True)) if fields else {}
+
+
+def _entry(entry_id: bytes) -> str:
+    return entry_id.decode("utf-8", "backslashreplace")
+
+
+def _unjudged(exc: Exception) -> Rejection:
+    return Rejection("validation_error", f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _parse_all(payloads: list[bytes]) -> list[dict[str, Any] | Rejection]:
+    """:func:`metricsmith.ingest.parse_objects`; should it raise (a bug), each payload alone, an
+    error becoming that entry's ``validation_error``."""
+    try:
+        return parse_objects(payloads)
+    except Exception:  # noqa: BLE001 - one entry must never wedge the stream
+        out: list[dict[str, Any] | Rejection] = []
+        for payload in payloads:
+            try:
+                out.append(parse_object(payload))
+            except Exception as exc:  # noqa: BLE001
+                out.append(_unjudged(exc))
+        return out
 
 
 class StreamConsumer:
@@ -225,6 +282,7 @@ class StreamConsumer:
         self.retry_cap_s = retry_cap_s
         self.stream = self.keys.stream_shard(shard)
         self.cluster = rediscluster.is_cluster(self.redis)
+        self._reader: Any = self.redis if self.cluster else _raw_stream_reader(self.redis)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.group = group
         self.batch_size = batch_size
@@ -360,10 +418,11 @@ class StreamConsumer:
             total.seconds = time.perf_counter() - started
         return total
 
-    def _read(self, start: str, *, block: bool = False) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    def _read(self, start: str, *, block: bool = False) -> list[tuple[bytes, Any]]:
         try:
-            reply = self.redis.xreadgroup(self.group, self.name, {self.stream: start}, count=self.batch_size,
-                                          block=self.block_ms if block else None)
+            with gc_paused():
+                reply = self._reader.xreadgroup(self.group, self.name, {self.stream: start}, count=self.batch_size,
+                                                block=self.block_ms if block else None)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -372,7 +431,8 @@ class StreamConsumer:
             return []
         if not reply:
             return []
-        return [entry for entry in reply[0][1]]
+        streams = list(reply.values()) if isinstance(reply, dict) else [entries for _, entries in reply]
+        return list(streams[0])
 
     def _claim(self, cursor: str) -> tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]:
         reply = self.redis.xautoclaim(self.stream, self.group, self.name, self.claim_idle_ms,
@@ -418,40 +478,44 @@ class StreamConsumer:
             day = self._day_cache[key] = parsed.astimezone(self.tz).date().isoformat()
         return day
 
-    def prepare(self, entries: list[tuple[bytes, dict[bytes, bytes]]], now: datetime) -> _Batch:
-        batch = _Batch()
+    def prepare(self, entries: list[tuple[bytes, Any]], now: datetime) -> _Batch:
+        """Step 1 for a batch: the loader's decision for every entry (:func:`metricsmith.ingest.judge_many`,
+        the batch form of :func:`metricsmith.ingest.judge`), never raising."""
+        with gc_paused():
+            return self._prepare(entries, now)
+
+    def _prepare(self, entries: list[tuple[bytes, Any]], now: datetime) -> _Batch:
+        batch = _Batch(now=now)
         now_text = now.isoformat()
+        payloads = [fields[1] if type(fields) is list and len(fields) == 2 and fields[0] == FIELD
+                    else _fields(fields).get(FIELD) for _, fields in entries]
+        records = _parse_all([b"" if payload is None else payload for payload in payloads])
+        results = judge_many(records, now, now_text)
         seen: set[str] = set()
-        for entry_id, fields in entries:
+        for (entry_id, fields), payload, record, result in zip(entries, payloads, records, results, strict=True):
             batch.ids.append(entry_id)
-            entry = entry_id.decode("utf-8", "backslashreplace")
-            payload = fields.get(FIELD)
             if payload is None:
-                batch.rejects.append((entry, repr(fields), Rejection("invalid_json", "stream entry has no 'e' field")))
-                continue
-            try:
-                self._prepare_one(batch, seen, entry, payload, now, now_text)
-            except Exception as exc:  # noqa: BLE001 - one entry must never wedge the stream
-                batch.rejects.append((entry, raw_text(payload), Rejection(
-                    "validation_error", f"{type(exc).__name__}: {exc}"[:500])))
+                batch.rejects.append((_entry(entry_id), repr(_fields(fields)), Rejection(
+                    "invalid_json", "stream entry has no 'e' field")))
+            elif isinstance(result, Rejection):
+                batch.rejects.append((_entry(entry_id), raw_text(payload), result))
+            else:
+                try:
+                    self._add(batch, seen, record, result)
+                except Exception as exc:  # noqa: BLE001 - one entry must never wedge the stream
+                    batch.rejects.append((_entry(entry_id), raw_text(payload), _unjudged(exc)))
         return batch
 
-    def _prepare_one(self, batch: _Batch, seen: set[str], entry: str, payload: bytes, now: datetime,
-                     now_text: str) -> None:
-        record = parse_object(payload)
-        result = record if isinstance(record, Rejection) else judge(record, now, now_text)
-        if isinstance(result, Rejection):
-            batch.rejects.append((entry, raw_text(payload), result))
-            return
+    def _add(self, batch: _Batch, seen: set[str], record: Any, result: tuple[str, str] | ValidEvent) -> None:
+        """A valid event: its Lua arguments, and its COPY line unless the batch had its id already."""
         if isinstance(result, tuple):  # the fast path accepted the record as it is
-            assert isinstance(record, dict)
             event_id, line = result
             day = self._day(record["occurred_at"])
             event_type = record["event_type"]
             user = record.get("user_id") or ""
             revenue = record.get("revenue_cents") or 0
         else:
-            event_id, line = result.event_id, copy_line(result.row(now))
+            event_id, line = result.event_id, copy_line(result.row(batch.now))
             day = result.occurred_at.astimezone(self.tz).date().isoformat()
             event_type, user, revenue = result.event_type, result.user_id or "", result.revenue_cents
         bucket = str(bucket_index(PURCHASE_BUCKETS_CENTS, revenue)) if event_type == PURCHASE else ""
@@ -461,7 +525,7 @@ class StreamConsumer:
             seen.add(event_id)
             batch.lines.append(line)
 
-    def process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> ConsumeStats:
+    def process(self, entries: list[tuple[bytes, Any]]) -> ConsumeStats:
         """Apply one batch: Redis (atomic, de-duplicated), Postgres, then XACK. Safe to repeat."""
         return self.commit(self.prepare(entries, datetime.now(UTC)))
 
