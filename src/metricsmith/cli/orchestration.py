@@ -88,9 +88,7 @@ def _find_server() -> tuple[str | None, str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from metricsmith.core.dbt import set_verbose
-    from metricsmith.orchestration import server
     from metricsmith.orchestration.jobs import JOBS, JobFailed
-    from metricsmith.orchestration.schedules import DEPLOYMENTS, load_flow
 
     _offline_env()
     set_verbose(args.verbose)
@@ -98,25 +96,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if spec.needs_period and (args.start is None or args.end is None):
         raise UserFacingError(f"{args.job} needs --start and --end")
     api_url, where = _find_server()
-    if api_url is not None:
-        server.use_api_url(api_url)
-        if not args.verbose:  # the flow's log still goes to the server (UI); the console gets warnings
-            os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"
-    entry = next(d.entrypoint for d in DEPLOYMENTS if d.job == args.job)
-    flow = load_flow(entry)
-    if api_url is not None and not args.verbose:
-        from prefect.logging.configuration import setup_logging
-
-        setup_logging(incremental=False)
     params: dict[str, Any] = {"refresh_cache": not args.no_cache_refresh}
     if spec.needs_period:
         params.update(start=args.start, end=args.end)
-    if api_url is None:
-        print(f"{where}: running {args.job} without Prefect "
-              "(job log, lock and retries as usual; no flow run in the UI)", file=sys.stderr)
     try:
-        # no server: the flow's own function, outside Prefect (no temporary server is started)
-        out = flow(**params) if api_url is not None else flow.fn(**params)
+        out = _run_flow(args, api_url, params) if api_url is not None else _run_direct(args.job, where, params)
     except JobFailed as exc:
         print(exc.result.render(), file=sys.stderr)
         return 1
@@ -131,6 +115,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     if api_url is not None and out.get("flow_run_id"):
         print(f"flow run {out['flow_run_id']} on the Prefect server at {api_url} ({where})")
     return 0
+
+
+def _run_flow(args: argparse.Namespace, api_url: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A flow run on the Prefect server at ``api_url`` (every dbt node a task in its UI)."""
+    from metricsmith.orchestration import server
+    from metricsmith.orchestration.schedules import DEPLOYMENTS, load_flow
+
+    server.use_api_url(api_url)
+    if not args.verbose:  # the flow's log still goes to the server (UI); the console gets warnings
+        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"
+    flow = load_flow(next(d.entrypoint for d in DEPLOYMENTS if d.job == args.job))
+    if not args.verbose:
+        from prefect.logging.configuration import setup_logging
+
+        setup_logging(incremental=False)
+    out: dict[str, Any] = flow(**params)
+    return out
+
+
+#: the console log of the direct path: Prefect's format, warnings and errors (as with a flow run)
+DIRECT_LOG_FORMAT = "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s"
+
+
+def _run_direct(job: str, where: str, params: dict[str, Any]) -> dict[str, Any]:
+    """No server: the flow's own body (:func:`flowkit.job_flow`) in this process, without loading
+    the flow files; Prefect's ephemeral mode is switched off, so nothing can start its temporary
+    server (10-40 s) behind our back - an accidental Prefect API call fails instead."""
+    import logging
+
+    from metricsmith.orchestration import flowkit, server
+
+    print(f"{where}: running {job} without Prefect "
+          "(job log, lock and retries as usual; no flow run in the UI)", file=sys.stderr)
+    server.forbid_ephemeral_server()
+    logging.basicConfig(level=logging.WARNING, format=DIRECT_LOG_FORMAT, datefmt="%H:%M:%S")
+    return flowkit.job_flow(job, **params)
 
 
 def cmd_log(args: argparse.Namespace) -> int:

@@ -1,6 +1,10 @@
 """What every job flow does around :func:`metricsmith.orchestration.jobs.run_job`: publish
 the artifact, refresh the metric cache for the days that changed, and end the flow run
-Failed when the job did not complete (so the UI shows it red and notifications fire)."""
+Failed when the job did not complete (so the UI shows it red and notifications fire).
+
+:func:`job_flow` is the whole body of the dbt jobs' flows (``flows/*.py`` only wrap it in
+``@flow``): ``metricsmith jobs run`` with no Prefect server calls it directly, without loading
+the flow files or Prefect (same lock, job log, retries, cache refresh and alerts)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from typing import Any
 
 from metricsmith.core.status import JobStatus
 from metricsmith.orchestration import artifacts
-from metricsmith.orchestration.jobs import JobFailed, run_job
+from metricsmith.orchestration.context import in_flow_run
+from metricsmith.orchestration.jobs import DAILY_JOB, JobFailed, run_job
 from metricsmith.orchestration.runner import JobResult, flow_run_id, logger
 
 
@@ -37,7 +42,8 @@ def summary(result: JobResult) -> dict[str, Any]:
 def run_job_flow(name: str, *, start: date | None = None, end: date | None = None,
                  refresh: bool = True, **kwargs: Any) -> dict[str, Any]:
     result = run_job(name, start=start, end=end, **kwargs)
-    artifacts.publish(result)
+    if in_flow_run():  # the artifact belongs to the flow run (there is none on the direct path)
+        artifacts.publish(result)
     if refresh and result.status in (JobStatus.COMPLETED, JobStatus.PARTIAL) and result.changed_days:
         refresh_cache(result)
     if not result.ok:
@@ -55,3 +61,19 @@ def run_custom_metrics_step(full_refresh: bool = False) -> dict[str, Any]:
     if result.status is not JobStatus.COMPLETED:
         raise RuntimeError(f"custom-metrics {result.status}: {result.message}")
     return result.as_dict()
+
+
+def daily_metrics(refresh_cache: bool = True, custom_metrics: bool = True) -> dict[str, Any]:
+    """The ``daily-metrics`` flow: the daily job, then every active custom metric on the same fresh data."""
+    result = run_job_flow(DAILY_JOB, refresh=refresh_cache)
+    if custom_metrics:
+        result["custom_metrics"] = run_custom_metrics_step()
+    return result
+
+
+def job_flow(name: str, *, start: date | None = None, end: date | None = None,
+             refresh_cache: bool = True) -> dict[str, Any]:
+    """The body of job ``name``'s flow (the daily one runs the custom metrics after it)."""
+    if name == DAILY_JOB:
+        return daily_metrics(refresh_cache=refresh_cache)
+    return run_job_flow(name, start=start, end=end, refresh=refresh_cache)

@@ -28,6 +28,7 @@ from metricsmith.core import pglock
 from metricsmith.core.schema import marts_schema
 from metricsmith.errors import UserFacingError
 from metricsmith.orchestration import runner
+from metricsmith.orchestration.context import in_flow_run
 from metricsmith.orchestration.retry import RetryPolicy, is_transient_message
 from metricsmith.orchestration.runner import Attempt, JobResult, Outcome
 
@@ -171,7 +172,8 @@ class DbtJob:
     def attempt(self, ctx: Attempt) -> Outcome:
         # the rollups' own lock (the one ``metricsmith rollups run`` takes), same waiting policy
         with pglock.ROLLUPS.held(ctx.conn, ctx.lock_wait_seconds):
-            outcome = core_dbt.invoke(dbt_args(self.spec), vars=self.vars, settings=ctx.settings, in_flow=True,
+            outcome = core_dbt.invoke(dbt_args(self.spec), vars=self.vars, settings=ctx.settings,
+                                      in_flow=in_flow_run(),
                                       environment=functools.partial(dbt_environment, attempt=ctx.number))
         return Outcome(models_ok=outcome.models_ok, models_failed=outcome.models_failed,
                        error_message=None if outcome.success else (outcome.error_message or "dbt failed"),

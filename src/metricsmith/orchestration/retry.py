@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from metricsmith.core.pglock import LockBusy
+from metricsmith.orchestration.context import in_flow_run
 
 T = TypeVar("T")
 
@@ -158,9 +159,7 @@ class RetryPolicy:
     def call(self, fn: Callable[[], T], *, name: str, sleep: Callable[[float], None] = time.sleep) -> T:
         """Run ``fn`` with this policy: a Prefect task with retries inside a flow run, else in
         this process with the same delays and condition. Raises the last attempt's exception."""
-        from prefect.context import FlowRunContext
-
-        if FlowRunContext.get() is not None:
+        if in_flow_run():
             from prefect import Task
             from prefect.cache_policies import NO_CACHE
 

@@ -36,6 +36,7 @@ from metricsmith.config import Settings, load_settings
 from metricsmith.core import pglock
 from metricsmith.core.status import JobStatus
 from metricsmith.orchestration import joblog
+from metricsmith.orchestration.context import flow_run_context, in_flow_run
 from metricsmith.orchestration.retry import AttemptFailed, RetryPolicy, is_transient
 
 
@@ -144,18 +145,18 @@ class _Stop(Exception):
 
 def logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     """The flow run's logger inside a flow run, plain logging outside."""
-    try:
-        from prefect import get_run_logger
+    if in_flow_run():
+        try:
+            from prefect import get_run_logger
 
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - outside a flow run
-        return logging.getLogger("metricsmith.jobs")
+            return get_run_logger()
+        except Exception:  # noqa: BLE001 - e.g. a flow run context without its logger
+            pass
+    return logging.getLogger("metricsmith.jobs")
 
 
 def flow_run_id() -> str | None:
-    from prefect.context import FlowRunContext
-
-    ctx = FlowRunContext.get()
+    ctx = flow_run_context()
     return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
 
 

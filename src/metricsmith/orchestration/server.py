@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,7 +119,25 @@ def find_api_url(settings: Settings | None = None) -> tuple[str | None, str]:
 def use_api_url(api_url: str) -> None:
     """Point this process (and the flow-run processes it starts) at ``api_url``."""
     os.environ["PREFECT_API_URL"] = api_url
-    with contextlib.suppress(Exception):  # settings are cached per process: refresh them
-        from prefect.context import refresh_global_settings_context
+    _refresh_prefect_settings()
 
-        refresh_global_settings_context()
+
+def _refresh_prefect_settings() -> None:
+    """Prefect caches its settings per process: re-read them (a process that has not loaded
+    Prefect yet reads the environment when it does)."""
+    if "prefect.context" in sys.modules:
+        with contextlib.suppress(Exception):
+            from prefect.context import refresh_global_settings_context
+
+            refresh_global_settings_context()
+
+
+#: Prefect's switch for the temporary server it starts when no API URL is set
+EPHEMERAL_ENV = "PREFECT_SERVER_EPHEMERAL_ENABLED"
+
+
+def forbid_ephemeral_server() -> None:
+    """This process (and those it starts) never starts Prefect's temporary server: with no API
+    URL a Prefect client call then raises instead of spending 10-40 s on a server start."""
+    os.environ[EPHEMERAL_ENV] = "false"
+    _refresh_prefect_settings()
