@@ -788,8 +788,8 @@ def _span_label(g: Grain, starts: list[date]) -> str:
 def alignment_label(g: Grain, starts: list[date], previous: list[date], aligned_days: int, full: bool) -> str:
     """What a summary compares, e.g. "Jan–Nov vs Jan–Nov" (complete periods) or "Dec vs Dec, 3
     aligned days"; ``previous`` maps each start to its counterpart (same order)."""
-    if not starts:
-        return f"no {g.name} both have"
+    if not starts:  # no pair of periods has an aligned day (e.g. 1-27 Nov against 28-30 Nov)
+        return "no day both have"
     label = f"{_span_label(g, starts)} vs {_span_label(g, previous)}"
     return label if full else f"{label}, {aligned_days} aligned day{'' if aligned_days == 1 else 's'}"
 
