@@ -1,6 +1,6 @@
-"""Rollups bench: P1 full rebuild vs the scan floor, P2 incremental cost vs history.
+"""Rollups bench: P1 full rebuild vs the scan floor and vs naive SQL, P2 incremental cost vs history.
 
-    python bench/rollups.py [--events-per-day 13700] [--days 365]
+    python bench/rollups.py [--events-per-day 13700] [--days 365] [--skip-p2]
 
 Creates and drops its own databases on the configured server (embedded by default):
 
@@ -9,13 +9,19 @@ Creates and drops its own databases on the configured server (embedded by defaul
   events in the same database (best of 3);
 * P1: ``--full-refresh`` of every rollup model, from the first model's start to the last
   model's end (dbt's start-up and parse printed on their own line, not counted) / floor;
+* P1b: the naive reference, one ``count(distinct ...)`` query per grain (day, week, month,
+  quarter; and the week parts of months), same work_mem, no JIT, sequential, in the same run:
+  target naive / P1 >= 3;
 * P2: the new day arrives (received now) on top of 30 vs ``--days`` days of history, one
-  incremental run each (median of 3 runs, model time): ratio target <= 1.3.
+  incremental run each (median of 3 runs, model time): ratio target <= 1.1.
+
+The load average (``uptime``) is printed before and after: the machine may be shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -25,9 +31,59 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import bench_database, server_label  # noqa: E402
-from metricsmith import db, generator, rollups  # noqa: E402
+from metricsmith import db, generator, grains, rollups  # noqa: E402
+from metricsmith.core.schema import marts_schema  # noqa: E402
 
 TZ = "UTC"
+P1_TARGET, P1B_TARGET, P2_TARGET = 10.0, 3.0, 1.1
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} cores)"
+
+
+def _period_sql(g: grains.Grain, day: str) -> str:
+    """The first day of the grain's period holding ``day``, written directly (not the macros)."""
+    if g.unit == "day":
+        return day
+    if g.unit == "week":
+        return f"date_trunc('week', {day})::date"
+    return (f"make_date(extract(year from {day})::int, "
+            f"(extract(month from {day})::int - 1) / {g.count} * {g.count} + 1, 1)")
+
+
+def naive_queries() -> dict[str, str]:
+    """The hand-written reference: per grain, every measure with count(distinct) over stg_events."""
+    schema = marts_schema()
+    out = {}
+    for g in grains.load():
+        period = _period_sql(g, "event_date")
+        out[g.name] = (
+            f"select {period} as period_start, count(*), count(distinct user_id), "
+            "count(distinct organization_id), count(distinct session_id), sum(revenue_cents), "
+            "sum(case when event_type = 'signup' then 1 else 0 end), "
+            "sum(case when event_type = 'purchase' then 1 else 0 end) "
+            f"from {schema}.stg_events group by 1")
+        if g.breakdown is not None and g.unit == "month":
+            part = _period_sql(grains.get(g.breakdown), "event_date")
+            out[f"{g.breakdown} parts of {g.name}"] = (
+                f"select {period}, greatest({period}, {part}), count(*), count(distinct user_id), "
+                f"sum(revenue_cents) from {schema}.stg_events group by 1, 2")
+    return out
+
+
+def _naive(conn: object) -> dict[str, float]:
+    conn.execute("set work_mem = '1GB'")  # type: ignore[attr-defined]
+    conn.execute("set jit = off")  # type: ignore[attr-defined]
+    times = {}
+    for name, query in naive_queries().items():
+        started = time.perf_counter()
+        conn.execute(query).fetchall()  # type: ignore[attr-defined]
+        times[name] = time.perf_counter() - started
+    conn.execute("reset work_mem")  # type: ignore[attr-defined]
+    conn.execute("reset jit")  # type: ignore[attr-defined]
+    return times
 
 
 def _floor(conn: object) -> float:
@@ -75,15 +131,32 @@ def _incremental(conn: object, new_day: date) -> tuple[float, float, int]:
     return statistics.median(model), statistics.median(wall), arrived
 
 
+def _p1(floor: float) -> float:
+    """The full rebuild, models only (from the first model's start to the last one's end)."""
+    p1 = rollups.run_rollups(full_refresh=True, timezone=TZ, quiet=True)
+    startup = p1.seconds - p1.models_seconds
+    slowest = sorted(p1.dbt_seconds.items(), key=lambda kv: -kv[1])
+    print(f"P1 full rebuild of all rollup models:            {p1.models_seconds:6.2f} s   ({_load()})")
+    print("   per model: " + ", ".join(f"{k} {v:.1f}" for k, v in slowest if v >= 0.05))
+    print(f"   dbt start-up (not counted):                    {startup:6.2f} s")
+    print(f"P1 ratio full rebuild / scan floor:              {p1.models_seconds / floor:6.1f}x   "
+          f"(target <= {P1_TARGET:.0f}x)")
+    return p1.models_seconds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--events-per-day", type=int, default=13_700)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--skip-p2", action="store_true", help="P1 and P1b only")
+    parser.add_argument("--jit-off", action="store_true",
+                        help="alter the bench database set jit = off (what the marts' pre-hook would do)")
     args = parser.parse_args()
     start = date(2025, 1, 1)
     new_day = start + timedelta(days=args.days)
     print(f"server: {server_label()}; {args.days} days + 1 new day from {start}, ~{args.events_per_day:,} events/day")
+    print(f"start: {_load()}")
 
     with bench_database("bench_rollups_long") as _url, db.connect(autocommit=True) as conn:
         gen = generator.generate_to_db(days=args.days + 1, events_per_day=args.events_per_day, seed=args.seed,
@@ -93,17 +166,23 @@ def main() -> int:
         users = conn.execute("select count(distinct user_id) from raw.events where occurred_at < %s",
                              (new_day,)).fetchone()
         print(f"distinct users in the first {args.days} days: {users[0] if users else 0:,}")
+        if args.jit_off:
+            conn.execute(f'alter database "{conn.info.dbname}" set jit = off')
+            print("jit = off for every session of the bench database (--jit-off)")
+        version = conn.execute("show server_version").fetchone()
+        print(f"PostgreSQL {version[0] if version else '?'}")
         floor = _floor(conn)
         print(f"scan floor (group by day, best of 3):            {floor:6.2f} s")
-        # models only: from the first model's start to the last model's end (dbt's timing);
-        # the rest of the invocation is dbt's start-up, parse and result handling
-        p1 = rollups.run_rollups(full_refresh=True, timezone=TZ, quiet=True)
-        p1_model = p1.models_seconds
-        startup = p1.seconds - p1_model
-        print(f"P1 full rebuild of all rollup models:            {p1_model:6.2f} s   "
-              f"({', '.join(f'{k} {v:.1f}' for k, v in sorted(p1.dbt_seconds.items(), key=lambda kv: -kv[1])[:4])})")
-        print(f"   dbt start-up (not counted):                    {startup:6.2f} s")
-        print(f"P1 ratio full rebuild / scan floor:              {p1_model / floor:6.1f}x   (target <= 10x)")
+        p1 = _p1(floor)
+        naive = _naive(conn)
+        naive_total = sum(naive.values())
+        print(f"P1b naive count(distinct) SQL, all grains:       {naive_total:6.2f} s   "
+              f"({', '.join(f'{k} {v:.1f}' for k, v in naive.items())})")
+        print(f"P1b ratio naive / full rebuild:                  {naive_total / p1:6.1f}x   "
+              f"(target >= {P1B_TARGET:.0f}x)")
+        print(f"scan floor again (best of 3):                    {_floor(conn):6.2f} s   ({_load()})")
+        if args.skip_p2:
+            return 0
         long_model, long_wall, arrived = _incremental(conn, new_day)
 
     with bench_database("bench_rollups_short") as _url, db.connect(autocommit=True) as conn:
@@ -114,7 +193,8 @@ def main() -> int:
     print(f"P2 new day ({arrived:,} events) on 30 days of history:   {short_model:6.2f} s models, {short_wall:6.2f} s wall")
     print(f"P2 new day on {args.days} days of history:                   {long_model:6.2f} s models, {long_wall:6.2f} s wall")
     print(f"P2 ratio {args.days} / 30 days of history:                  {long_model / short_model:6.2f}    "
-          f"(wall {long_wall / short_wall:.2f}; target <= 1.3)")
+          f"(wall {long_wall / short_wall:.2f}; target <= {P2_TARGET})")
+    print(f"end: {_load()}")
     return 0
 
 

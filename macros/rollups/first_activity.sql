@@ -9,7 +9,7 @@
     Works on `events` (island_id, event_date, <key>) where each island covers whole periods of
     every grain around the days it outputs. One sort per key: lag() finds the previous active
     day of the same key, then rows collapse to (day, previous day) pairs before the calendar
-    arithmetic.
+    arithmetic. The sort is the cost: see bench/README.md "Rollups" for what was measured.
 -#}
 {% macro first_activity_counts(events_cte, key, prefix, with_breakdowns=false, dedupe_first=false) -%}
     {%- set windows = metricsmith.first_activity_windows(with_breakdowns) %}
@@ -29,8 +29,10 @@
         select
             island_id,
             event_date,
+            -- the key first: the sort then compares abbreviated keys of the text (a leading
+            -- integer column would disable them)
             lag(event_date) over (
-                partition by island_id, {{ metricsmith.id_sort_key(key) }}
+                partition by {{ metricsmith.id_sort_key(key) }}, island_id
                 order by event_date
             ) as previous_date
         from {{ (prefix ~ '_days') if dedupe_first else events_cte }}

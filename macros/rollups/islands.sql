@@ -35,8 +35,9 @@ source_events as (
 
 ),
 
--- each island reads the events of its input range (ranges of adjacent islands may touch)
-events as (
+-- each island reads the events of its input range (ranges of adjacent islands may touch);
+-- inlined into each reader so that each read is its own (parallel) scan
+events as {{ metricsmith.cte_inline() }} (
 
     {%- for i in islands %}
     select {{ loop.index }} as island_id, event_date, {{ columns | join(', ') }}

@@ -2,7 +2,7 @@
     The local days whose metrics may have changed in this run, with the reason, and the spine
     (first and last day with a valid event) after this run. On a full rebuild: every spine day.
 -#}
-{{ config(materialized='table') }}
+{{ config(materialized='table', pre_hook=metricsmith.rollup_parallel_tuning()) }}
 -- depends_on: {{ ref('int_changed_users') }}
 
 {%- set batch = metricsmith.rollup_batch(ref('int_rollup_batch')) %}

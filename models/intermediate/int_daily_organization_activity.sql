@@ -1,36 +1,7 @@
 {#-
-    One row per spine day: distinct organizations and organizations whose first activity in the day's
-    period of each declared grain (ISO week, month, quarter) falls on that day (see
-    int_daily_user_activity).
+    One row per spine day: distinct organizations and organizations whose first activity in the
+    day's period of each declared grain falls on that day (organizations have many events per
+    day: (day, organization) pairs are de-duplicated before the sort). See day_activity.
 -#}
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='delete+insert',
-        unique_key='metric_date',
-        on_schema_change='sync_all_columns',
-        indexes=[{'columns': ['metric_date'], 'unique': True}],
-        pre_hook=metricsmith.rollup_session_tuning(),
-    )
-}}
-{%- set islands = metricsmith.rollup_islands(ref('int_changed_days')) %}
-
-with
-
-{{ metricsmith.island_ctes(islands, ref('stg_events'), ['organization_id']) }},
-
-{{ metricsmith.first_activity_counts('events', 'organization_id', 'organizations', dedupe_first=true) }},
-
-final as (
-
-    select
-        spine_days.metric_date,
-        cast(coalesce(c.active, 0) as {{ dbt.type_bigint() }}) as active_organizations,
-        {{- metricsmith.first_activity_columns('c', 'organizations') }}
-    from spine_days
-    left join organizations_counts as c
-        on spine_days.island_id = c.island_id and spine_days.metric_date = c.event_date
-
-)
-
-select * from final
+{{ metricsmith.day_activity('organization_id', 'organizations', 'active_organizations',
+                            ref('int_changed_days'), ref('stg_events'), dedupe_first=true) }}

@@ -12,7 +12,7 @@
             {'columns': ['user_id'], 'unique': True},
             {'columns': ['first_event_date']},
         ],
-        pre_hook=metricsmith.rollup_session_tuning(),
+        pre_hook=[metricsmith.rollup_session_tuning(), metricsmith.rollup_parallel_tuning()],
     )
 }}
 -- depends_on: {{ ref('int_changed_users') }}

@@ -77,6 +77,7 @@ metricsmith = _Namespace({
         f"\n        {alias}.first_in_week as {prefix}_first_in_week"),
     "first_activity_column_list": lambda alias, prefix, **kwargs: f"\n        {alias}.{prefix}_first_in_week",
     "period_metrics": lambda *args, **kwargs: "select 1 as period_metrics",
+    "day_activity": lambda *args, **kwargs: "select 1 as day_activity",
     "custom_metric_values": lambda *args, **kwargs: "select 1 as custom_metric_values",
     # compile-time values
     "grains": _grains,
