@@ -70,13 +70,10 @@
 {%- endmacro %}
 
 
-{#- one row per date from start_expr to end_expr inclusive, column `metric_date` -#}
+{#- one row per date from start_expr to end_expr inclusive, column `metric_date` (Postgres; on an
+    adapter without an implementation dbt's dispatch error stops the compile, naming the macro) -#}
 {% macro date_series(start_expr, end_expr) -%}
     {{ return(adapter.dispatch('date_series', 'metricsmith')(start_expr, end_expr)) }}
-{%- endmacro %}
-
-{% macro default__date_series(start_expr, end_expr) -%}
-    {{ exceptions.raise_compiler_error("metricsmith.date_series has no implementation for adapter " ~ adapter.type()) }}
 {%- endmacro %}
 
 {% macro postgres__date_series(start_expr, end_expr) -%}
@@ -119,13 +116,11 @@
 {%- endmacro %}
 
 
-{#- a time-zone-aware timestamp type -#}
+{#- a time-zone-aware timestamp type. No default: dbt's cross-database timestamp is naive on most
+    adapters, so an adapter without its own implementation stops the compile (dbt's dispatch
+    error names the macro) instead of silently dropping the time zone -#}
 {% macro type_timestamptz() -%}
     {{ return(adapter.dispatch('type_timestamptz', 'metricsmith')()) }}
-{%- endmacro %}
-
-{% macro default__type_timestamptz() -%}
-    {{ dbt.type_timestamp() }}
 {%- endmacro %}
 
 {% macro postgres__type_timestamptz() -%}

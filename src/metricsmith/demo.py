@@ -7,6 +7,7 @@ Later capabilities add their own step to ``STEPS``.
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable
 from datetime import date, timedelta
 
@@ -40,8 +41,6 @@ def step_generate() -> None:
     print(result.render())
 
 
-# Each capability's step is imported when it runs: `metricsmith --help` and the first
-# steps do not pay for importing Prefect, dbt and the rest.
 def step_rollups() -> None:
     """Run the rollups incrementally (the first time builds everything; a second demo only
     reads what arrived since) and print the latest periods of every grain with their growth."""
@@ -51,52 +50,27 @@ def step_rollups() -> None:
     cli.show()
 
 
-def step_orchestration() -> None:
-    from metricsmith.orchestration.demo import step_jobs
+def imported_when_run(module: str, function: str) -> Callable[[], None]:
+    """The step ``module.function``, imported when it runs: `metricsmith --help` and the first
+    steps do not pay for importing Prefect, dbt and the rest (each capability owns its step)."""
+    def step() -> None:
+        getattr(importlib.import_module(module), function)()
 
-    step_jobs()
-
-
-def step_cache() -> None:
-    from metricsmith.cache.demo import step_cache as run
-
-    run()
-
-
-def step_custom_metrics() -> None:
-    from metricsmith.custom_metrics.demo import step_custom_metrics as run
-
-    run()
-
-
-def step_realtime() -> None:
-    from metricsmith.realtime.demo import step_realtime as run
-
-    run()
-
-
-def step_alerts() -> None:
-    from metricsmith.alerts.demo import demo_step
-
-    demo_step()
-
-
-def step_api() -> None:
-    from metricsmith.api.demo import step_api as run
-
-    run()
+    step.__qualname__ = step.__name__ = f"{module}.{function}"
+    return step
 
 
 STEPS: list[tuple[str, Callable[[], None]]] = [
     ("servers and migrations", step_servers),
     ("sample events", step_generate),
     ("rollups: " + " / ".join(g.adjective for g in grains.load()) + " metrics", step_rollups),
-    ("alerts: a threshold rule fires and resolves", step_alerts),
-    ("orchestration: job log and health", step_orchestration),
-    ("metric cache", step_cache),
-    ("custom metrics: stored definitions -> generated dbt models", step_custom_metrics),
-    ("realtime metrics: stream -> Redis + raw.events", step_realtime),
-    ("HTTP API and dashboard", step_api),
+    ("alerts: a threshold rule fires and resolves", imported_when_run("metricsmith.alerts.demo", "demo_step")),
+    ("orchestration: job log and health", imported_when_run("metricsmith.orchestration.demo", "step_jobs")),
+    ("metric cache", imported_when_run("metricsmith.cache.demo", "step_cache")),
+    ("custom metrics: stored definitions -> generated dbt models",
+     imported_when_run("metricsmith.custom_metrics.demo", "step_custom_metrics")),
+    ("realtime metrics: stream -> Redis + raw.events", imported_when_run("metricsmith.realtime.demo", "step_realtime")),
+    ("HTTP API and dashboard", imported_when_run("metricsmith.api.demo", "step_api")),
 ]
 
 

@@ -141,15 +141,21 @@ def parse_text(text: str, source: str = "alerts.yml") -> RuleSet:
     return RuleSet(source, tuple(rules), chans)
 
 
+def _section(raw: Any, line: int, problems: _Problems, must: str) -> Node | None:
+    """An optional top-level mapping: None when absent, or when it is no mapping (``must`` is
+    then the problem at ``line``)."""
+    if raw is not None and not isinstance(raw, Node):
+        problems.add(line, must)
+    return raw if isinstance(raw, Node) else None
+
+
 def _channels(raw: Any, line: int, problems: _Problems) -> dict[str, ChannelSpec]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, Node):
-        problems.add(line, "channels: must map channel names to their settings")
+    node = _section(raw, line, problems, "channels: must map channel names to their settings")
+    if node is None:
         return {}
     out: dict[str, ChannelSpec] = {}
-    for name, spec in raw.items():
-        where = raw.line_of(name)
+    for name, spec in node.items():
+        where = node.line_of(name)
         chan = problems.check(where, functools.partial(channels_spec.parse, name, spec, where))
         if chan is not None:
             out[name] = chan
@@ -157,15 +163,13 @@ def _channels(raw: Any, line: int, problems: _Problems) -> dict[str, ChannelSpec
 
 
 def _defaults(raw: Any, line: int, problems: _Problems) -> dict[str, Any]:
-    if raw is None:
+    node = _section(raw, line, problems, "defaults: must be a mapping (severity, labels, channels, resolve_after)")
+    if node is None:
         return {}
-    if not isinstance(raw, Node):
-        problems.add(line, "defaults: must be a mapping (severity, labels, channels, resolve_after)")
-        return {}
-    for key in sorted(set(raw) - {"severity", "labels", "channels", "resolve_after", "message"}):
-        problems.add(raw.line_of(key), f"unknown key {key!r} in defaults: use severity, labels, channels, "
-                                       "resolve_after, message")
-    return dict(raw)
+    for key in sorted(set(node) - {"severity", "labels", "channels", "resolve_after", "message"}):
+        problems.add(node.line_of(key), f"unknown key {key!r} in defaults: use severity, labels, channels, "
+                                        "resolve_after, message")
+    return dict(node)
 
 
 def _rules(raw: Any, line: int, chans: dict[str, ChannelSpec], defaults: dict[str, Any],

@@ -4,10 +4,10 @@ dependencies (``caller``, ``require_user``, ``marts_reader``)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import psycopg
 from fastapi import Depends, Request
@@ -21,6 +21,8 @@ from metricsmith.config import Settings
 from metricsmith.custom_metrics.service import CustomMetricsService
 from metricsmith.query import MetricsQueryService
 from metricsmith.realtime.service import RealtimeMetricsService
+
+T = TypeVar("T")
 
 #: pooled PostgreSQL connections per process (key checks, visibility, job runs, readiness)
 POOL_SIZE = 8
@@ -41,32 +43,34 @@ class ApiState:
     def schema(self) -> str:
         return self.query.schema
 
+    def _once(self, attr: str, make: Callable[[], T]) -> T:
+        """The object kept in ``attr``, made on first use (once, whichever thread asks first)."""
+        with self._lock:
+            if getattr(self, attr) is None:
+                setattr(self, attr, make())
+            made: T = getattr(self, attr)
+            return made
+
+    def _open_pool(self) -> ConnectionPool[Any]:
+        pool: ConnectionPool[Any] = ConnectionPool(
+            db.database_url(self.settings), min_size=1, max_size=POOL_SIZE, open=False,
+            kwargs={"autocommit": True, "connect_timeout": 5})
+        pool.open(wait=True, timeout=10)
+        return pool
+
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled autocommit connection (keys, job runs, readiness)."""
-        with self._lock:
-            if self._pool is None:
-                pool: ConnectionPool[Any] = ConnectionPool(
-                    db.database_url(self.settings), min_size=1, max_size=POOL_SIZE, open=False,
-                    kwargs={"autocommit": True, "connect_timeout": 5})
-                pool.open(wait=True, timeout=10)
-                self._pool = pool
-        with self._pool.connection() as conn:
+        with self._once("_pool", self._open_pool).connection() as conn:
             yield conn
 
     @property
     def realtime(self) -> RealtimeMetricsService:
-        with self._lock:
-            if self._realtime is None:
-                self._realtime = RealtimeMetricsService(self.settings)
-            return self._realtime
+        return self._once("_realtime", lambda: RealtimeMetricsService(self.settings))
 
     @property
     def custom(self) -> CustomMetricsService:
-        with self._lock:
-            if self._custom is None:
-                self._custom = CustomMetricsService(self.settings)
-            return self._custom
+        return self._once("_custom", lambda: CustomMetricsService(self.settings))
 
     def close(self) -> None:
         if self._pool is not None:

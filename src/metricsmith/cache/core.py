@@ -48,6 +48,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
@@ -78,6 +79,20 @@ Loader = Callable[[Any], Any]
 
 def _identity(value: Any) -> Any:
     return value
+
+
+@dataclass(frozen=True)
+class _Miss:
+    """A read that found no fresh value: what computing and storing it needs. ``stale`` is the
+    value found when it is only due for an early refresh (served while another refreshes)."""
+
+    key: str
+    compute: Callable[[], Any]
+    ttl: float
+    tags: frozenset[str]
+    loader: Loader
+    started: float
+    stale: Entry | None = None
 
 
 def _weakly(owner: object, method: str) -> Callable[[], None]:
@@ -207,7 +222,7 @@ class TwoTierCache:
                     self.stats.observe("l2", time.perf_counter() - started)
                     return entry.payload
                 stale = entry
-        return self._single_flight(key, compute, ttl, resolve_tags(tags), stale, started, loader)
+        return self._single_flight(_Miss(key, compute, ttl, resolve_tags(tags), loader, started, stale))
 
     def _decode(self, key: str, raw: Any, tags: TagSource, loader: Loader) -> Entry | None:
         try:
@@ -229,26 +244,20 @@ class TwoTierCache:
         self.stats.observe("db", time.perf_counter() - started)
         return value
 
-    def _single_flight(
-        self, key: str, compute: Callable[[], Any], ttl: float, tags: frozenset[str],
-        stale: Entry | None, started: float, loader: Loader,
-    ) -> Any:
-        flight, leader = self.flights.join(key)
+    def _single_flight(self, miss: _Miss) -> Any:
+        flight, leader = self.flights.join(miss.key)
         if leader:
-            return self.flights.lead(
-                key, flight, lambda: self._compute_and_store(key, compute, ttl, tags, stale, started, loader))
-        if stale is not None:  # someone is already refreshing early: keep serving the value
+            return self.flights.lead(miss.key, flight, lambda: self._compute_and_store(miss))
+        if miss.stale is not None:  # someone is already refreshing early: keep serving the value
             self.stats.incr("l1_hits" if self._l1_usable() else "l2_hits")
-            return stale.payload
+            return miss.stale.payload
         self.stats.incr("stampedes_avoided")
         result = flight.wait()
-        self.stats.observe("db", time.perf_counter() - started)
+        self.stats.observe("db", time.perf_counter() - miss.started)
         return result
 
-    def _compute_and_store(
-        self, key: str, compute: Callable[[], Any], ttl: float, tags: frozenset[str],
-        stale: Entry | None, started: float, loader: Loader,
-    ) -> Any:
+    def _compute_and_store(self, miss: _Miss) -> Any:
+        key, tags, stale, started, loader = miss.key, miss.tags, miss.stale, miss.started, miss.loader
         epoch = self.l1.epoch
         try:
             # lock first, then read: a leader stores before it releases, so whoever gets the
@@ -258,7 +267,7 @@ class TwoTierCache:
             gen, current = self.l2.read_for_compute(key)
         except redis.RedisError as exc:
             self._mark_down(exc)
-            return self._compute_direct(compute, started, loader)
+            return self._compute_direct(miss.compute, started, loader)
         if current is not None and stale is None:
             # another leader stored it between our L2 miss and now: no need to compute
             entry = self._decode(key, current, tags, loader)
@@ -279,30 +288,28 @@ class TwoTierCache:
                 self.stats.observe("l2", time.perf_counter() - started)
                 return waited.payload
             if not self.circuit.closed:
-                return self._compute_direct(compute, started, loader)
+                return self._compute_direct(miss.compute, started, loader)
         if stale is not None:
             self.stats.incr("early_refreshes")
-        return self._compute_then_store(key, compute, ttl, tags, gen, lock if locked else None, started, loader, epoch)
+        return self._compute_then_store(miss, gen, lock if locked else None, epoch)
 
-    def _compute_then_store(
-        self, key: str, compute: Callable[[], Any], ttl: float, tags: frozenset[str], gen: str,
-        lock: Lock | None, started: float, loader: Loader, epoch: int,
-    ) -> Any:
+    def _compute_then_store(self, miss: _Miss, gen: str, lock: Lock | None, epoch: int) -> Any:
         """Compute, then store under the generation read before (released ``lock`` after)."""
+        key, tags, loader = miss.key, miss.tags, miss.loader
         try:
             t0 = time.perf_counter()
-            value = compute()
+            value = miss.compute()
             delta = time.perf_counter() - t0
             self.stats.incr("computations")
-            self.stats.observe("db", time.perf_counter() - started)
-            expires_at = utc_now() + ttl
+            self.stats.observe("db", time.perf_counter() - miss.started)
+            expires_at = utc_now() + miss.ttl
             data = serialization.encode_entry(value, delta, expires_at)
         except BaseException:
             if lock is not None:
                 self._release(lock)
             raise
         try:
-            stored = self.l2.store(key, gen, data, ttl, tags)
+            stored = self.l2.store(key, gen, data, miss.ttl, tags)
         except redis.RedisError as exc:
             self._mark_down(exc)
             return loader(value)

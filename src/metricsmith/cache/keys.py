@@ -11,6 +11,12 @@ Redis keeps the untagged names.
 
 from __future__ import annotations
 
+from metricsmith.core.redis_names import child, namespace_root
+
+#: the fixed names under the root, and the kind of each per-key name (``<root><kind>:<key>``)
+FIXED = ("invalidate", "gen", "fence", "stats")
+VALUE, TAG, LOCK, ACK = "v", "tag", "lock", "ack"
+
 
 class CacheKeys:
     """Names of the cache's Redis keys and channel for one Redis prefix.
@@ -18,26 +24,28 @@ class CacheKeys:
     ``channel`` carries the L1 purges; ``gen`` is bumped by every invalidation (the
     compare-and-set of a store); ``fence`` is the highest record of
     ``metricsmith.cache_invalidations`` this Redis applied; ``stats`` is the fleet-wide
-    statistics hash. Values, tag sets, compute locks and ack counters are named per key.
+    statistics hash. Values, tag sets, compute locks and ack counters are named per key
+    (``<root><kind>:<key>``, :func:`metricsmith.core.redis_names.child`).
     """
 
     __slots__ = ("channel", "fence", "gen", "root", "stats", "tagged")
 
     def __init__(self, prefix: str, tagged: bool = False) -> None:
         self.tagged = tagged
-        self.root = root = "{" + prefix + "cache}:" if tagged else f"{prefix}cache:"
-        self.channel, self.gen, self.fence, self.stats = (root + n for n in ("invalidate", "gen", "fence", "stats"))
+        self.root = root = namespace_root(prefix, "cache", tagged=tagged)
+        self.channel, self.gen, self.fence, self.stats = (root + n for n in FIXED)
 
     def value(self, key: str) -> str:
-        return f"{self.root}v:{key}"
+        return child(self.root, VALUE, key)
 
     def tag(self, tag: str) -> str:
-        return f"{self.root}tag:{tag}"
+        """The set of the value keys that carry ``tag``."""
+        return child(self.root, TAG, tag)
 
     def lock(self, key: str) -> str:
         """The cross-process compute lock of ``key``."""
-        return f"{self.root}lock:{key}"
+        return child(self.root, LOCK, key)
 
     def ack(self, message_id: str) -> str:
         """Counter of the processes that confirmed one invalidation message."""
-        return f"{self.root}ack:{message_id}"
+        return child(self.root, ACK, message_id)
