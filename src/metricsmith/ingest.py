@@ -264,14 +264,23 @@ def loads_strict(data: bytes | str) -> Any:
     if type(value) is dict or type(value) is list:
         colon: Any = b":" if isinstance(data, bytes) else ":"
         escape: Any = b"\\u003" if isinstance(data, bytes) else "\\u003"
-        if escape in data or data.count(colon) != orjson.dumps(value).count(b":"):
+        if escape in data or data.count(colon) != _colons(value):
             try:
                 json.loads(data, object_pairs_hook=_pairs_without_repeats)
             except _RepeatedKey as repeated:
                 return Rejection("duplicate_field", f"field(s) repeated in one object: {', '.join(repeated.keys)}")
-            except ValueError:  # orjson accepted it; a disagreement is judged by orjson's reading
+            except (ValueError, RecursionError):  # orjson accepted it; a disagreement is judged by orjson's reading
                 pass
     return value
+
+
+def _colons(value: Any) -> int:
+    """The colons of ``value`` serialised compactly; -1 when orjson cannot write it back (nested
+    deeper than it writes: 255 levels), which sends the text to the exact check."""
+    try:
+        return orjson.dumps(value).count(b":")
+    except TypeError:
+        return -1
 
 
 def parse_object(data: bytes | str) -> dict[str, Any] | Rejection:
@@ -552,7 +561,7 @@ def parse_objects(raws: Sequence[bytes]) -> list[dict[str, Any] | Rejection]:
     objects = [i for i, value in enumerate(values) if type(value) is dict]
     if objects:
         joined = b"".join([raws[i] for i in objects])
-        if b"\\u003" in joined or joined.count(b":") != orjson.dumps([values[i] for i in objects]).count(b":"):
+        if b"\\u003" in joined or joined.count(b":") != _colons([values[i] for i in objects]):
             objects = []  # a repeated key somewhere (or an escaped colon): decide each text alone
     out: list[dict[str, Any] | Rejection] = [parse_object(raw) for raw in raws] if not objects else values
     if objects and len(objects) < len(raws):
@@ -786,15 +795,9 @@ def _prepare(batch: list[_Input], source: str, now: datetime) -> _Prepared:
     lines: list[str] = []
     rejects: list[tuple[Any, ...]] = []
     seen: set[str] = set()
-    now_text = now.isoformat()
-    for item in batch:
-        record = item.record
-        if record is BLANK:
-            summary.blank += 1
-            continue
-        if isinstance(record, bytes | str):
-            record = parse_object(record)
-        result = record if isinstance(record, Rejection) else judge(record, now, now_text)  # type: ignore[arg-type]
+    items = [item for item in batch if item.record is not BLANK]
+    summary.blank = len(batch) - len(items)
+    for item, result in zip(items, judge_many(_records(items), now, now.isoformat()), strict=True):
         if isinstance(result, Rejection):
             summary.quarantined_by_reason[result.reason] += 1
             rejects.append((source, item.line_number, result.reason, result.detail, raw_text(item.raw)))
@@ -806,6 +809,15 @@ def _prepare(batch: list[_Input], source: str, now: datetime) -> _Prepared:
             seen.add(fast[0])
             lines.append(fast[1])
     return _Prepared(summary, lines, rejects)
+
+
+def _records(items: list[_Input]) -> list[Any]:
+    """Each item's record, its JSON text parsed (:func:`parse_objects` for the bytes, at once)."""
+    records: list[Any] = [item.record for item in items]
+    texts = [i for i, record in enumerate(records) if type(record) is bytes]
+    for i, parsed in zip(texts, parse_objects([records[i] for i in texts]), strict=True):
+        records[i] = parsed
+    return [parse_object(record) if isinstance(record, str | bytes) else record for record in records]
 
 
 _COLS = ", ".join(EVENT_COLUMNS)

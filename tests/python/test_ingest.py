@@ -563,3 +563,38 @@ def test_inputs_found_by_fuzzing(empty_events: psycopg.Connection[Any]) -> None:
     stored = {r[0] for r in empty_events.execute("select occurred_at from raw.events")}
     assert datetime(2024, 3, 1, 10, 0, tzinfo=UTC) - timedelta(hours=16) in stored
     assert datetime(2024, 3, 1, 10, 0, tzinfo=UTC) + timedelta(hours=23, minutes=59) in stored
+
+
+def test_json_nested_deeper_than_orjson_writes_is_judged_not_raised(empty_events: psycopg.Connection[Any],
+                                                                     tmp_path: Path) -> None:
+    """orjson reads 1024 levels but writes only 255: a line nested in between used to make the
+    loader raise (TypeError from the repeated-key check); it is judged like any other line now,
+    by the loader and by the stream consumer alike."""
+    from _realtime_events import private_settings
+
+    from metricsmith.realtime import StreamConsumer, track_many
+
+    deep = "[" * 300 + "]" * 300
+
+    def without_properties() -> str:
+        return json.dumps({k: v for k, v in ev().items() if k != "properties"})[:-1]
+
+    lines = [json.dumps(ev()),
+             without_properties() + f', "properties": {{"a": {deep}}}}}',  # -> bad_properties
+             without_properties() + f', "properties": {{"a": {deep}, "a": 1}}}}']  # -> duplicate_field
+    path = tmp_path / "deep.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    summary = load_files([str(path)])
+    assert summary.loaded == 1
+    assert dict(summary.quarantined_by_reason) == {"bad_properties": 1, "duplicate_field": 1}
+    settings = private_settings()
+    track_many([line.encode() for line in lines[1:]], settings=settings)
+    consumer = StreamConsumer(settings, log=lambda _: None)
+    try:
+        stats = consumer.run(until_idle=True)
+    finally:
+        consumer.close()
+    assert stats.quarantined == 2
+    reasons = sorted(r[0] for r in empty_events.execute(
+        "select reason from raw.events_quarantine where source = 'stream'"))
+    assert reasons == ["bad_properties", "duplicate_field"]

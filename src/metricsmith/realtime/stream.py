@@ -2,8 +2,8 @@
 
 Per batch the consumer
 
-1. validates every entry with the loader's rules (:func:`metricsmith.ingest.parse_object` and
-   :func:`metricsmith.ingest.judge`: the same decision as ``metricsmith load``, which never raises,
+1. validates every entry with the loader's rules (:func:`metricsmith.ingest.parse_objects` and
+   :func:`metricsmith.ingest.judge_many`: the same decision as ``metricsmith load``, which never raises,
    so a malformed entry - invalid UTF-8, a repeated key, an impossible date - is quarantined once,
    acked, and the stream goes on);
 2. under the apply lock (:func:`metricsmith.realtime.locks.apply_lock`), runs ONE Lua script
@@ -11,10 +11,11 @@ Per batch the consumer
    :func:`metricsmith.realtime.keys.apply_keys`) that, for each valid event whose event_id is not
    in the day's ``seen`` set, adds it there and applies all its metric updates (events by type,
    revenue, active users, purchase histogram, events/s rate) - atomically for the whole batch;
-3. writes the batch into Postgres in one transaction with the loader's write step
+3. meanwhile (another thread; both steps are idempotent, so their order does not matter) writes
+   the batch into Postgres in one transaction with the loader's write step
    (:func:`metricsmith.ingest.store_lines`: COPY, ids already stored skipped) and quarantines bad
    entries once (stream entry ids recorded in ``metricsmith.realtime_stream_rejects``);
-4. then XACKs (and XDELs) the entries.
+4. once both are done, XACKs (and XDELs) the entries.
 
 With ``METRICSMITH_STREAM_SHARDS=N`` there are N streams (shard = CRC-32 of the event_id,
 :mod:`metricsmith.realtime.shards`); a consumer serves one shard (its stream, its consumer group,
@@ -226,12 +227,21 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _raw_stream_reader(client: redis.Redis) -> redis.Redis:
+def raw_stream_reader(client: redis.Redis) -> redis.Redis:
     """A client on ``client``'s connection pool whose XREADGROUP replies stay RESP arrays
     (``[[stream, [[id, [field, value, ...]], ...]]]``): no dict built per entry in Python."""
     reader = redis.Redis(connection_pool=client.connection_pool)
     reader.set_response_callback("XREADGROUP", lambda reply, **_: reply)
     return reader
+
+
+def stream_entries(reply: Any) -> list[tuple[bytes, Any]]:
+    """The entries of a :func:`raw_stream_reader` XREADGROUP reply for one stream (RESP2 gives
+    ``[[stream, entries]]``, RESP3 ``{stream: entries}``); [] for none."""
+    if not reply:
+        return []
+    streams = list(reply.values()) if isinstance(reply, dict) else [entries for _, entries in reply]
+    return list(streams[0])
 
 
 def _fields(fields: Any) -> dict[bytes, bytes]:
@@ -282,7 +292,7 @@ class StreamConsumer:
         self.retry_cap_s = retry_cap_s
         self.stream = self.keys.stream_shard(shard)
         self.cluster = rediscluster.is_cluster(self.redis)
-        self._reader: Any = self.redis if self.cluster else _raw_stream_reader(self.redis)
+        self._reader: Any = self.redis if self.cluster else raw_stream_reader(self.redis)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.group = group
         self.batch_size = batch_size
@@ -297,6 +307,7 @@ class StreamConsumer:
         self._apply = self.redis.register_script(APPLY_LUA)
         self._day_cache: dict[str, str] = {}
         self._conn: psycopg.Connection[Any] | None = None
+        self._redis_side: ThreadPoolExecutor | None = None  # runs step 2 while step 3 runs here
         self._stop = False
         self._unreplicated_warned = False
         self._alone_until: dict[str, float] = {}
@@ -320,6 +331,9 @@ class StreamConsumer:
         return self._conn
 
     def close(self) -> None:
+        if self._redis_side is not None:
+            self._redis_side.shutdown(wait=True)
+            self._redis_side = None
         if self._conn is not None:
             self._conn.close()
         self.redis.close()
@@ -429,10 +443,7 @@ class StreamConsumer:
             self.log("realtime: the stream or its consumer group is gone (Redis emptied?); recreating it")
             self.ensure_group()
             return []
-        if not reply:
-            return []
-        streams = list(reply.values()) if isinstance(reply, dict) else [entries for _, entries in reply]
-        return list(streams[0])
+        return stream_entries(reply)
 
     def _claim(self, cursor: str) -> tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]:
         reply = self.redis.xautoclaim(self.stream, self.group, self.name, self.claim_idle_ms,
@@ -534,9 +545,16 @@ class StreamConsumer:
         stats = ConsumeStats(batches=1, entries=len(batch.ids))
         with apply_lock(self.redis, self.keys, shard=self.shard, ttl_ms=self.lock_ttl_ms, sleep_s=0.005,
                         wait_s=max(60.0, self.lock_ttl_ms / 1000 * 3)):
-            new = self.apply_redis(batch)
-            _fault_pause()
-            summary = self._store(batch)
+            # Redis and PostgreSQL each apply the batch idempotently (seen set / primary key), so
+            # they work at the same time; the entries are acknowledged only once both are done
+            if self._redis_side is None:
+                self._redis_side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ms-realtime-redis")
+            applied = self._redis_side.submit(self.apply_redis, batch)
+            try:
+                _fault_pause()
+                summary = self._store(batch)
+            finally:
+                new = applied.result()  # never leave the lock with the script still running
             _fault_pause()
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(self.stream, self.group, *batch.ids)
