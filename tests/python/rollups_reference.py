@@ -245,6 +245,31 @@ def _breakdown(days_in_period: list[date], by_day: dict[date, list[tuple[date, E
     return out
 
 
+def like_for_like_days(g: Any, daily: dict[date, Any], complete: dict[date, bool], pairs: list[tuple[date, date]],
+                       *, by_day: bool) -> tuple[list[date], list[date], list[tuple[date, date]]]:
+    """The days each side of a summary's ``pairs`` (period start, its counterpart's start) compares,
+    like for like: the whole periods when both are complete (``complete``: start -> is_complete),
+    unless ``by_day`` (a month against the month a year earlier: by day of month); else the days
+    both have on the spine (``daily``'s keys), matched by offset in the period. Also the pairs
+    with an aligned day. ``g`` is a :class:`metricsmith.grains.Grain`."""
+    cur_days: list[date] = []
+    prev_days: list[date] = []
+    compared = []
+    for c, p in pairs:
+        if not by_day and complete.get(c) and complete.get(p):
+            now = [d for d in sorted(daily) if c <= d <= g.end_of(c)]
+            before = [d for d in sorted(daily) if p <= d <= g.end_of(p)]
+        else:
+            now = [d for d in sorted(daily) if c <= d <= g.end_of(c) and p + (d - c) <= g.end_of(p)
+                   and p + (d - c) in daily]
+            before = [p + (d - c) for d in now]
+        cur_days += now
+        prev_days += before
+        if now:
+            compared.append((c, p))
+    return cur_days, prev_days, compared
+
+
 KEYS = {"daily_metrics": "metric_date", "weekly_metrics": "week_start", "monthly_metrics": "month_start",
         "quarterly_metrics": "quarter_start"}
 

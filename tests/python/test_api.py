@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
+from rollups_reference import like_for_like_days
 
 from metricsmith import grains
 from metricsmith.api import keys
@@ -314,6 +315,7 @@ def test_growth_travels_with_its_basis(client: TestClient, world: World) -> None
     for row in body["rows"]:
         want = world.rows["month"][date.fromisoformat(row["month_start"])]
         assert (row["mom_basis"], row["mom_basis_days"]) == (want["mom_basis"], want["mom_basis_days"])
+        assert row["is_complete"] == want["is_complete"]  # the mart's, though not a chosen field
     assert body["rows"][-1]["mom_basis"] == "to_date"  # the month in progress
     as_csv = list(csv.DictReader(io.StringIO(
         client.get("/v1/metrics/month", params={**params, "format": "csv"}, headers=auth(world)).text)))
@@ -342,15 +344,17 @@ def test_summary_equals_plain_python(client: TestClient, world: World, grain: st
     for _ in current:
         p = g.start_of(p - timedelta(days=1))
         previous.insert(0, p)
-    # like for like: the days both periods of a pair have, matched by their offset in the period
+    # like for like (the marts' rule): whole periods when both are complete, else the days both
+    # periods of a pair have, matched by their offset in the period
     daily = world.rows["day"]
-    aligned = [(d, b + (d - c)) for c, b in zip(current, previous, strict=True) for d in sorted(daily)
-               if c <= d <= g.end_of(c) and b + (d - c) <= g.end_of(b) and b + (d - c) in daily]
-    assert body["compared_periods"] == len({g.start_of(d) for d, _ in aligned})
-    assert body["compared_days"] == len(aligned) and body["growth_basis"] in ("full", "to_date")
+    complete = {} if g.end_column is None else {s: bool(r["is_complete"]) for s, r in world.rows[grain].items()}
+    cur_days, prev_days, pairs = like_for_like_days(g, daily, complete, list(zip(current, previous, strict=True)),
+                                                    by_day=False)
+    assert body["compared_periods"] == len(pairs)
+    assert body["compared_days"] == len(cur_days) and body["growth_basis"] in ("full", "to_date")
     for m in ADDITIVE:
-        cur = sum(daily[d][m] for d, _ in aligned)
-        prev = sum(daily[b][m] for _, b in aligned)
+        cur = sum(daily[d][m] for d in cur_days)
+        prev = sum(daily[b][m] for b in prev_days)
         want = pct(cur, prev)
         assert (body["growth_pct"][m] is None) == (want is None)
         if want is not None:

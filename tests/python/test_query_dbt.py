@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from rollups_reference import Event, insert_events, reference
+from rollups_reference import Event, insert_events, like_for_like_days, reference
 
 from metricsmith import grains, rollups
 from metricsmith.core.schema import marts_schema
@@ -112,29 +112,6 @@ def test_typed_rows_carry_the_reference_basis(built: dict[str, list[dict[str, An
     assert seen == {"full", "to_date", "partial_baseline", "none"}
 
 
-def _like_for_like(g: grains.Grain, daily: dict[date, dict[str, Any]], ref: dict[date, dict[str, Any]],
-                   pairs: list[tuple[date, date]], *, by_day: bool) -> tuple[list[date], list[date], list[Any]]:
-    """The days each side of ``pairs`` compares, like for like: the whole periods when both are
-    complete (unless ``by_day``: a month against the month a year earlier, by day of month), else
-    the days both have, matched by offset in the period; and the pairs with an aligned day."""
-    cur_days: list[date] = []
-    prev_days: list[date] = []
-    compared = []
-    for c, p in pairs:
-        if not by_day and c in ref and p in ref and ref[c]["is_complete"] and ref[p]["is_complete"]:
-            now = [d for d in sorted(daily) if c <= d <= g.end_of(c)]
-            before = [d for d in sorted(daily) if p <= d <= g.end_of(p)]
-        else:
-            now = [d for d in sorted(daily) if c <= d <= g.end_of(c) and p + (d - c) <= g.end_of(p)
-                   and p + (d - c) in daily]
-            before = [p + (d - c) for d in now]
-        cur_days += now
-        prev_days += before
-        if now:
-            compared.append((c, p))
-    return cur_days, prev_days, compared
-
-
 @pytest.mark.parametrize("grain", [g.name for g in grains.periods()])
 def test_one_period_summary_is_its_mart_row(built: dict[str, list[dict[str, Any]]], svc: MetricsQueryService,
                                             grain: str) -> None:
@@ -172,8 +149,9 @@ def test_year_summary_equals_the_reference(built: dict[str, list[dict[str, Any]]
     while len(previous) < len(current):
         previous.append(g.next_start(previous[-1]))
     daily = {r["metric_date"]: r for r in built["daily_metrics"]}
-    cur_days, prev_days, pairs = _like_for_like(g, daily, ref, list(zip(current, previous, strict=True)),
-                                                by_day=g.unit == "month" and g.count == 1)
+    complete = {start: bool(r["is_complete"]) for start, r in ref.items()}
+    cur_days, prev_days, pairs = like_for_like_days(g, daily, complete, list(zip(current, previous, strict=True)),
+                                                    by_day=g.unit == "month" and g.count == 1)
     assert summary.compared_periods == len(pairs) and summary.compared_days == len(cur_days)
     assert summary.compared_starts == [c for c, _ in pairs]
     assert summary.growth_basis == _basis(ref, pairs)

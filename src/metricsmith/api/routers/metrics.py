@@ -59,7 +59,8 @@ def _max_age(state: ApiState, g: Grain, end: date) -> int:
 
 
 def carried(g: Grain, row: dict[str, Any], today: date) -> dict[str, Any]:
-    """The row plus its completeness and growth basis."""
+    """The row plus its completeness (a day without the mart's column: the day is over) and the
+    start of the period each comparison's growth compares with."""
     start: date = row[g.start_column]
     extra: dict[str, Any] = {}
     if "is_complete" not in row:
@@ -107,7 +108,9 @@ def metrics(request: Request, grain: Annotated[str, _grain_path()], state: State
     chosen = with_basis(g, params.parse_fields(fields, columns, keep=[g.start_column]), columns)
     kind = params.parse_format(format, accept)
     today = state.query.today()
-    rows = [carried(g, {c: r[c] for c in chosen}, today) for r in state.query.get_period_metrics(g.name, lo, hi)]
+    # the mart's is_complete (all days present) travels with every row, chosen or not
+    kept = [*chosen, *(["is_complete"] if "is_complete" in columns and "is_complete" not in chosen else [])]
+    rows = [carried(g, {c: r[c] for c in kept}, today) for r in state.query.get_period_metrics(g.name, lo, hi)]
     if kind == "csv":
         body = csv_text([_flat(dict(r)) for r in rows], _csv_columns(g, chosen)).encode()
         return http.cached(request, body, "text/csv; charset=utf-8", _max_age(state, g, hi))
