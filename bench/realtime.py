@@ -42,12 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import orjson  # noqa: E402
 
 from _common import bench_database, server_label  # noqa: E402
-from _cpu import CpuMeter, render  # noqa: E402
+from _cpu import CpuMeter, ceiling, render  # noqa: E402
 from metricsmith import db  # noqa: E402
 from metricsmith.config import Settings, load_settings  # noqa: E402
-from metricsmith.ingest import EVENT_COLUMNS, fast_lines  # noqa: E402
 from metricsmith.realtime import RealtimeMetricsService, StreamConsumer, track_many  # noqa: E402
-from metricsmith.realtime.stream import GROUP, Keys, raw_stream_reader, stream_entries, uuid7  # noqa: E402
+from metricsmith.realtime.stream import GROUP, Keys, uuid7  # noqa: E402
 
 
 def events(n: int, seed: int) -> list[dict[str, Any]]:
@@ -134,23 +133,24 @@ def bench_ingest(n: int, consumers: int, database: str, batch_size: int = 5000) 
 
 def bench_floors(n: int, database: str) -> dict[str, dict[str, float]]:
     """What the primitives alone cost on this machine, each measured alone: the Redis stream
-    (pipelined XADD, then XREADGROUP + XACK + XDEL in batches of 5000, no validation, no Lua, no
-    Postgres) and PostgreSQL COPY of the same events' lines into raw.events (nothing else)."""
+    (XADD as track_many sends them, then XREADGROUP + XACK + XDEL in batches of 5000 as the
+    consumer does; no validation, no Lua, no Postgres) and PostgreSQL COPY of the same events'
+    lines into raw.events (nothing else)."""
+    from metricsmith.ingest import EVENT_COLUMNS, fast_lines
+    from metricsmith.realtime.stream import raw_stream_reader, stream_entries
+
     base = load_settings()
     settings = dataclasses.replace(base, redis_prefix=f"{base.redis_prefix}bench:{secrets.token_hex(3)}:")
     r = db.redis_client(settings)
     data = events(n, seed=4)
     payloads = [orjson.dumps(e) for e in data]
-    stream = f"{settings.redis_prefix}floor"
+    stream = Keys.of(settings).stream_shard(0)
     out: dict[str, dict[str, float]] = {}
     meter = CpuMeter(r, database)
     meter.start()
-    pipe = r.pipeline(transaction=False)
-    for start in range(0, n, 2000):
-        for payload in payloads[start:start + 2000]:
-            pipe.xadd(stream, {b"e": payload})
-        pipe.execute()
+    track_many(payloads, settings=settings)  # bytes: sent as they are
     r.xgroup_create(stream, "floor", id="0")
+    pipe = r.pipeline(transaction=False)
     reader: Any = raw_stream_reader(r)
     while entries := stream_entries(reader.xreadgroup("floor", "c", {stream: ">"}, count=5000)):
         ids = [entry[0] for entry in entries]
@@ -159,6 +159,21 @@ def bench_floors(n: int, database: str) -> dict[str, dict[str, float]]:
         pipe.execute()
     meter.stop()
     out["redis_stream"] = {"rate": n / meter.wall, **meter.per_event_us(n)}
+    # the consumer's validation alone (this process) and its Lua apply alone (Redis), same batches
+    consumer = StreamConsumer(settings, log=lambda _: None)
+    entries = [(f"{i}-0".encode(), [b"e", payload]) for i, payload in enumerate(payloads)]
+    meter = CpuMeter(r, database)
+    meter.start()
+    batches = [consumer.prepare(entries[i:i + 5000], datetime.now(UTC)) for i in range(0, n, 5000)]
+    meter.stop()
+    out["validation"] = {"rate": n / meter.wall, "producer": meter.per_event_us(n)["producer"]}
+    meter = CpuMeter(r, database)
+    meter.start()
+    for batch in batches:
+        consumer.apply_redis(batch)
+    meter.stop()
+    out["lua"] = {"rate": n / meter.wall, **meter.per_event_us(n)}
+    consumer.close()
     now = datetime.now(UTC)
     rows = [line for _, line in filter(None, fast_lines([orjson.loads(p) for p in payloads], now, now.isoformat()))]
     with db.connect() as conn:
@@ -340,6 +355,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=5000, help="consumer batch size (XREADGROUP COUNT)")
     parser.add_argument("--no-floors", action="store_true", help="skip the Redis-stream-alone and COPY-alone floors")
+    parser.add_argument("--no-rate", action="store_true", help="skip 3. (the rate estimate error)")
     parser.add_argument("--cluster", action="store_true",
                         help="1, 2, 4 shards on a local Redis Cluster vs the single Redis (same run)")
     args = parser.parse_args()
@@ -360,11 +376,17 @@ def main() -> None:
     print(f"   stages alone: track {ingest['track_only']:,.0f}/s; one consumer {one:,.0f}/s")
     print(f"   CPU of the end-to-end run: {render(ingest['cpu'])}")
     for name, what in (("redis_stream", "Redis stream alone (XADD, XREADGROUP, XACK+XDEL; nothing else)"),
+                       ("validation", "the consumer's validation alone (judge_many; this process)"),
+                       ("lua", "the consumer's Lua apply alone (lua/apply.lua, batches of 5000)"),
                        ("copy", "PostgreSQL COPY alone (the same events' lines into raw.events)")):
         if name in floors:
             figures = dict(floors[name])
             speed = figures.pop("rate")
-            print(f"   floor, {what}: {speed:,.0f} events/s; {render(figures)}")
+            print(f"   part alone, {what}: {speed:,.0f} events/s; {render(figures)}")
+    if floors:
+        parts = sum(sum(v for k, v in figures.items() if k != "rate") for figures in floors.values())
+        print(f"   the parts alone add up to {parts:.1f} CPU-us/event: at most {ceiling(parts):,.0f} events/s "
+              f"on {os.cpu_count()} cores, before any coordination")
     lat = bench_latency(args.samples)
     line = f"2. get_counter p50 {lat['py_p50_us']:.0f} us, p99 {lat['py_p99_us']:.0f} us"
     if "rb_p99_us" in lat:
@@ -376,6 +398,8 @@ def main() -> None:
     if "p99_ratio" in lat:
         print(f"P4  get_counter p99 / redis-benchmark GET p99 = {lat['p99_ratio']:.2f} (target <= 1.5: "
               f"{_verdict(lat['p99_ratio'] <= 1.5)})")
+    if args.no_rate:
+        return
     rate = bench_rate()
     print("3. rate estimate error vs exact count (Poisson ~25 ev/s x bursts, 150 probes): "
           + "; ".join(f"{w} s window max {rate[w]:.3f} % mean {rate[-w]:.3f} %" for w in (60, 300, 3600))
