@@ -68,9 +68,9 @@ models:
       - name: growth_pct
         data_type: numeric
         description: >
-          Growth against the previous period, like for like (docs/custom_metrics.md "Growth"):
+          Growth against the previous period, like for like (docs/custom_metrics.md, Growth):
           100 * (value - previous_value) / previous_value when both periods are complete on the
-          metric's spine, else the metric recomputed over the aligned days of both periods (growth_basis);
+          spine of the metric, else the metric recomputed over the aligned days of both periods (growth_basis);
           rounded to 4 decimals (the SQL function metricsmith.growth_pct); NULL when the baseline over
           those days is missing or 0, or there is no previous period.
       - name: computed_at
