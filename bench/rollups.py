@@ -65,8 +65,9 @@ def naive_queries() -> dict[str, str]:
             "sum(case when event_type = 'signup' then 1 else 0 end), "
             "sum(case when event_type = 'purchase' then 1 else 0 end) "
             f"from {schema}.stg_events group by 1")
-        if g.breakdown is not None and g.unit == "month":
-            part = _period_sql(grains.get(g.breakdown), "event_date")
+        breakdown = grains.get(g.breakdown) if g.breakdown is not None else None
+        if breakdown is not None and breakdown.unit != g.unit:  # weeks straddle months: their parts
+            part = _period_sql(breakdown, "event_date")
             out[f"{g.breakdown} parts of {g.name}"] = (
                 f"select {period}, greatest({period}, {part}), count(*), count(distinct user_id), "
                 f"sum(revenue_cents) from {schema}.stg_events group by 1, 2")

@@ -78,26 +78,22 @@ select * from final
 
 
 {#- per-transaction planner settings for the heavy rollup statements (a pre_hook after
-    rollup_session_tuning): parallel workers for the scans and sorts of ~5 M events, no JIT
-    (its compile time is seconds against a sub-second gain for these plans) -#}
+    rollup_session_tuning): parallel workers (up to the server's max_parallel_workers_per_gather)
+    for the scans and sorts of ~5 M events whatever the row estimates of stg_events' filter say,
+    and no JIT (its compile time is seconds against a sub-second gain for these plans) -#}
 {% macro rollup_parallel_tuning() -%}
     {{ return(adapter.dispatch('rollup_parallel_tuning', 'metricsmith')()) }}
 {%- endmacro %}
 
-{% macro default__rollup_parallel_tuning() -%}
-    select 1
-{%- endmacro %}
-
 {% macro postgres__rollup_parallel_tuning() -%}
-    {%- set workers = var('rollups_parallel_workers', 2) | string -%}
-    {%- if not workers.isdigit() -%}
-        {{ exceptions.raise_compiler_error("rollups_parallel_workers must be a whole number, got: " ~ workers) }}
-    {%- endif -%}
     select
         set_config('jit', 'off', true),
-        set_config('max_parallel_workers_per_gather', '{{ workers }}', true),
         set_config('parallel_setup_cost', '0', true),
         set_config('parallel_tuple_cost', '0', true)
+{%- endmacro %}
+
+{% macro default__rollup_parallel_tuning() -%}
+    select 1
 {%- endmacro %}
 
 
