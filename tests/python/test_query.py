@@ -88,13 +88,21 @@ def test_weekly_summary(svc: MetricsQueryService, marts: Marts) -> None:
     assert svc.get_weekly_metrics_summary(start, end) == summary
 
 
-def aligned(daily: dict[date, dict[str, Any]], pairs: list[tuple[date, date, date, date]], m: str
-            ) -> tuple[int, int, int, int]:
+def aligned(daily: dict[date, dict[str, Any]], pairs: list[tuple[date, date, date, date]], m: str,
+            whole: bool = False) -> tuple[int, int, int, int]:
     """Plain Python like-for-like: (current sum, previous sum, aligned days, compared periods) over
     the days both periods of each (cur_start, cur_end, prev_start, prev_end) pair have, matched by
-    their offset in the period."""
+    their offset in the period; with ``whole`` (the marts' rule but for a month against the month a
+    year earlier), a pair of complete periods compares the whole periods."""
     cur = prev = days = compared = 0
     for cs, ce, ps, pe in pairs:
+        complete = all(cs + timedelta(days=i) in daily for i in range((ce - cs).days + 1)) and all(
+            ps + timedelta(days=i) in daily for i in range((pe - ps).days + 1))
+        if whole and complete:
+            cur += sum(daily[cs + timedelta(days=i)][m] for i in range((ce - cs).days + 1))
+            prev += sum(daily[ps + timedelta(days=i)][m] for i in range((pe - ps).days + 1))
+            days, compared = days + (ce - cs).days + 1, compared + 1
+            continue
         hits = [(d, ps + (d - cs)) for d in sorted(daily) if cs <= d <= ce
                 and ps + (d - cs) <= pe and ps + (d - cs) in daily]
         cur += sum(daily[c][m] for c, _ in hits)
@@ -491,12 +499,12 @@ def test_period_summary_growth_like_with_like(svc: MetricsQueryService, marts: M
               for q, b in zip(quarters, before, strict=True)]
     for m in ("total_events", "revenue_cents", "new_users"):
         total = sum(marts.daily[d][m] for d in marts.daily if d.year == 2024)
-        cur, previous, n_days, _ = aligned(marts.daily, qpairs, m)
+        cur, previous, n_days, _ = aligned(marts.daily, qpairs, m, whole=True)  # Q1 2024: 91 days vs 90
         assert summary.totals[m] == total == sum(q[m] for q in quarters)
         assert summary.compared_totals[m] == cur and summary.previous_totals[m] == previous
         assert summary.growth_pct[m] == round4(pct(cur, previous))
         assert summary.avg_daily[m] == round4(Decimal(total) / days)
-    assert summary.compared_days == n_days == 365 and summary.growth_basis == "full"
+    assert summary.compared_days == n_days == 366 and summary.growth_basis == "full"
     assert (summary.previous_start, summary.previous_end) == (date(2023, 1, 1), date(2023, 12, 31))
     # six weeks compare with the six weeks before them
     weeks = svc.get_period_summary("week", date(2024, 3, 4), date(2024, 4, 14))
@@ -568,7 +576,7 @@ def test_cli_query_quarterly(marts: Marts, cache: TwoTierCache, capsys: pytest.C
     assert out[6] == "2024 (4 quarters) vs the same quarters of 2023: Q1–Q4 vs Q1–Q4 (the quarters and days both years have)"
     qpairs = [(q, month_add(q, 3) - timedelta(days=1), month_add(q, -12), month_add(q, -9) - timedelta(days=1))
               for q in (date(2024, m, 1) for m in (1, 4, 7, 10))]
-    this, prev, _, _ = aligned(marts.daily, qpairs, "revenue_cents")
+    this, prev, _, _ = aligned(marts.daily, qpairs, "revenue_cents", whole=True)
     revenue = next(line for line in out if line.split()[0] == "revenue_cents")
     assert revenue.split() == ["revenue_cents", f"{this:,}", "vs", f"{prev:,}", "YoY", f"{round4(pct(this, prev)):+.2f}%"]
 
@@ -579,7 +587,7 @@ def test_cli_query_quarterly(marts: Marts, cache: TwoTierCache, capsys: pytest.C
         "month_start": "2024-04-01", "days_in_quarter": 30,
         **{k: sum(marts.daily[date(2024, 4, d)][k] for d in range(1, 31))
            for k in ("total_events", "active_users", "revenue_cents")}, "is_complete": True}
-    assert data["yoy_basis"] == "full" and data["compared_days"] == 365 and data["quarters"][0]["yoy_basis"] == "full"
+    assert data["yoy_basis"] == "full" and data["compared_days"] == 366 and data["quarters"][0]["yoy_basis"] == "full"
     assert data["yoy_pct"]["revenue_cents"] == pytest.approx(float(round4(pct(this, prev))))  # type: ignore[arg-type]
 
     # a range instead of a year: the quarters overlapping it, against as many quarters before
