@@ -375,10 +375,10 @@ def main() -> None:
           f"{e2e:,.0f} events/s = {e2e / 100_000:.2f}x the 100 K/s target")
     print(f"   stages alone: track {ingest['track_only']:,.0f}/s; one consumer {one:,.0f}/s")
     print(f"   CPU of the end-to-end run: {render(ingest['cpu'])}")
-    for name, what in (("redis_stream", "Redis stream alone (XADD, XREADGROUP, XACK+XDEL; nothing else)"),
-                       ("validation", "the consumer's validation alone (judge_many; this process)"),
-                       ("lua", "the consumer's Lua apply alone (lua/apply.lua, batches of 5000)"),
-                       ("copy", "PostgreSQL COPY alone (the same events' lines into raw.events)")):
+    for name, what in (("redis_stream", "the Redis stream (XADD, XREADGROUP, XACK+XDEL; nothing else)"),
+                       ("validation", "the consumer's validation (judge_many; this process)"),
+                       ("lua", "the consumer's Lua apply (lua/apply.lua, batches of 5000)"),
+                       ("copy", "PostgreSQL COPY (the same events' lines into raw.events)")):
         if name in floors:
             figures = dict(floors[name])
             speed = figures.pop("rate")
