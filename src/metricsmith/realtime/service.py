@@ -110,6 +110,7 @@ class RealtimeMetricsService:
         self._mark = self.redis.register_script(MARK_LUA)
         self._read_lock = threading.Lock()
         self._reader: DirectReader | None = None
+        self._plain: dict[tuple[str, MetricType], tuple[str, str]] = {}
         if declare_builtins:
             for spec in BUILTINS:
                 self.declare(spec)
@@ -226,15 +227,27 @@ class RealtimeMetricsService:
         result: bytes | None = self.redis.hget(key, field)  # once more through the pool (reconnects)
         return result
 
+    def _where(self, spec: MetricSpec, labels: Labels) -> tuple[str, str]:
+        """(hash key, field) of a counter's or gauge's series; kept for label-less reads (the hot
+        path: no key or label formatting per call). Bad labels raise every time (never kept)."""
+        if labels:
+            key = self.keys.counter(spec.name) if spec.type is MetricType.COUNTER else self.keys.gauge(spec.name)
+            return key, spec.label_key(labels)
+        where = self._plain.get((spec.name, spec.type))
+        if where is None:
+            key = self.keys.counter(spec.name) if spec.type is MetricType.COUNTER else self.keys.gauge(spec.name)
+            where = self._plain[(spec.name, spec.type)] = (key, spec.label_key(None))
+        return where
+
     def get_counter(self, name: str, labels: Labels = None) -> int | float:
         spec = check_type(self.spec(name), name, MetricType.COUNTER, "get_counter")
-        raw = self._hget(self.keys.counter(name), spec.label_key(labels))
+        raw = self._hget(*self._where(spec, labels))
         return 0 if raw is None else tidy(float(raw))
 
     def get_gauge(self, name: str, labels: Labels = None) -> int | float | None:
         """The gauge value, or None when it was never set."""
         spec = check_type(self.spec(name), name, MetricType.GAUGE, "get_gauge")
-        raw = self._hget(self.keys.gauge(name), spec.label_key(labels))
+        raw = self._hget(*self._where(spec, labels))
         return None if raw is None else tidy(float(raw))
 
     def get_histogram(self, name: str, labels: Labels = None) -> HistogramValue:
