@@ -185,7 +185,9 @@ def test_jobs_run_without_a_server_runs_no_temporary_server(events: None, tmp_pa
     rollups, rollups_seconds = _run(["rollups", "run"], env)
     assert rollups.returncode == 0, rollups.stderr
     print(f"\nwall time: jobs run weekly-rollup (no server) {seconds:.1f} s; rollups run {rollups_seconds:.1f} s")
-    assert seconds < rollups_seconds + 20  # no server start-up (10-40 s) on top of the dbt work
+    # no server start-up (10-40 s) on top of the dbt work; relative to the same machine's `rollups
+    # run` (its data tests come on top), so a loaded machine slows both alike
+    assert seconds < 1.5 * rollups_seconds + 20
 
 
 def test_jobs_run_uses_the_recorded_server(events: None, ui: Ui) -> None:
