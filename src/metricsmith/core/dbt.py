@@ -228,8 +228,9 @@ def invoke(
     settings = settings or load_settings()
     project = (project_dir or project_root()).resolve()
     full = list(args)
-    if vars:
-        full += ["--vars", json.dumps(vars, default=str)]
+    # every invocation passes the same vars (the time zone at least), so dbt's partial parse holds
+    # from one invocation to the next instead of re-parsing the project when the vars differ
+    full += ["--vars", json.dumps({"metrics_timezone": settings.timezone, **(vars or {})}, default=str)]
     started = time.perf_counter()
     with _DBT_LOCK:
         (environment or prepare_environment)(settings)

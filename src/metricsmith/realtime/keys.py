@@ -68,6 +68,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from metricsmith.config import Settings
+from metricsmith.core.redis_names import namespace_root
 
 BASE = "rt:"
 
@@ -86,7 +87,7 @@ class Keys:
 
     @property
     def base(self) -> str:
-        return "{" + self.prefix + "rt}:" if self.tagged else self.prefix + BASE
+        return namespace_root(self.prefix, BASE.rstrip(":"), tagged=self.tagged)
 
     def stream_shard(self, shard: int) -> str:
         """The stream of shard ``shard`` (shard 0 of an untagged layout is the historical ``stream``)."""
