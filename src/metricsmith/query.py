@@ -306,6 +306,11 @@ def basis_mark(basis: str | None) -> str:
     return BASIS_MARKS.get(basis or "full", "?")
 
 
+def plural(n: int, name: str) -> str:
+    """``1 day``, ``7 days``: a count with its noun."""
+    return f"{n} {name}{'' if n == 1 else 's'}"
+
+
 #: ``<cmp>_basis_days`` and ``<cmp>_basis`` of one comparison (the marts' flag columns)
 basis_columns = rollups.basis_columns
 

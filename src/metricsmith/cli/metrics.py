@@ -195,13 +195,13 @@ def cmd_values(args: argparse.Namespace) -> int:
 def value_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Custom metric values as text: each growth figure with its basis marker (none on ``full``)
     and its basis, and the legend when a figure is not on the ``full`` basis."""
-    from metricsmith.query import BASIS_LEGEND, basis_mark
+    from metricsmith.query import BASIS_LEGEND, basis_mark, plural
 
     lines = [f"{'period_start':<12} {'dimensions':<32} {'value':>16} {'previous':>16} {'growth %':>11}  basis"]
     for r in rows:
         basis = r.get("growth_basis")
         growth = "" if r["growth_pct"] is None else _fmt(r["growth_pct"]) + basis_mark(basis)
-        days = "" if r.get("growth_basis_days") is None else f" ({r['growth_basis_days']} days)"
+        days = "" if r.get("growth_basis_days") is None else f" ({plural(r['growth_basis_days'], 'day')})"
         lines.append(f"{r['period_start']!s:<12} {json.dumps(r['dimensions']):<32} {_fmt(r['value']):>16} "
                      f"{_fmt(r['previous_value']):>16} {growth:>11}  {basis or ''}{days}")
     if any(r.get("growth_basis") not in (None, "full") for r in rows):

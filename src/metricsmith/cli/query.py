@@ -262,10 +262,6 @@ def _pct(value: Decimal | None, basis: str | None = None) -> str:
     return "n/a" if value is None else marked(f"{value:+.2f}%", basis)
 
 
-def _plural(n: int, name: str) -> str:
-    return f"{n} {name}{'' if n == 1 else 's'}"
-
-
 # ---------------------------------------------------------------- query handlers
 def cmd_query_grain(args: argparse.Namespace) -> int:
     """`metricsmith query <grain>`: a range of periods with its summary, or a year."""
@@ -291,12 +287,14 @@ def cmd_query_grain(args: argparse.Namespace) -> int:
 
 
 def _range_footer(g: Grain, summary: Any, currency: bool) -> list[str]:
+    from metricsmith.query import plural
+
     n = len(list(g.periods_between(summary.start, summary.end)))
-    lines = [f"{_plural(len(summary.periods), g.name)}, {summary.complete_periods} complete; totals: "
+    lines = [f"{plural(len(summary.periods), g.name)}, {summary.complete_periods} complete; totals: "
              + ", ".join(_total(k, v, currency) for k, v in summary.totals.items())]
     growth = ", ".join(f"{_currency_name(k) if currency else k} {_pct(v, summary.growth_basis)}"
                        for k, v in summary.growth_pct.items())
-    lines.append(f"vs the previous {_plural(n, g.name)} ({summary.previous_start} .. {summary.previous_end}; "
+    lines.append(f"vs the previous {plural(n, g.name)} ({summary.previous_start} .. {summary.previous_end}; "
                  f"{summary.compared_periods} compared, each with the {g.name} {n} before, "
                  f"{summary.compared_days} aligned days): {growth}")
     if _marked(summary):
@@ -310,7 +308,7 @@ def _marked(summary: Any) -> bool:
 
 
 def _print_year(args: argparse.Namespace, svc: Any, g: Grain, year_: int) -> int:
-    from metricsmith.query import period_columns, year_range
+    from metricsmith.query import period_columns, plural, year_range
 
     comparison = rollups.year_comparison(g)
     assert comparison is not None  # only called for such grains
@@ -324,7 +322,7 @@ def _print_year(args: argparse.Namespace, svc: Any, g: Grain, year_: int) -> int
         print(json.dumps(_plain(_in_currency(data, "") if args.currency else data), indent=2))
         return 0
     what = "" if summary.compared_periods == 0 else f" (the {g.name}s and days both years have)"
-    footer = [f"{year_} ({_plural(len(summary.periods), g.name)}) vs the same {g.name}s of {year_ - 1}: "
+    footer = [f"{year_} ({plural(len(summary.periods), g.name)}) vs the same {g.name}s of {year_ - 1}: "
               f"{summary.alignment}{what}"]
     for measure, growth in summary.growth_pct.items():
         name = _currency_name(measure) if args.currency else measure

@@ -7,7 +7,14 @@ from typing import Any
 
 from metricsmith.custom_metrics.errors import MetricNotFound
 from metricsmith.custom_metrics.service import CustomMetricsService
-from metricsmith.query import BASIS_LEGEND, CustomMetricValue, MetricsQueryService, NotAvailable, basis_mark
+from metricsmith.query import (
+    BASIS_LEGEND,
+    CustomMetricValue,
+    MetricsQueryService,
+    NotAvailable,
+    basis_mark,
+    plural,
+)
 
 DEMO_USER = "demo_analyst"
 DEMO_METRICS: list[dict[str, Any]] = [
@@ -72,6 +79,6 @@ def _latest(reader: MetricsQueryService, svc: CustomMetricsService, slug: str) -
 def value_line(r: CustomMetricValue) -> str:
     """One value with its growth, the growth's basis marker (none on ``full``) and its basis."""
     growth = "" if r.growth_pct is None else f"{_num(r.growth_pct)} %{basis_mark(r.growth_basis)}"
-    days = "" if r.growth_basis_days is None else f", {r.growth_basis_days} days"
+    days = "" if r.growth_basis_days is None else f", {plural(r.growth_basis_days, 'day')}"
     return (f"{r.period_start}  value {_num(r.value):>14}  previous {_num(r.previous_value):>14}"
             f"  growth {growth:>10}  ({r.growth_basis or 'basis unknown'}{days})")
