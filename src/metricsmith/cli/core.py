@@ -136,7 +136,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     redis_where = (db.redis_url(settings), "local cluster") if settings.redis_cluster and not settings.redis_url \
         else _server_url(settings, "redis", settings.redis_url)
     rd = _report("redis:", *redis_where, _redis_version, (redis.RedisError,), False)
-    return 0 if pg and rd else 1
+    from metricsmith.spark import status as spark_status
+
+    return 0 if pg and rd and spark_status.report(settings) else 1
 
 
 def cmd_env(args: argparse.Namespace) -> int:
