@@ -19,6 +19,24 @@ from metricsmith.spark.config import SparkSettings, require_java, require_pyspar
 _LOCK = threading.Lock()
 
 
+_LOG4J = """rootLogger.level = error
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = spark %p %c{1}: %m%n
+"""
+
+
+def _log_config(spark: SparkSettings) -> str:
+    """Spark's own log: errors only, one line each (its default prints INFO/WARN at start)."""
+    path = spark.home / "log4j2.properties"
+    if not path.exists() or path.read_text() != _LOG4J:
+        path.write_text(_LOG4J)
+    return str(path)
+
+
 def spark_conf(spark: SparkSettings) -> dict[str, str]:
     """Every Spark setting metricsmith relies on (profiles/profiles.yml target spark states the same)."""
     spark.home.mkdir(parents=True, exist_ok=True)
@@ -29,14 +47,16 @@ def spark_conf(spark: SparkSettings) -> dict[str, str]:
         "spark.sql.warehouse.dir": spark.warehouse,
         "spark.hadoop.javax.jdo.option.ConnectionURL":
             f"jdbc:derby:;databaseName={spark.metastore};create=true",
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={spark.home} -Dderby.stream.error.file={spark.home / 'derby.log'}",
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={spark.home} "
+                                         f"-Dderby.stream.error.file={spark.home / 'derby.log'} "
+                                         f"-Dlog4j2.configurationFile={_log_config(spark)}",
         # timestamps are instants shown in UTC, as raw.events' contract says
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
         "spark.sql.adaptive.enabled": "true",
         # insert_overwrite rewrites only the partitions a run produces
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
-        "hive.exec.dynamic.partition.mode": "nonstrict",
+        "spark.hadoop.hive.exec.dynamic.partition.mode": "nonstrict",
         # dbt-spark sets the same (its SQL is written for non-ANSI casts)
         "spark.sql.ansi.enabled": "false",
         "spark.sql.sources.default": "parquet",
