@@ -51,6 +51,14 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from metricsmith.spark import job
+
+    result = job.run_job(full_refresh=args.full_refresh, timezone=args.timezone)
+    print(result.render())
+    return 0 if result.ok else 1
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("spark", help="the Spark engine: a local standalone cluster, Parquet raw events")
     sp = parser.add_subparsers(dest="spark_command", metavar="ACTION")
@@ -63,6 +71,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_parser("down", help="stop the local cluster; no process is left").set_defaults(handler=_down)
     sp.add_parser("status", help="the master, its workers and their pids; exit 1 unless all run") \
         .set_defaults(handler=_status)
+    p = sp.add_parser("run", help="the rollups on Spark, then publish the marts to PostgreSQL (one job-log row)")
+    p.add_argument("--full-refresh", action="store_true", help="rebuild every table")
+    p.add_argument("--timezone", default=None, help="reporting time zone (default METRICSMITH_TIMEZONE)")
+    p.set_defaults(handler=_run)
     p = sp.add_parser("register-files", help="add Parquet files already in the raw.events layout "
                                              "(received_date=YYYY-MM-DD/ folders) to raw.events")
     p.add_argument("path", help="a folder (local or any Hadoop-compatible URL) holding received_date=... folders")

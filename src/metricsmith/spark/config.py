@@ -22,6 +22,8 @@ ENV_ENGINE = "METRICSMITH_ENGINE"
 ENV_SPARK_MASTER = "METRICSMITH_SPARK_MASTER"
 ENV_SPARK_WAREHOUSE = "METRICSMITH_SPARK_WAREHOUSE"
 ENV_SPARK_SHUFFLE_PARTITIONS = "METRICSMITH_SPARK_SHUFFLE_PARTITIONS"
+#: Spark's state folder (metastore, staging, local cluster); default $METRICSMITH_HOME/spark
+ENV_SPARK_HOME = "METRICSMITH_SPARK_HOME"
 ENGINES = ("postgres", "spark")
 #: the dbt target of profiles/profiles.yml that runs the models on Spark
 SPARK_TARGET = "spark"
@@ -57,7 +59,8 @@ def spark_settings(settings: Settings | None = None) -> SparkSettings:
     master = os.environ.get(ENV_SPARK_MASTER, "").strip() or "local[*]"
     if not _MASTER.fullmatch(master):
         raise ConfigError(f"{ENV_SPARK_MASTER}={master!r}: use local, local[N], local[*] or spark://host:port")
-    home = settings.home / "spark"
+    home_raw = os.environ.get(ENV_SPARK_HOME, "").strip()
+    home = Path(home_raw).expanduser().resolve() if home_raw else settings.home / "spark"
     warehouse = os.environ.get(ENV_SPARK_WAREHOUSE, "").strip() or str(home / "warehouse")
     raw = os.environ.get(ENV_SPARK_SHUFFLE_PARTITIONS, "").strip() or "4"
     if not raw.isdigit() or not 1 <= int(raw) <= 100_000:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from metricsmith.config import Settings, load_settings
 from metricsmith.errors import UserFacingError
@@ -62,7 +62,7 @@ def _arrow_events(rows: list[tuple[Any, ...]]) -> Any:
     ts = pa.timestamp("us", tz="UTC")
     types = {"string": pa.string(), "timestamp": ts, "bigint": pa.int64()}
     schema = pa.schema([(c, types[t]) for c, t in EVENT_SCHEMA if c != "inserted_at"])
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in INPUT_COLUMNS]
+    columns: list[Any] = list(zip(*rows, strict=True)) if rows else [() for _ in INPUT_COLUMNS]
     return pa.table({c: pa.array(list(v), type=schema.field(c).type) for c, v in zip(INPUT_COLUMNS, columns,
                                                                                      strict=True)}, schema=schema)
 
@@ -124,19 +124,15 @@ def append_events(session: Any, frame: Any) -> AppendResult:
 
 
 def _lines(name: str) -> Iterator[bytes]:
-    stream: IO[bytes]
     if name == "-":
-        stream = sys.stdin.buffer
-    else:
-        path = Path(name)
-        if not path.is_file():
-            raise SparkLoadError(f"{name}: no such file (nothing was loaded from it)")
-        stream = gzip.open(path, "rb") if name.endswith(".gz") else path.open("rb")
-    try:
+        yield from sys.stdin.buffer
+        return
+    path = Path(name)
+    if not path.is_file():
+        raise SparkLoadError(f"{name}: no such file (nothing was loaded from it)")
+    opener: Any = gzip.open if name.endswith(".gz") else open
+    with opener(path, "rb") as stream:
         yield from stream
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
 
 
 def _check_format(name: str, fmt: str) -> None:
