@@ -42,6 +42,13 @@ def spark_session(home: Path, master: str = "local[2]") -> Iterator[Any]:
                 os.environ[k] = v
 
 
+@pytest.fixture(scope="session", name="spark")
+def spark_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One SparkSession (local[2]) for the Spark test modules of a session: the embedded Hive
+    metastore is created once (the slowest part of a Spark start)."""
+    yield from spark_session(tmp_path_factory.mktemp("spark"))
+
+
 def insert_spark_events(session: Any, events: list[Event]) -> int:
     """Append events to raw.events on Spark (one inserted_at per call, like one load)."""
     from metricsmith.spark import raw

@@ -5,13 +5,11 @@ the marts published to PostgreSQL are the ones the query service reads."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
 import psycopg
-import pytest
-from _spark import empty_spark_events, insert_spark_events, spark_available, spark_session
+from _spark import empty_spark_events, insert_spark_events, spark_available, spark_fixture  # noqa: F401 - fixture
 from rollups_reference import Event, diff_tables, fetch_tables, reference
 from test_rollups import edge_case_events
 
@@ -20,10 +18,6 @@ from metricsmith.spark import publish, rollups
 pytestmark = [spark_available]
 NEW_YORK = "America/New_York"
 
-
-@pytest.fixture(scope="module")
-def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    yield from spark_session(tmp_path_factory.mktemp("spark"))
 
 
 def _published(conn: psycopg.Connection[Any], events: list[Event], tz: str) -> dict[str, list[dict[str, Any]]]:
