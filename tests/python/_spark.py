@@ -42,11 +42,24 @@ def spark_session(home: Path, master: str = "local[2]") -> Iterator[Any]:
                 os.environ[k] = v
 
 
+_SHARED: list[Any] = []
+
+
 @pytest.fixture(scope="session", name="spark")
-def spark_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One SparkSession (local[2]) for the Spark test modules of a session: the embedded Hive
-    metastore is created once (the slowest part of a Spark start)."""
-    yield from spark_session(tmp_path_factory.mktemp("spark"))
+def spark_fixture(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
+    """One SparkSession (local[2]) for every Spark test module of a pytest session (imported by
+    each module, hence a shared instance): the embedded Hive metastore is created once (the
+    slowest part of a Spark start); stopped when the pytest session ends."""
+    if not _SHARED:
+        started = spark_session(tmp_path_factory.mktemp("spark"))
+        _SHARED.append(next(started))
+
+        def stop() -> None:
+            _SHARED.clear()
+            next(started, None)
+
+        request.config.add_cleanup(stop)
+    return _SHARED[0]
 
 
 def insert_spark_events(session: Any, events: list[Event]) -> int:

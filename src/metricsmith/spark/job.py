@@ -11,6 +11,7 @@ from typing import Any
 from metricsmith import db, grains
 from metricsmith.config import Settings, load_settings
 from metricsmith.core import pglock
+from metricsmith.errors import UserFacingError
 from metricsmith.orchestration import runner
 from metricsmith.orchestration.jobs import changed_periods, latest_rows
 from metricsmith.orchestration.retry import RetryPolicy
@@ -24,6 +25,7 @@ class SparkRollupJob:
     """One rollup run on Spark and its publish (a :class:`runner.Work`)."""
 
     settings: Settings
+    job_name: str = JOB_NAME
     full_refresh: bool = False
     timezone: str | None = None
     period_start: date | None = None
@@ -32,7 +34,7 @@ class SparkRollupJob:
 
     @property
     def name(self) -> str:
-        return JOB_NAME
+        return self.job_name
 
     @property
     def timeout_seconds(self) -> int:
@@ -64,8 +66,20 @@ class SparkRollupJob:
             result.latest = {g.name: latest_rows(conn, g) for g in grains.periods()}
 
 
-def run_job(*, full_refresh: bool = False, timezone: str | None = None, settings: Settings | None = None,
-            policy: RetryPolicy | None = None, lock_wait_seconds: float = 60.0) -> runner.JobResult:
+def run_job(*, name: str = JOB_NAME, full_refresh: bool = False, timezone: str | None = None,
+            settings: Settings | None = None, policy: RetryPolicy | None = None,
+            lock_wait_seconds: float = 60.0) -> runner.JobResult:
+    """Run the Spark rollups and the publish once, logged as job ``name`` (the Prefect rollup flows
+    pass their own job name, so health and the job log read them as usual)."""
     settings = settings or load_settings()
-    work = SparkRollupJob(settings, full_refresh=full_refresh, timezone=timezone)
+    work = SparkRollupJob(settings, job_name=name, full_refresh=full_refresh, timezone=timezone)
     return runner.run(work, settings=settings, policy=policy, lock_wait_seconds=lock_wait_seconds)
+
+
+def run_spark_rollup_flow_job(name: str, *, start: date | None = None, end: date | None = None) -> runner.JobResult:
+    """What a Prefect rollup flow (daily-metrics, weekly-rollup, ...) runs on METRICSMITH_ENGINE=spark:
+    one Spark run of every rollup model (incremental), then the publish, logged under the flow's job."""
+    if start is not None or end is not None:
+        raise UserFacingError("backfill on the Spark engine: run `metricsmith spark run --full-refresh` "
+                              "(a day range is not supported on Spark yet)")
+    return run_job(name=name)
