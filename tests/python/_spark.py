@@ -50,6 +50,10 @@ def spark_fixture(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
     """One SparkSession (local[2]) for every Spark test module of a pytest session (imported by
     each module, hence a shared instance): the embedded Hive metastore is created once (the
     slowest part of a Spark start); stopped when the pytest session ends."""
+    if _SHARED and _SHARED[0].sparkContext._jsc is None:  # stopped by a test with a session of its own
+        from metricsmith.spark.session import get_session
+
+        _SHARED[0] = get_session()
     if not _SHARED:
         started = spark_session(tmp_path_factory.mktemp("spark"))
         _SHARED.append(next(started))
