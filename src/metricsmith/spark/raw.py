@@ -48,12 +48,16 @@ class SparkLoadError(UserFacingError):
 
 def ensure_tables(session: Any) -> None:
     """Create the raw database and its two Parquet tables when missing."""
-    session.sql("create database if not exists raw")
-    cols = ", ".join(f"{c} {t}" for c, t in EVENT_SCHEMA)
-    session.sql(f"create table if not exists {EVENTS} ({cols}, {PARTITION} date) using parquet "
-                f"partitioned by ({PARTITION})")
-    qcols = ", ".join(f"{c} {t}" for c, t in QUARANTINE_SCHEMA)
-    session.sql(f"create table if not exists {QUARANTINE} ({qcols}) using parquet")
+    # asked first: the Hive metastore logs an error for `if not exists` on an existing object
+    if not session.catalog.databaseExists("raw"):
+        session.sql("create database if not exists raw")
+    if not session.catalog.tableExists(EVENTS):
+        cols = ", ".join(f"{c} {t}" for c, t in EVENT_SCHEMA)
+        session.sql(f"create table if not exists {EVENTS} ({cols}, {PARTITION} date) using parquet "
+                    f"partitioned by ({PARTITION})")
+    if not session.catalog.tableExists(QUARANTINE):
+        qcols = ", ".join(f"{c} {t}" for c, t in QUARANTINE_SCHEMA)
+        session.sql(f"create table if not exists {QUARANTINE} ({qcols}) using parquet")
 
 
 def _arrow_events(rows: list[tuple[Any, ...]]) -> Any:
