@@ -52,8 +52,10 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from metricsmith import migrate
     from metricsmith.spark import job
 
+    migrate.upgrade()  # the serving database: job log, marts schema
     result = job.run_job(full_refresh=args.full_refresh, timezone=args.timezone)
     print(result.render())
     return 0 if result.ok else 1
