@@ -34,7 +34,7 @@ def test_cluster_up_run_down(tmp_path: Path, conn: psycopg.Connection[Any],
     assert main(["spark", "status"]) == 1
     assert "no local Spark cluster" in capsys.readouterr().out
     try:
-        assert main(["spark", "up", "--port", "7177", "--ui-port", "8180", "--worker-memory", "768m"]) == 0
+        assert main(["spark", "up", "--port", "7177", "--ui-port", "8180"]) == 0
         out = capsys.readouterr().out
         assert "2 workers" in out and "web UI:  http://127.0.0.1:" in out
         cluster = LocalSparkCluster(load_settings())

@@ -65,6 +65,9 @@ def spark_conf(spark: SparkSettings) -> dict[str, str]:
         "spark.sql.sources.default": "parquet",
         "spark.ui.showConsoleProgress": "false",
         "spark.ui.enabled": "true" if spark.master.startswith("spark://") else "false",
+        # an executor must fit a worker (`metricsmith spark up`: 1g each), or the application waits
+        # for resources forever
+        "spark.executor.memory": os.environ.get("METRICSMITH_SPARK_EXECUTOR_MEMORY", "").strip() or "512m",
     }
 
 
