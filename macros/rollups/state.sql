@@ -45,7 +45,8 @@
 {#- fetch the one row of int_rollup_batch (the model's ref('int_rollup_batch')) as a dict (execution time only) -#}
 {% macro rollup_batch(batch_relation) -%}
     {%- if not execute -%}{{ return({}) }}{%- endif -%}
-    {%- set result = run_query("select cast(low_watermark as text) as low_watermark, cast(high_watermark as text) as high_watermark, is_full_rebuild, cast(backfill_start as text) as backfill_start, cast(backfill_end as text) as backfill_end from " ~ batch_relation) -%}
+    {%- set text = dbt.type_string() -%}
+    {%- set result = run_query("select cast(low_watermark as " ~ text ~ ") as low_watermark, cast(high_watermark as " ~ text ~ ") as high_watermark, is_full_rebuild, cast(backfill_start as " ~ text ~ ") as backfill_start, cast(backfill_end as " ~ text ~ ") as backfill_end from " ~ batch_relation) -%}
     {%- if result.rows | length != 1 -%}
         {{ exceptions.raise_compiler_error("int_rollup_batch must hold exactly one row; run the rollups with their upstream models (metricsmith rollups run)") }}
     {%- endif -%}
@@ -85,11 +86,12 @@
 -#}
 {% macro rollup_islands(changed_days) -%}
     {%- if not execute -%}{{ return([]) }}{%- endif -%}
+    {%- set text = dbt.type_string() -%}
     {%- set sql -%}
         select
-            cast(range_start as text), cast(range_end as text), cast(out_start as text), cast(out_end as text),
-            cast({{ metricsmith.local_day_start('range_start') }} as text),
-            cast({{ metricsmith.local_day_start(metricsmith.add_days('range_end', 1)) }} as text)
+            cast(range_start as {{ text }}), cast(range_end as {{ text }}), cast(out_start as {{ text }}), cast(out_end as {{ text }}),
+            cast({{ metricsmith.local_day_start('range_start') }} as {{ text }}),
+            cast({{ metricsmith.local_day_start(metricsmith.add_days('range_end', 1)) }} as {{ text }})
         from ({{ metricsmith.rollup_islands_sql(changed_days) }}) islands
         order by 1
     {%- endset -%}

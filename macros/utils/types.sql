@@ -13,15 +13,27 @@
 {%- endmacro %}
 
 {% macro type_average() -%}
+    {{ return(adapter.dispatch('type_average', 'metricsmith')()) }}
+{%- endmacro %}
+
+{% macro default__type_average() -%}
     numeric(42, 4)
 {%- endmacro %}
 
 {% macro type_growth_pct() -%}
+    {{ return(adapter.dispatch('type_growth_pct', 'metricsmith')()) }}
+{%- endmacro %}
+
+{% macro default__type_growth_pct() -%}
     numeric(46, 4)
 {%- endmacro %}
 
 {#- mean of a column over a group, rounded to 4 decimals (computed with 20 decimals: Postgres
     keeps only ~16 significant digits in a quotient otherwise, too few for large sums) -#}
 {% macro average(column) -%}
+    {{ return(adapter.dispatch('average', 'metricsmith')(column)) }}
+{%- endmacro %}
+
+{% macro default__average(column) -%}
     cast(round(avg(cast({{ column }} as numeric(65, 20))), 4) as {{ metricsmith.type_average() }})
 {%- endmacro %}

@@ -31,8 +31,8 @@
 
 {%- if execute and ledger is not none -%}
     {#- a ledger of an older version (watermarks on received_at) cannot be continued: rebuild once -#}
-    {%- set basis = "watermark_column" if 'watermark_column' in (adapter.get_columns_in_relation(ledger) | map(attribute='name') | list) else "cast(null as text)" -%}
-    {%- set last = run_query("select cast(high_watermark as text), metrics_timezone, cast(batch_started_at as text), " ~ basis ~ " from " ~ ledger ~ " order by finished_at desc limit 1").rows -%}
+    {%- set basis = "watermark_column" if 'watermark_column' in (adapter.get_columns_in_relation(ledger) | map(attribute='name') | list) else "cast(null as " ~ dbt.type_string() ~ ")" -%}
+    {%- set last = run_query("select cast(high_watermark as " ~ dbt.type_string() ~ "), metrics_timezone, cast(batch_started_at as " ~ dbt.type_string() ~ "), " ~ basis ~ " from " ~ ledger ~ " order by finished_at desc limit 1").rows -%}
     {%- if last | length == 1 -%}
         {%- set ns.low = last[0][0] -%}
         {%- set ns.last_tz = last[0][1] -%}
@@ -48,7 +48,7 @@
     counted in the horizon (a row's inserted_at is never before its transaction's start) -#}
 {%- set horizon = metricsmith.open_transaction_horizon() -%}
 {%- if execute -%}
-    {%- set horizon = "cast('" ~ run_query("select cast(" ~ metricsmith.open_transaction_horizon() ~ " as text)").rows[0][0]
+    {%- set horizon = "cast('" ~ run_query("select cast(" ~ metricsmith.open_transaction_horizon() ~ " as " ~ dbt.type_string() ~ ")").rows[0][0]
                       ~ "' as " ~ metricsmith.type_timestamptz() ~ ")" -%}
 {%- endif -%}
 

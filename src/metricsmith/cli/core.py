@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-quarantine", action="store_true",
                    help="exit 0 even when some rows were quarantined")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--engine", choices=["postgres", "spark"], default=None,
+                   help="where raw.events lives (default: METRICSMITH_ENGINE, else postgres)")
     p.set_defaults(handler=cmd_load)
 
     p = sub.add_parser("generate", help="write realistic, deterministic events into raw.events")
@@ -48,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start", type=day, default=None,
                    help="first day (YYYY-MM-DD); default: --days before today")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--engine", choices=["postgres", "spark"], default=None,
+                   help="where raw.events lives (default: METRICSMITH_ENGINE, else postgres)")
     p.set_defaults(handler=cmd_generate)
 
 
@@ -136,7 +140,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     redis_where = (db.redis_url(settings), "local cluster") if settings.redis_cluster and not settings.redis_url \
         else _server_url(settings, "redis", settings.redis_url)
     rd = _report("redis:", *redis_where, _redis_version, (redis.RedisError,), False)
-    return 0 if pg and rd else 1
+    from metricsmith.spark import status as spark_status
+
+    return 0 if pg and rd and spark_status.report(settings) else 1
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -169,7 +175,14 @@ def cmd_db_status(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     from metricsmith import ingest
+    from metricsmith.spark.config import engine
 
+    if engine(args.engine) == "spark":
+        from metricsmith.spark import raw
+
+        summary = raw.load_files(args.files, fmt=args.format)
+        print(summary.render().replace("raw.events_quarantine", "raw.events_quarantine (Spark)"))
+        return ingest.quarantine_exit_status(summary.quarantined, allow=args.allow_quarantine, command="load")
     migrate.upgrade()
     try:
         summary = ingest.load_files(args.files, fmt=args.format,
@@ -184,7 +197,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import psycopg
 
     from metricsmith import generator
+    from metricsmith.spark.config import engine
 
+    if engine(args.engine) == "spark":
+        from metricsmith.spark import raw
+
+        try:
+            print(raw.generate(days=args.days, events_per_day=args.events_per_day, seed=args.seed,
+                               start=args.start).render())
+        except ValueError as exc:
+            raise UserFacingError(str(exc)) from None
+        return 0
     migrate.upgrade()
     try:
         result = generator.generate_to_db(

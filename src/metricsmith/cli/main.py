@@ -15,10 +15,12 @@ from collections.abc import Sequence
 
 from metricsmith import demo
 from metricsmith.cli import alerts, api, core, metrics, orchestration, query, realtime, redis_cluster, rollups
+from metricsmith.cli import spark as spark_commands
 from metricsmith.errors import EXIT_BROKEN_PIPE, EXIT_STATUSES, classify
 
 #: The command groups, in the order ``--help`` lists them.
-COMMAND_GROUPS = [core, rollups, demo, query, realtime, redis_cluster, orchestration, metrics, alerts, api]
+COMMAND_GROUPS = [core, rollups, demo, query, realtime, redis_cluster, spark_commands, orchestration, metrics, alerts,
+                  api]
 
 
 def _epilog() -> str:

@@ -41,7 +41,14 @@ def summary(result: JobResult) -> dict[str, Any]:
 
 def run_job_flow(name: str, *, start: date | None = None, end: date | None = None,
                  refresh: bool = True, **kwargs: Any) -> dict[str, Any]:
-    result = run_job(name, start=start, end=end, **kwargs)
+    from metricsmith.spark.config import engine
+
+    if engine() == "spark":  # docs/spark.md: the rollups on Spark, then the publish to PostgreSQL
+        from metricsmith.spark.job import run_spark_rollup_flow_job
+
+        result = run_spark_rollup_flow_job(name, start=start, end=end)
+    else:
+        result = run_job(name, start=start, end=end, **kwargs)
     if in_flow_run():  # the artifact belongs to the flow run (there is none on the direct path)
         artifacts.publish(result)
     if refresh and result.status in (JobStatus.COMPLETED, JobStatus.PARTIAL) and result.changed_days:
