@@ -118,7 +118,8 @@
 
 
 {#- the model's contract, by name and by type (the contract's PostgreSQL types read as their
-    Spark equivalents: numeric -> decimal, jsonb -> string (JSON text), integer -> int) -#}
+    Spark equivalents: numeric -> decimal, jsonb -> string (JSON text), text -> string,
+    integer -> int) -#}
 {% macro spark_check_contract(columns) -%}
     {%- set contract = config.get('contract') -%}
     {%- if contract is none or not contract.enforced -%}{{ return(none) }}{%- endif -%}
@@ -127,7 +128,7 @@
     {%- set problems = [] -%}
     {%- for name, col in model.columns.items() if col.data_type -%}
         {%- set declared = col.data_type | lower | replace(' ', '') | replace('numeric', 'decimal')
-            | replace('jsonb', 'string') | replace('integer', 'int') -%}
+            | replace('jsonb', 'string') | replace('text', 'string') | replace('integer', 'int') -%}
         {%- set declared = 'decimal(38,4)' if declared in ['decimal(42,4)', 'decimal(46,4)'] else declared -%}
         {%- if name | lower not in built -%}
             {%- do problems.append(name ~ ' is missing') -%}

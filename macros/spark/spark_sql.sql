@@ -61,3 +61,8 @@
 {% macro spark__rollup_session_tuning() -%}
     select 1
 {%- endmacro %}
+
+{#- an absolute instant: Spark's timestamp is stored in UTC and shown in the session time zone -#}
+{% macro spark__type_timestamptz() -%}
+    timestamp
+{%- endmacro %}
