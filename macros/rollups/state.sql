@@ -126,12 +126,12 @@
     spine as (
         select min(spine_start) as spine_start, max(spine_end) as spine_end from {{ changed_days }}
     ),
-    -- a changed day changes the outer periods (months / quarters) of every period holding it
+    -- a changed day changes its own "first in" counts and those of the later days of every period
+    -- holding it (never an earlier day): the outer periods (months / quarters) of the day and of
+    -- the last day of its week; the events are read from the start of each output day's week
     touched_dates as (
         select metric_date as d from changed
         {%- for g in metricsmith.period_grains() if g.unit == 'week' %}
-        union all
-        select {{ metricsmith.period_start(g, 'metric_date') }} from changed
         union all
         select {{ metricsmith.period_end(g, metricsmith.period_start(g, 'metric_date')) }} from changed
         {%- endfor %}
