@@ -18,17 +18,31 @@
     {%- if not execute -%}
         {{ return({'expression': none, 'filter': none, 'numerator': placeholder, 'denominator': placeholder}) }}
     {%- endif -%}
-    {%- set query -%}
-        select definition::text from metricsmith.custom_metric_models
-        where metric_id = {{ metric_id | int }} and version = {{ version | int }}
-    {%- endset -%}
-    {%- set rows = run_query(query).rows -%}
+    {%- set rows = run_query(metricsmith.custom_metric_definition_query(metric_id | int, version | int)).rows -%}
     {%- if rows | length == 0 -%}
         {{ exceptions.raise_compiler_error("custom metric " ~ (metric_id | int) ~ " version " ~ (version | int)
             ~ " has no checked definition in metricsmith.custom_metric_models; run `metricsmith metrics compile`") }}
     {%- endif -%}
     {{ return(fromjson(rows[0][0])) }}
 {%- endmacro %}
+
+{#- the query of one checked definition (JSON text): PostgreSQL holds them; on Spark, the copy
+    metricsmith writes before each run (metricsmith.spark.custom_metrics: the expressions rendered
+    for Spark) -#}
+{% macro custom_metric_definition_query(metric_id, version) -%}
+    {{ return(adapter.dispatch('custom_metric_definition_query', 'metricsmith')(metric_id, version)) }}
+{%- endmacro %}
+
+{% macro default__custom_metric_definition_query(metric_id, version) -%}
+    select definition::text from metricsmith.custom_metric_models
+    where metric_id = {{ metric_id | int }} and version = {{ version | int }}
+{%- endmacro %}
+
+{% macro spark__custom_metric_definition_query(metric_id, version) -%}
+    select definition from metricsmith.custom_metric_models
+    where metric_id = {{ metric_id | int }} and version = {{ version | int }}
+{%- endmacro %}
+
 
 {% macro custom_metric_period(grain, column) -%}
     {{ return(adapter.dispatch('custom_metric_period', 'metricsmith')(grain, column)) }}
@@ -57,6 +71,60 @@
 {%- endmacro %}
 
 
+{#- a JSON object (text) of the dimension values, nulls kept as JSON null like jsonb_build_object -#}
+{% macro spark__custom_metric_dimensions(dimensions) -%}
+    {%- if dimensions | length == 0 -%} '{}'
+    {%- else -%} to_json(named_struct(
+        {%- for d in dimensions %}'{{ d }}', {{ adapter.quote(d) }}{{ ", " if not loop.last }}{% endfor -%}
+    ), map('ignoreNullFields', 'false'))
+    {%- endif -%}
+{%- endmacro %}
+
+
+{#- the type of a dimensions column: jsonb on PostgreSQL, JSON text on Spark -#}
+{% macro custom_metric_type_json() -%}
+    {{ return(adapter.dispatch('custom_metric_type_json', 'metricsmith')()) }}
+{%- endmacro %}
+
+{% macro default__custom_metric_type_json() -%}
+    jsonb
+{%- endmacro %}
+
+{% macro spark__custom_metric_type_json() -%}
+    string
+{%- endmacro %}
+
+
+{#- the type of growth_pct in custom_metric_values: numeric on PostgreSQL (the growth_pct function's
+    4 decimals), type_growth_pct on Spark -#}
+{% macro custom_metric_type_growth() -%}
+    {{ return(adapter.dispatch('custom_metric_type_growth', 'metricsmith')()) }}
+{%- endmacro %}
+
+{% macro default__custom_metric_type_growth() -%}
+    numeric
+{%- endmacro %}
+
+{% macro spark__custom_metric_type_growth() -%}
+    {{ metricsmith.type_growth_pct() }}
+{%- endmacro %}
+
+
+{#- the type of a value: PostgreSQL's unconstrained numeric; Spark's decimals hold 38 digits
+    (its bare decimal is decimal(10, 0)) -#}
+{% macro custom_metric_type_value() -%}
+    {{ return(adapter.dispatch('custom_metric_type_value', 'metricsmith')()) }}
+{%- endmacro %}
+
+{% macro default__custom_metric_type_value() -%}
+    numeric
+{%- endmacro %}
+
+{% macro spark__custom_metric_type_value() -%}
+    decimal(38, 12)
+{%- endmacro %}
+
+
 {% macro custom_metric_percentile(p, expression) -%}
     {{ return(adapter.dispatch('custom_metric_percentile', 'metricsmith')(p, expression)) }}
 {%- endmacro %}
@@ -67,6 +135,59 @@
 
 {% macro postgres__custom_metric_percentile(p, expression) -%}
     percentile_cont({{ p }}) within group (order by {{ expression }})
+{%- endmacro %}
+
+{% macro spark__custom_metric_percentile(p, expression) -%}
+    percentile_cont({{ p }}) within group (order by {{ expression }})
+{%- endmacro %}
+
+
+{#- numerator / denominator, NULL when the denominator is 0. Spark divides in double: its decimal
+    division of two 38-digit decimals keeps 6 decimals only -#}
+{% macro custom_metric_ratio(numerator, denominator) -%}
+    {{ return(adapter.dispatch('custom_metric_ratio', 'metricsmith')(numerator, denominator)) }}
+{%- endmacro %}
+
+{% macro default__custom_metric_ratio(numerator, denominator) -%}
+    cast({{ numerator }} as numeric) / nullif(cast({{ denominator }} as numeric), 0)
+{%- endmacro %}
+
+{% macro spark__custom_metric_ratio(numerator, denominator) -%}
+    cast(cast({{ numerator }} as double) / nullif(cast({{ denominator }} as double), 0)
+        as {{ metricsmith.custom_metric_type_value() }})
+{%- endmacro %}
+
+
+{#- growth of a value against the previous one: the one definition (macro growth_pct). On Spark
+    the values are decimal(38, 12), whose decimal division keeps 6 decimals, and growth_pct there
+    is written for whole numbers: the same rule in double, rounded half away from zero to 4
+    decimals -#}
+{% macro custom_metric_growth_pct(current, previous) -%}
+    {{ return(adapter.dispatch('custom_metric_growth_pct', 'metricsmith')(current, previous)) }}
+{%- endmacro %}
+
+{% macro default__custom_metric_growth_pct(current, previous) -%}
+    {{ metricsmith.growth_pct(current, previous) }}
+{%- endmacro %}
+
+{% macro spark__custom_metric_growth_pct(current, previous) -%}
+    cast(round(100 * (cast({{ current }} as double) - cast({{ previous }} as double))
+        / nullif(cast({{ previous }} as double), 0), 4) as {{ metricsmith.type_growth_pct() }})
+{%- endmacro %}
+
+
+{#- the arrival time after which rows are read again by an incremental run: the stored
+    watermark minus the rollups' safety lag (everything when the table is empty) -#}
+{% macro custom_metric_received_after(lag_seconds) -%}
+    {{ return(adapter.dispatch('custom_metric_received_after', 'metricsmith')(lag_seconds)) }}
+{%- endmacro %}
+
+{% macro default__custom_metric_received_after(lag_seconds) -%}
+    coalesce(max(source_watermark), cast('-infinity' as timestamptz)) - interval '{{ lag_seconds | int }} seconds'
+{%- endmacro %}
+
+{% macro spark__custom_metric_received_after(lag_seconds) -%}
+    coalesce({{ dbt.dateadd('second', -(lag_seconds | int), 'max(source_watermark)') }}, timestamp '0001-01-01 00:00:00')
 {%- endmacro %}
 
 
@@ -93,10 +214,11 @@
 
 {% macro custom_metric_value(metric_type, expression=none, percentile=none, numerator=none, denominator=none) -%}
     {%- if metric_type == 'RATIO' -%}
-        cast({{ metricsmith.custom_metric_aggregate(numerator.type, numerator.expression, numerator.filter, numerator.percentile) }} as numeric)
-        / nullif(cast({{ metricsmith.custom_metric_aggregate(denominator.type, denominator.expression, denominator.filter, denominator.percentile) }} as numeric), 0)
+        {{ metricsmith.custom_metric_ratio(
+            metricsmith.custom_metric_aggregate(numerator.type, numerator.expression, numerator.filter, numerator.percentile),
+            metricsmith.custom_metric_aggregate(denominator.type, denominator.expression, denominator.filter, denominator.percentile)) }}
     {%- else -%}
-        cast({{ metricsmith.custom_metric_aggregate(metric_type, expression, none, percentile) }} as numeric)
+        cast({{ metricsmith.custom_metric_aggregate(metric_type, expression, none, percentile) }} as {{ metricsmith.custom_metric_type_value() }})
     {%- endif -%}
 {%- endmacro %}
 
@@ -115,8 +237,7 @@ with
 {%- if incremental %}
 
 since as (
-    select coalesce(max(source_watermark), cast('-infinity' as timestamptz))
-           - interval '{{ var("rollups_safety_lag_seconds", 600) | int }} seconds' as received_after
+    select {{ metricsmith.custom_metric_received_after(var("rollups_safety_lag_seconds", 600)) }} as received_after
     from {{ this }}
 ),
 
@@ -174,17 +295,17 @@ group by {{ period }}
 {%- endfor -%}
 {%- if inputs | length == 0 %}
 select
-    cast(null as text) as metric_slug,
-    cast(null as integer) as metric_version,
-    cast(null as text) as grain,
+    cast(null as {{ dbt.type_string() }}) as metric_slug,
+    cast(null as {{ dbt.type_int() }}) as metric_version,
+    cast(null as {{ dbt.type_string() }}) as grain,
     cast(null as date) as period_start,
-    cast(null as jsonb) as dimensions,
-    cast(null as numeric) as value,
-    cast(null as numeric) as previous_value,
-    cast(null as numeric) as growth_pct,
-    cast(null as timestamptz) as computed_at,
-    cast(null as text) as growth_basis,
-    cast(null as integer) as growth_basis_days
+    cast(null as {{ metricsmith.custom_metric_type_json() }}) as dimensions,
+    cast(null as {{ metricsmith.custom_metric_type_value() }}) as value,
+    cast(null as {{ metricsmith.custom_metric_type_value() }}) as previous_value,
+    cast(null as {{ metricsmith.custom_metric_type_growth() }}) as growth_pct,
+    cast(null as {{ metricsmith.type_timestamptz() }}) as computed_at,
+    cast(null as {{ dbt.type_string() }}) as growth_basis,
+    cast(null as {{ dbt.type_int() }}) as growth_basis_days
 where false
 {%- else %}
 {#- one spine per source and time column -#}
@@ -216,8 +337,8 @@ with
 
 periods_{{ loop.index }} as (
     select
-        cast('{{ item.slug }}' as text) as metric_slug,
-        cast({{ item.version | int }} as integer) as metric_version,
+        cast('{{ item.slug }}' as {{ dbt.type_string() }}) as metric_slug,
+        cast({{ item.version | int }} as {{ dbt.type_int() }}) as metric_version,
         p.period_start,
         {{ metricsmith.add_days('cast(' ~ dbt.dateadd(item.grain, 1, 'p.period_start') ~ ' as date)', -1) }} as period_end,
         cast({{ dbt.dateadd(item.grain, -1, 'p.period_start') }} as date) as prev_start,
@@ -266,9 +387,9 @@ aligned_{{ loop.index }} as (
 unioned as (
 {%- for item in inputs %}
     select
-        cast('{{ item.slug }}' as text) as metric_slug,
-        cast({{ item.version | int }} as integer) as metric_version,
-        cast('{{ item.grain }}' as text) as grain,
+        cast('{{ item.slug }}' as {{ dbt.type_string() }}) as metric_slug,
+        cast({{ item.version | int }} as {{ dbt.type_int() }}) as metric_version,
+        cast('{{ item.grain }}' as {{ dbt.type_string() }}) as grain,
         period_start,
         cast({{ dbt.dateadd(item.grain, -1, 'period_start') }} as date) as previous_period_start,
         dimensions,
@@ -304,14 +425,14 @@ select
     cur.value,
     prev.value as previous_value,
     cast(case
-        when r.basis = 'full' then {{ metricsmith.growth_pct('cur.value', 'prev.value') }}
+        when r.basis = 'full' then {{ metricsmith.custom_metric_growth_pct('cur.value', 'prev.value') }}
         {%- if longer %}
-        when r.basis <> 'none' then {{ metricsmith.growth_pct('aligned_cur.value', 'aligned_prev.value') }}
+        when r.basis <> 'none' then {{ metricsmith.custom_metric_growth_pct('aligned_cur.value', 'aligned_prev.value') }}
         {%- endif %}
-    end as numeric) as growth_pct,
+    end as {{ metricsmith.custom_metric_type_growth() }}) as growth_pct,
     cur.computed_at,
-    cast(r.basis as text) as growth_basis,
-    cast(r.basis_days as integer) as growth_basis_days
+    cast(r.basis as {{ dbt.type_string() }}) as growth_basis,
+    cast(r.basis_days as {{ dbt.type_int() }}) as growth_basis_days
 from unioned as cur
 left join unioned as prev
     on prev.metric_slug = cur.metric_slug

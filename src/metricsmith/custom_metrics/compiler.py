@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from metricsmith.custom_metrics import dialects
 from metricsmith.custom_metrics import identifiers as ids
 from metricsmith.custom_metrics.errors import ExpressionError, MetricSpecError
 from metricsmith.custom_metrics.registry import DataSource
@@ -92,7 +93,27 @@ models:
         data_type: integer
         description: Number of aligned days growth_pct compares; NULL when there is no previous period.
 """
-VALUES_MODEL_DOC: dict[str, Any] = yaml.safe_load(VALUES_MODEL_YAML)["models"][0]
+#: custom_metric_values' types on Spark (macros custom_metric_type_*; the PostgreSQL types above
+#: are the published contract): the generated YAML picks them by ``target.type``
+SPARK_VALUE_TYPES = {"metric_slug": "string", "metric_version": "int", "grain": "string", "dimensions": "string",
+                     "value": "decimal(38,12)", "previous_value": "decimal(38,12)", "growth_pct": "decimal(38,4)",
+                     "computed_at": "timestamp", "growth_basis": "string", "growth_basis_days": "int"}
+
+
+def _values_model_doc() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(VALUES_MODEL_YAML)["models"][0]
+    for column in doc["columns"]:
+        spark = SPARK_VALUE_TYPES.get(column["name"])
+        if spark is not None:
+            column["data_type"] = f"{{{{ '{spark}' if target.type == 'spark' else '{column['data_type']}' }}}}"
+    return doc
+
+
+VALUES_MODEL_DOC: dict[str, Any] = _values_model_doc()
+#: the PostgreSQL contract of custom_metric_values, (column, data_type) in order: the table the
+#: Spark engine publishes to
+VALUES_CONTRACT: tuple[tuple[str, str], ...] = tuple(
+    (str(c["name"]), str(c["data_type"])) for c in yaml.safe_load(VALUES_MODEL_YAML)["models"][0]["columns"])
 #: the columns of every generated ``cm_*`` model, described by the docs blocks of models/docs.md
 GENERATED_MODEL_COLUMNS: tuple[dict[str, str], ...] = tuple(
     {"name": column, "description": f"{{{{ doc('custom_metric_{column}') }}}}"}
@@ -272,7 +293,7 @@ def render_values_model(inputs: list[tuple[int, str, int, dict[str, Any]]]) -> s
             "{{ metricsmith.custom_metric_values(" + listing + ") }}\n")
 
 
-# -- plain SQL (Postgres) of the same computation, for EXPLAIN and the bench ----------------------
+# -- plain SQL of the same computation, for the cost estimate (EXPLAIN; Spark's plan statistics) ----
 
 def _aggregate_sql(kind: str, expression: str | None, filt: str | None, percentile: float | None) -> str:
     expr = f"case when {filt} then {expression or '1'} end" if filt else expression
@@ -287,21 +308,39 @@ def _aggregate_sql(kind: str, expression: str | None, filt: str | None, percenti
     return {"SUM": "sum", "AVERAGE": "avg", "MAX": "max", "MIN": "min"}[kind] + f"({expr})"
 
 
-def render_sql(metric: CheckedMetric) -> str:
-    """A full (non-incremental) query equivalent to the generated model."""
-    spec = metric.spec
-    col = f'"{metric.source.time_column}"'
+def _quote(name: str, dialect: str) -> str:
+    return f"`{name}`" if dialect == dialects.SPARK else f'"{name}"'
+
+
+def _part_sql(part: CheckedPart, dialect: str, types: dict[str, str]) -> str:
+    def r(sql: str | None, key: str) -> str | None:
+        return dialects.render(sql, dialect, types, field=key) if sql else None
+
+    return _aggregate_sql(part.type, r(part.expression, "expression"), r(part.filter, "filter"), part.percentile)
+
+
+def render_sql(metric: CheckedMetric, dialect: str = "postgres", column_types: dict[str, str] | None = None) -> str:
+    """A full (non-incremental) query equivalent to the generated model, in ``dialect``
+    (``column_types``: the source's PostgreSQL type names, for the rendering of its expressions)."""
+    spec, types = metric.spec, column_types or {}
+    col = _quote(metric.source.time_column, dialect)
     period = f"cast({col} as date)" if spec.grain == "day" else \
         f"cast(date_trunc('{spec.grain}', cast({col} as timestamp)) as date)"
-    dims = ("jsonb_build_object(" + ", ".join(f"'{d}', \"{d}\"" for d in spec.dimensions) + ")"
-            if spec.dimensions else "'{}'::jsonb")
+    pairs = ", ".join(f"'{d}', {_quote(d, dialect)}" for d in spec.dimensions)
+    if dialect == dialects.SPARK:
+        dims, number = (f"to_json(named_struct({pairs}))" if spec.dimensions else "'{}'"), "double"
+        relation = f"`{metric.source.schema}`.`{metric.source.identifier}`"
+    else:
+        dims, number = (f"jsonb_build_object({pairs})" if spec.dimensions else "'{}'::jsonb"), "numeric"
+        relation = metric.source.relation
     if spec.type == "RATIO":
         assert metric.numerator and metric.denominator
-        n, d = metric.numerator, metric.denominator
-        value = (f"cast({_aggregate_sql(n.type, n.expression, n.filter, n.percentile)} as numeric) / "
-                 f"nullif(cast({_aggregate_sql(d.type, d.expression, d.filter, d.percentile)} as numeric), 0)")
+        value = (f"cast({_part_sql(metric.numerator, dialect, types)} as {number}) / "
+                 f"nullif(cast({_part_sql(metric.denominator, dialect, types)} as {number}), 0)")
     else:
-        value = f"cast({_aggregate_sql(spec.type, metric.expression, None, spec.percentile)} as numeric)"
-    group = ", ".join([period, *(f'"{d}"' for d in spec.dimensions)])
+        whole = CheckedPart(spec.type, metric.expression, None, spec.percentile)
+        value = f"cast({_part_sql(whole, dialect, types)} as {number})"
+    filt = dialects.render(metric.filter, dialect, types, field="filter") if metric.filter else "true"
+    group = ", ".join([period, *(_quote(d, dialect) for d in spec.dimensions)])
     return (f"select {period} as period_start, {dims} as dimensions, {value} as value\n"
-            f"from {metric.source.relation}\nwhere {metric.filter or 'true'}\ngroup by {group}")
+            f"from {relation}\nwhere {filt}\ngroup by {group}")

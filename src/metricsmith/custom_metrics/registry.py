@@ -41,10 +41,13 @@ class DataSource:
         """Arrival-time column driving incremental runs (late data), if the source has one."""
         return CHANGE_COLUMN if CHANGE_COLUMN in self.columns else None
 
-    def categories(self, conn: Any | None = None) -> dict[str, str]:
-        """column -> type category; undeclared types are read from the database catalog."""
+    def categories(self, conn: Any | None = None, *, catalog: dict[str, str] | None = None) -> dict[str, str]:
+        """column -> type category; undeclared types are read from the database catalog (or
+        from ``catalog``: column -> type name, e.g. Spark's catalog on the Spark engine)."""
         cats = {c: type_category(t) for c, t in self.columns.items()}
         missing = [c for c, cat in cats.items() if cat == UNKNOWN]
+        if catalog is not None:
+            return {c: (type_category(catalog.get(c)) if c in missing else cat) for c, cat in cats.items()}
         if missing and conn is not None:
             rows = conn.execute(
                 "select column_name, data_type from information_schema.columns "

@@ -31,6 +31,7 @@ from metricsmith.custom_metrics.errors import (
 )
 from metricsmith.custom_metrics.spec import MetricSpec, parse_spec, slugify
 from metricsmith.errors import UserFacingError
+from metricsmith.spark import config as spark_config
 
 ENV_PROJECT_DIR = "METRICSMITH_DBT_PROJECT_DIR"
 ENV_COST_BUDGET = "METRICSMITH_CUSTOM_METRIC_COST_BUDGET"
@@ -41,14 +42,25 @@ VALUES_TAG = "metricsmith_custom_metric_values"
 
 @dataclass(frozen=True)
 class CostEstimate:
+    """PostgreSQL: EXPLAIN's total cost and rows; Spark (``unit`` bytes): the optimized plan's
+    estimated size (rows: None when Spark has no row count)."""
+
     cost: float
-    rows: float
+    rows: float | None
     budget: float
     sql: str
+    unit: str = "cost"
 
     @property
     def within_budget(self) -> bool:
         return self.cost <= self.budget
+
+    def exceeded(self) -> UserFacingError:
+        if self.unit == "bytes":
+            from metricsmith.spark.custom_metrics import SparkCostBudgetExceeded
+
+            return SparkCostBudgetExceeded(self.cost, self.budget)
+        return CostBudgetExceeded(self.cost, self.rows or 0.0, self.budget)
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,8 @@ class CustomMetricsRun:
     models: DbtOutcome
     values: DbtOutcome
     failures: list[ModelFailure]
+    #: on the Spark engine: the Spark application, the dbt time and the publish (the job log's details)
+    spark: dict[str, Any] | None = None
 
     @property
     def success(self) -> bool:
@@ -126,11 +140,19 @@ class CompileResult:
 
 class CustomMetricsService:
     def __init__(self, settings: Settings | None = None, *, project_dir: Path | None = None,
-                 cost_budget: float | None = None) -> None:
+                 cost_budget: float | None = None, engine: str | None = None) -> None:
+        """``engine``: ``postgres`` or ``spark`` (default METRICSMITH_ENGINE); on Spark ``cost_budget``
+        is in bytes (default METRICSMITH_CUSTOM_METRIC_SPARK_BYTES_BUDGET), docs/spark.md."""
         self.settings = settings or load_settings()
+        self.engine = spark_config.engine(engine)
         env_dir = os.environ.get(ENV_PROJECT_DIR)
         self.project_dir = Path(project_dir or env_dir or project_root()).resolve()
         self.generated_dir = project.generated_dir(self.settings, self.project_dir)
+        if self.engine == "spark":
+            from metricsmith.spark.custom_metrics import bytes_budget
+
+            self.cost_budget = bytes_budget(cost_budget)
+            return
         budget = cost_budget if cost_budget is not None else os.environ.get(ENV_COST_BUDGET)
         self.cost_budget = float(budget) if budget is not None else DEFAULT_COST_BUDGET
 
@@ -139,18 +161,35 @@ class CustomMetricsService:
     def target_path(self) -> Path:
         return core_dbt.target_path(self.project_dir)
 
+    @contextmanager
+    def _engine(self, record: Any = None) -> Iterator[Any]:
+        """The engine's context for dbt: on Spark the SparkSession and the spark target's own
+        target path (:func:`metricsmith.spark.custom_metrics.spark_dbt`); None on PostgreSQL."""
+        if self.engine != "spark":
+            yield None
+            return
+        from metricsmith.spark.custom_metrics import spark_dbt
+
+        with spark_dbt(self.settings, record) as session:
+            yield session
+
     def run_dbt(self, args: list[str], *, vars: dict[str, Any] | None = None,
                 raise_on_failure: bool = True) -> DbtOutcome:
-        """``dbt <args>`` in this service's project directory (:func:`metricsmith.core.dbt.invoke`).
-        Raises :class:`DbtError` when dbt itself fails, and when a node fails if ``raise_on_failure``."""
-        outcome = core_dbt.invoke(args, vars=vars, settings=self.settings, project_dir=self.project_dir)
+        """``dbt <args>`` in this service's project directory (:func:`metricsmith.core.dbt.invoke`),
+        with the engine's target. Raises :class:`DbtError` when dbt itself fails, and when a node
+        fails if ``raise_on_failure``."""
+        target = ["--target", spark_config.SPARK_TARGET] if self.engine == "spark" else []
+        with self._engine():
+            outcome = core_dbt.invoke([*args, *target], vars=vars, settings=self.settings,
+                                      project_dir=self.project_dir)
         return outcome.raise_for_status(nodes=raise_on_failure)
 
     def registry(self, *, refresh: bool = False) -> dict[str, registry.DataSource]:
-        manifest = self.target_path / "manifest.json"
-        if refresh or not manifest.is_file():
-            self.run_dbt(["parse"])
-        return registry.load_registry(manifest)
+        with self._engine():
+            manifest = self.target_path / "manifest.json"
+            if refresh or not manifest.is_file():
+                self.run_dbt(["parse"])
+            return registry.load_registry(manifest)
 
     # -- helpers -----------------------------------------------------------------------------
     @contextmanager
@@ -198,7 +237,7 @@ class CustomMetricsService:
     def _check(self, conn: Any, who: access.Principal, spec: MetricSpec) -> compiler.CheckedMetric:
         reg = self.registry()
         source = registry.resolve(reg, spec.source)
-        cats = source.categories(conn)
+        cats = source.categories(conn, catalog=self._spark_types(source, required=False))
 
         def resolve_metric(slug: str) -> MetricSpec:
             row = self._readable(conn, who, slug)
@@ -208,7 +247,29 @@ class CustomMetricsService:
 
         return compiler.check_metric(spec, source, cats, resolve_metric)
 
+    def _spark_types(self, source: registry.DataSource, *, required: bool) -> dict[str, str] | None:
+        """On Spark: the source's column types (PostgreSQL names) from Spark's catalog; else None."""
+        if self.engine != "spark":
+            return None
+        from metricsmith.spark import custom_metrics as spark_cm
+
+        with self._engine() as session:
+            if required:
+                return spark_cm.source_types(session, source)
+            return spark_cm.column_types(session, source.schema, source.identifier)
+
+    def _estimate_spark(self, checked: compiler.CheckedMetric) -> CostEstimate:
+        from metricsmith.spark import custom_metrics as spark_cm
+
+        types = self._spark_types(checked.source, required=True) or {}
+        sql = compiler.render_sql(checked, "spark", types)
+        with self._engine() as session:
+            got = spark_cm.estimate(session, sql)
+        return CostEstimate(cost=got.size, rows=got.rows, budget=self.cost_budget, sql=sql, unit="bytes")
+
     def _estimate(self, conn: Any, checked: compiler.CheckedMetric) -> CostEstimate:
+        if self.engine == "spark":
+            return self._estimate_spark(checked)
         sql = compiler.render_sql(checked)
         exists = conn.execute("select to_regclass(%s)", (checked.source.relation,)).fetchone()
         if not exists or exists[0] is None:
@@ -243,7 +304,7 @@ class CustomMetricsService:
         checked = self._check(conn, who, spec)
         cost = self._estimate(conn, checked)
         if not cost.within_budget:
-            raise CostBudgetExceeded(cost.cost, cost.rows, cost.budget)
+            raise cost.exceeded()
         conn.execute(
             "insert into metricsmith.custom_metric_versions (metric_id, version, spec, compiled_sql, estimated_cost,"
             " estimated_rows, created_by) values (%s, %s, %s, %s, %s, %s, %s)",
@@ -451,11 +512,23 @@ class CustomMetricsService:
         self.compile()
         selectors = [f"tag:custom_metric:{s}" for s in slugs] if slugs else [f"tag:{compiler.GENERATED_TAG}"]
         refresh = ["--full-refresh"] if full_refresh else []
-        models = self.run_dbt(["run", "--select", *selectors, *refresh], vars=vars, raise_on_failure=False)
-        failures = self._record_runs(models)
-        self.compile()  # custom_metric_values leaves out the model versions that just failed
-        values = self.run_dbt(["run", "--select", f"tag:{VALUES_TAG}", *refresh], vars=vars)
-        return CustomMetricsRun(models=models, values=values, failures=failures)
+        record = None
+        if self.engine == "spark":
+            from metricsmith.spark import custom_metrics as spark_cm
+
+            record = spark_cm.SparkRunRecord()
+        with self._engine(record) as session:
+            if session is not None:
+                with self._conn() as conn:
+                    spark_cm.write_definitions(session, conn)
+            models = self.run_dbt(["run", "--select", *selectors, *refresh], vars=vars, raise_on_failure=False)
+            failures = self._record_runs(models)
+            self.compile()  # custom_metric_values leaves out the model versions that just failed
+            values = self.run_dbt(["run", "--select", f"tag:{VALUES_TAG}", *refresh], vars=vars)
+        if record is not None:  # the values to the serving PostgreSQL, where every reader reads them
+            spark_cm.publish_values(self.settings, record)
+        return CustomMetricsRun(models=models, values=values, failures=failures,
+                                spark=record.as_dict() if record is not None else None)
 
     def _record_runs(self, run: DbtOutcome) -> list[ModelFailure]:
         """Store each generated model's outcome; return the failures (one line of dbt's message each)."""

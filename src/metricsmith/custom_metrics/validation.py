@@ -92,12 +92,12 @@ def _check_text(text: Any, field: str) -> None:
         raise ExpressionError(field, "must be a non-empty SQL expression")
     if len(text) > MAX_EXPRESSION_LENGTH:
         raise ExpressionError(field, f"is longer than {MAX_EXPRESSION_LENGTH} characters")
-    _no_template_markers(text, field)
+    no_template_markers(text, field)
     if "\x00" in text:
         raise ExpressionError(field, "NUL characters are not allowed", "\\x00")
 
 
-def _no_template_markers(text: str, field: str) -> None:
+def no_template_markers(text: str, field: str) -> None:
     for marker in TEMPLATE_MARKERS:
         if marker in text:
             raise ExpressionError(field, "template markers are not allowed", marker)
@@ -150,7 +150,7 @@ def check_expression(text: str, columns: dict[str, str], *, field: str,
     _check_category(tree, category, want, field)
     sql = tree.sql(DIALECT, identify=True)
     # what is stored and run is this re-serialized AST, never ``text``; it too must be template-free
-    _no_template_markers(sql, field)
+    no_template_markers(sql, field)
     return CheckedExpression(sql=sql, category=category, columns=tuple(dict.fromkeys(used)))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import cache
 from typing import Any
 
@@ -47,14 +48,51 @@ class PublishResult:
 def _cell(value: Any, data_type: str) -> Any:
     if value is not None and data_type == "jsonb" and not isinstance(value, str):
         return json.dumps(value)
+    if isinstance(value, Decimal) and data_type == "numeric":
+        # an unconstrained numeric keeps the scale it is given: a whole number from Spark's
+        # decimal(38, 12) is stored as PostgreSQL computes it (7, not 7.000000000000)
+        return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
     return value
 
 
-def mart_rows(session: Any, model: str) -> list[tuple[Any, ...]]:
+def _select(column: str, data_type: str) -> str:
+    # an instant as text in the session time zone (UTC) with its offset: pyspark would turn it into
+    # a naive datetime in the Python process's local time zone
+    if data_type in ("timestamptz", "timestamp with time zone"):
+        return f"date_format({column}, \"yyyy-MM-dd HH:mm:ss.SSSSSSxxx\")"
+    return column
+
+
+def mart_rows(session: Any, model: str, cols: tuple[tuple[str, str], ...] | None = None) -> list[tuple[Any, ...]]:
     """A Spark mart's rows in contract column order."""
-    columns = [c for c, _ in contract(model)]
     schema = marts_schema(SPARK_TARGET)
-    return [tuple(r) for r in session.sql(f"select {', '.join(columns)} from {schema}.{model}").collect()]
+    select = ", ".join(_select(c, t) for c, t in cols or contract(model))
+    return [tuple(r) for r in session.sql(f"select {select} from {schema}.{model}").collect()]
+
+
+def _replace(conn: Any, target_schema: str, model: str, cols: tuple[tuple[str, str], ...],
+             rows: list[tuple[Any, ...]]) -> None:
+    """``analytics.<model>`` := ``rows``, in one transaction (created from its contract when missing)."""
+    table = sql.Identifier(target_schema, model)
+    with conn.transaction():
+        conn.execute(sql.SQL("create table if not exists {} ({})").format(table, sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in cols)))
+        conn.execute(sql.SQL("delete from {}").format(table))
+        names = sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols)
+        with conn.cursor().copy(sql.SQL("copy {} ({}) from stdin").format(table, names)) as copy:
+            for row in rows:
+                copy.write_row(tuple(_cell(v, t) for v, (_, t) in zip(row, cols, strict=True)))
+
+
+def publish_table(session: Any, model: str, cols: tuple[tuple[str, str], ...], *,
+                  settings: Settings | None = None) -> int:
+    """One Spark table (``cols``: its PostgreSQL contract) copied whole to the serving PostgreSQL."""
+    rows = mart_rows(session, model, cols)
+    with db.connect(settings or load_settings()) as conn:
+        target_schema = marts_schema("default")
+        conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(target_schema)))
+        _replace(conn, target_schema, model, cols, rows)
+    return len(rows)
 
 
 def publish(settings: Settings | None = None, models: tuple[str, ...] | None = None) -> PublishResult:
@@ -67,17 +105,8 @@ def publish(settings: Settings | None = None, models: tuple[str, ...] | None = N
         conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(target_schema)))
         conn.commit()
         for model in models or tuple(g.model for g in grains.load()):
-            cols = contract(model)
             rows = mart_rows(session, model)
-            table = sql.Identifier(target_schema, model)
-            with conn.transaction():
-                conn.execute(sql.SQL("create table if not exists {} ({})").format(table, sql.SQL(", ").join(
-                    sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in cols)))
-                conn.execute(sql.SQL("delete from {}").format(table))
-                names = sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols)
-                with conn.cursor().copy(sql.SQL("copy {} ({}) from stdin").format(table, names)) as copy:
-                    for row in rows:
-                        copy.write_row(tuple(_cell(v, t) for v, (_, t) in zip(row, cols, strict=True)))
+            _replace(conn, target_schema, model, contract(model), rows)
             result.rows[model] = len(rows)
     result.seconds = time.perf_counter() - began
     return result

@@ -1,0 +1,210 @@
+"""Custom metrics on Spark (METRICSMITH_ENGINE=spark): the same definitions, rules and models.
+
+The definitions stay in PostgreSQL and pass the one allow-list (PostgreSQL dialect,
+:mod:`metricsmith.custom_metrics.validation`). For a Spark run:
+
+1. **Definitions**: the checked definitions of the active metrics are copied into the Spark table
+   ``metricsmith.custom_metric_models`` (rewritten whole before each run: a few rows), their
+   expressions rendered for Spark by :mod:`metricsmith.custom_metrics.dialects` with the source's
+   Spark column types. The generated models read them there by ``(metric_id, version)`` (macro
+   ``spark__custom_metric_definition_query``): data to Jinja, as on PostgreSQL.
+2. **dbt**: the generated models and ``custom_metric_values`` run with target ``spark``.
+3. **Publish**: ``custom_metric_values`` is copied to the serving PostgreSQL (one transaction,
+   :func:`metricsmith.spark.publish.publish_table`), so the query service, the API and the
+   dashboard read it unchanged.
+
+The cost budget on Spark is the size in bytes Spark's optimizer estimates for the metric's query
+(``queryExecution().optimizedPlan().stats().sizeInBytes()``), against a budget in bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from metricsmith.config import ConfigError, Settings
+from metricsmith.custom_metrics import dialects
+from metricsmith.custom_metrics.errors import MetricSpecError
+from metricsmith.errors import UserFacingError
+from metricsmith.spark.config import SPARK_TARGET
+from metricsmith.spark.session import application_id, get_session
+
+ENV_BYTES_BUDGET = "METRICSMITH_CUSTOM_METRIC_SPARK_BYTES_BUDGET"
+DEFAULT_BYTES_BUDGET = 100 * 10**9
+#: the Spark copy of metricsmith.custom_metric_models (the definitions rendered for Spark)
+DEFINITIONS = "metricsmith.custom_metric_models"
+#: the columns of the Spark raw layout that hold JSON text (docs/spark.md: properties)
+JSON_TEXT_COLUMNS = frozenset({"properties"})
+_SPARK_TO_PG = {"string": "text", "bigint": "bigint", "int": "integer", "smallint": "smallint",
+                "tinyint": "smallint", "double": "double precision", "float": "real", "boolean": "boolean",
+                "date": "date", "timestamp": "timestamp with time zone", "timestamp_ntz": "timestamp"}
+
+
+def bytes_budget(value: float | None = None) -> float:
+    raw = value if value is not None else os.environ.get(ENV_BYTES_BUDGET, "").strip() or DEFAULT_BYTES_BUDGET
+    try:
+        budget = float(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_BYTES_BUDGET}={raw!r}: use a number of bytes") from None
+    if budget <= 0:
+        raise ConfigError(f"{ENV_BYTES_BUDGET}={raw!r}: use a positive number of bytes")
+    return budget
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,.0f} B"
+
+
+class SparkCostBudgetExceeded(UserFacingError):
+    """The metric's query on Spark is estimated larger than the budget in bytes."""
+
+    def __init__(self, size: float, budget: float) -> None:
+        self.cost = self.size = size
+        self.rows: float | None = None
+        self.budget = budget
+        super().__init__(f"estimated size {_size(size)} ({size:,.0f} bytes, Spark's optimized plan) exceeds the "
+                         f"budget {_size(budget)}; narrow the filter, coarsen the grain or drop dimensions "
+                         f"(budget: {ENV_BYTES_BUDGET})")
+
+
+def pg_type(spark_type: str, column: str) -> str:
+    """A Spark column type as the PostgreSQL type name the allow-list reads (JSON text as jsonb)."""
+    base = spark_type.lower().strip()
+    if column in JSON_TEXT_COLUMNS and base == "string":
+        return "jsonb"
+    m = re.fullmatch(r"decimal\((\d+),\s*(\d+)\)", base)
+    if m:
+        return f"numeric({m.group(1)},{m.group(2)})"
+    return _SPARK_TO_PG.get(base, "")
+
+
+def column_types(session: Any, schema: str, identifier: str) -> dict[str, str]:
+    """column -> PostgreSQL type name of a built Spark relation (``{}`` when it is not built)."""
+    name = f"{schema}.{identifier}"
+    if not session.catalog.tableExists(name):
+        return {}
+    return {c: pg_type(t, c) for c, t in session.table(name).dtypes}
+
+
+def source_types(session: Any, source: Any) -> dict[str, str]:
+    """The source's column types: declared in its YAML, else Spark's (as PostgreSQL names)."""
+    built = column_types(session, source.schema, source.identifier)
+    if not built:
+        raise MetricSpecError(f"data source {source.name} is not built on Spark yet (run `metricsmith spark run`)"
+                              " so its cost cannot be estimated")
+    return {c: (declared or built.get(c, "")) for c, declared in source.columns.items()}
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    size: float
+    rows: float | None
+
+
+def estimate(session: Any, sql: str) -> SizeEstimate:
+    """Spark's estimate of ``sql``'s result: the optimized logical plan's statistics (nothing runs)."""
+    try:
+        stats = session.sql(sql)._jdf.queryExecution().optimizedPlan().stats()
+    except Exception as exc:  # noqa: BLE001 - Spark's AnalysisException / ParseException: one line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MetricSpecError(f"the metric's query cannot be planned on Spark: {reason}") from None
+    rows = stats.rowCount()
+    # Scala BigInts: py4j gives a Python int or a Java object whose text is the number
+    return SizeEstimate(size=float(str(stats.sizeInBytes())),
+                        rows=float(str(rows.get())) if rows.isDefined() else None)
+
+
+# --------------------------------------------------------------------------- definitions
+
+
+def _rendered(session: Any, row: tuple[Any, ...], cache: dict[str, dict[str, str]]) -> dict[str, Any]:
+    metric_id, version, definition = row
+    d = definition if isinstance(definition, dict) else json.loads(definition)
+    key = f"{d.get('source')}"
+    if key not in cache:
+        from metricsmith.core.schema import marts_schema
+
+        cache[key] = column_types(session, marts_schema(SPARK_TARGET), str(d.get("source")))
+    return dialects.render_definition(d, dialects.SPARK, cache[key])
+
+
+def write_definitions(session: Any, conn: Any) -> dict[tuple[int, int], str]:
+    """Copy the checked definitions of the active metrics into Spark, rendered for Spark.
+
+    Returns the versions whose rendering was refused (model -> one-line reason): they get no row,
+    so their model fails with "no checked definition"; the others run."""
+    rows = conn.execute(
+        "select m.metric_id, m.version, m.definition from metricsmith.custom_metric_models m"
+        " join metricsmith.custom_metric_definitions d using (metric_id)"
+        " where d.status = 'active' order by 1, 2").fetchall()
+    cache: dict[str, dict[str, str]] = {}
+    out: list[tuple[int, int, str]] = []
+    refused: dict[tuple[int, int], str] = {}
+    for row in rows:
+        try:
+            out.append((int(row[0]), int(row[1]), json.dumps(_rendered(session, row, cache))))
+        except UserFacingError as exc:
+            refused[(int(row[0]), int(row[1]))] = str(exc)
+    if not session.catalog.databaseExists("metricsmith"):
+        session.sql("create database if not exists metricsmith")
+    frame = session.createDataFrame(out, "metric_id bigint, version int, definition string")
+    frame.write.mode("overwrite").format("parquet").saveAsTable(DEFINITIONS)
+    return refused
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class SparkRunRecord:
+    """What the job log records of a custom-metrics run on Spark."""
+
+    application_id: str = ""
+    master: str = ""
+    dbt_seconds: float = 0.0
+    published_rows: int = 0
+    publish_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"spark": {"application_id": self.application_id, "master": self.master,
+                          "dbt_seconds": round(self.dbt_seconds, 3)},
+                "publish": {"rows": {"custom_metric_values": self.published_rows},
+                            "seconds": round(self.publish_seconds, 3)}}
+
+
+@contextmanager
+def spark_dbt(settings: Settings, record: SparkRunRecord | None = None) -> Iterator[Any]:
+    """The SparkSession for dbt's ``method: session``, and dbt's spark target path, for a block
+    of dbt invocations (their time is added to ``record``)."""
+    from metricsmith.spark.raw import ensure_tables
+    from metricsmith.spark.rollups import _own_target_path
+
+    session = get_session(settings)
+    ensure_tables(session)
+    began = time.perf_counter()
+    with _own_target_path(settings):
+        yield session
+    if record is not None:
+        record.application_id = application_id(session)
+        record.master = str(session.sparkContext.master)
+        record.dbt_seconds += time.perf_counter() - began
+
+
+def publish_values(settings: Settings, record: SparkRunRecord) -> None:
+    """custom_metric_values from Spark to the serving PostgreSQL (one transaction)."""
+    from metricsmith.custom_metrics.compiler import VALUES_CONTRACT
+    from metricsmith.spark.publish import publish_table
+
+    began = time.perf_counter()
+    record.published_rows = publish_table(get_session(settings), "custom_metric_values", VALUES_CONTRACT,
+                                          settings=settings)
+    record.publish_seconds = time.perf_counter() - began
