@@ -40,7 +40,7 @@ _SOURCE = "mm__source"
 
 def _annotated(tree: Any, column_types: dict[str, str]) -> Any:
     """``tree`` with every node typed, the columns from ``column_types`` (PostgreSQL type names)."""
-    schema = {_SOURCE: {c: t or "text" for c, t in column_types.items()}}
+    schema: dict[str, object] = {_SOURCE: {c: t or "text" for c, t in column_types.items()}}
     query = qualify(exp.select(tree).from_(_SOURCE), schema=schema, dialect=DIALECT, quote_identifiers=False,
                     expand_stars=False, validate_qualify_columns=False)
     query = annotate_types(query, schema=schema, dialect=DIALECT)

@@ -60,9 +60,15 @@ class CustomMetricsWork:
     period_start: date | None = None
     period_end: date | None = None
     settings: Settings = field(default_factory=load_settings)
+    #: on Spark: the application, the dbt run and the publish (filled in as the run goes)
+    record: dict[str, Any] = field(default_factory=dict)
 
     def details(self) -> dict[str, Any]:
-        return {"full_refresh": self.full_refresh}
+        # the runner copies this dict at the start; the nested record fills in as the run goes
+        details: dict[str, Any] = {"full_refresh": self.full_refresh, "engine": self.service.engine}
+        if self.service.engine == "spark":
+            details["spark_job"] = self.record
+        return details
 
     def attempt(self, ctx: Attempt) -> Outcome:
         try:
@@ -70,6 +76,7 @@ class CustomMetricsWork:
         except DbtError as exc:  # dbt itself failed (or custom_metric_values did): nothing published
             return Outcome(models_ok=0, models_failed=len(exc.failures) or 1, error_message=str(exc),
                            transient=is_transient_message(str(exc)))
+        self.record.update(run.spark or {})
         ok = sum(1 for s in run.models.node_status.values() if s == "success")
         message = "; ".join(f"{f.model}: {f.error}" for f in run.failures) or None
         return Outcome(models_ok=ok, models_failed=len(run.failures), error_message=message, payload=run)
@@ -84,9 +91,12 @@ class CustomMetricsWork:
 
 def run_custom_metrics_job(*, full_refresh: bool = False, lock_wait_seconds: float = 600.0,
                            settings: Settings | None = None, service: CustomMetricsService | None = None,
-                           policy: RetryPolicy | None = None) -> CustomMetricsJobResult:
+                           policy: RetryPolicy | None = None, engine: str | None = None) -> CustomMetricsJobResult:
+    """One run of every active metric, on ``engine`` (default METRICSMITH_ENGINE; on Spark the
+    values are published to PostgreSQL and the job log records the Spark application)."""
     settings = settings or load_settings()
-    work = CustomMetricsWork(service or CustomMetricsService(settings), full_refresh=full_refresh, settings=settings)
+    work = CustomMetricsWork(service or CustomMetricsService(settings, engine=engine), full_refresh=full_refresh,
+                             settings=settings)
     result = runner.run(work, settings=settings, policy=policy, lock_wait_seconds=lock_wait_seconds)
     return CustomMetricsJobResult.of(result)
 

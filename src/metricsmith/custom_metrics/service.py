@@ -29,6 +29,7 @@ from metricsmith.custom_metrics.errors import (
     MetricNotFound,
     MetricSpecError,
 )
+from metricsmith.custom_metrics.registry import DataSource
 from metricsmith.custom_metrics.spec import MetricSpec, parse_spec, slugify
 from metricsmith.errors import UserFacingError
 from metricsmith.spark import config as spark_config
@@ -247,7 +248,7 @@ class CustomMetricsService:
 
         return compiler.check_metric(spec, source, cats, resolve_metric)
 
-    def _spark_types(self, source: registry.DataSource, *, required: bool) -> dict[str, str] | None:
+    def _spark_types(self, source: DataSource, *, required: bool) -> dict[str, str] | None:
         """On Spark: the source's column types (PostgreSQL names) from Spark's catalog; else None."""
         if self.engine != "spark":
             return None

@@ -110,10 +110,43 @@ class SizeEstimate:
     rows: float | None
 
 
+def _tables_without_statistics(frame: Any) -> list[Any]:
+    """The catalog tables ``frame`` reads that have no statistics (Java TableIdentifiers)."""
+    found = []
+    leaves = frame._jdf.queryExecution().analyzed().collectLeaves().iterator()
+    while leaves.hasNext():
+        leaf = leaves.next()
+        if leaf.getClass().getSimpleName() != "LogicalRelation":
+            continue
+        table = leaf.catalogTable()
+        if table.isDefined() and not table.get().stats().isDefined():
+            found.append(table.get().identifier())
+    return found
+
+
+@contextmanager
+def _size_statistics(session: Any, sql: str) -> Iterator[None]:
+    """Tables without statistics get their size (``analyze ... noscan``: file sizes only) for the
+    estimate, then lose it again: a partitioned table without statistics is estimated at
+    spark.sql.defaultSizeInBytes (about 8 EB), and statistics left behind would go stale as the
+    table grows (Spark would then broadcast it in joins)."""
+    tables = _tables_without_statistics(session.sql(sql))
+    try:
+        for table in tables:
+            session.sql(f"analyze table {table.unquotedString()} compute statistics noscan")
+        yield
+    finally:
+        catalog = session._jsparkSession.sessionState().catalog()
+        for table in tables:
+            catalog.alterTableStats(table, session._jvm.scala.Option.empty())
+            session.catalog.refreshTable(table.unquotedString())
+
+
 def estimate(session: Any, sql: str) -> SizeEstimate:
     """Spark's estimate of ``sql``'s result: the optimized logical plan's statistics (nothing runs)."""
     try:
-        stats = session.sql(sql)._jdf.queryExecution().optimizedPlan().stats()
+        with _size_statistics(session, sql):
+            stats = session.sql(sql)._jdf.queryExecution().optimizedPlan().stats()
     except Exception as exc:  # noqa: BLE001 - Spark's AnalysisException / ParseException: one line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MetricSpecError(f"the metric's query cannot be planned on Spark: {reason}") from None
