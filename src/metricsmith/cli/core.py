@@ -204,7 +204,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         try:
             print(raw.generate(days=args.days, events_per_day=args.events_per_day, seed=args.seed,
-                               start=args.start).render())
+                               start=args.start, progress=not args.no_progress and sys.stderr.isatty()).render())
         except ValueError as exc:
             raise UserFacingError(str(exc)) from None
         return 0
