@@ -9,10 +9,12 @@ invocations) after one of stg_events, and one PostgreSQL run of the same metrics
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlparse
 
 import psycopg
 import pytest
@@ -145,20 +147,23 @@ def test_job_log_records_the_spark_run_and_the_publish(world: dict[str, Any]) ->
     assert [v.period_start for v in typed] == [date(2026, 1, 1), date(2026, 2, 1), date(2026, 3, 1)]
 
 
-def test_cost_budget_in_bytes_from_spark_plan(world: dict[str, Any]) -> None:
+def test_cost_budget_in_bytes_from_spark_plan(world: dict[str, Any], spark: Any) -> None:
+    """The estimate is the optimized plan's size: the bytes of raw.events' files (their size given
+    to the plan for the estimate only, then removed) scaled to the columns the result keeps."""
     svc, conn = world["spark_svc"], world["conn"]
     spec = {"name": "wide", "type": "DISTINCT_COUNT", "expression": "user_id", "source": "events",
             "dimensions": ["session_id", "user_id"], "grain": "day"}
     est = svc.estimate("ana", spec)
-    assert est.unit == "bytes" and est.cost > 0 and "`session_id`" in est.sql
+    files = sum(os.path.getsize(urlparse(f).path) for f in spark.table("raw.events").inputFiles())
+    assert est.unit == "bytes" and 0 < est.cost < files and "`session_id`" in est.sql and est.within_budget
+    assert "Statistics" not in {r[0] for r in spark.sql("describe table extended raw.events").collect()}
     tight = CustomMetricsService(project_dir=svc.project_dir, engine="spark", cost_budget=est.cost / 2)
     count = "select count(*) from metricsmith.custom_metric_definitions"
     before = conn.execute(count).fetchone()
-    with pytest.raises(SparkCostBudgetExceeded, match=r"^estimated size .* bytes, Spark's optimized plan\) exceeds "
+    with pytest.raises(SparkCostBudgetExceeded, match=r"^estimated size .* bytes, about [\d,]+ rows: Spark's optimized plan\) exceeds "
                                                      r"the budget .*METRICSMITH_CUSTOM_METRIC_SPARK_BYTES_BUDGET\)$"):
         tight.create("ana", spec)
     assert conn.execute(count).fetchone() == before
-    assert tight.estimate("ana", {"name": "narrow", "type": "COUNT", "source": "events"}).within_budget
 
 
 @pytest.mark.parametrize("expression", [

@@ -44,10 +44,10 @@ VALUES_TAG = "metricsmith_custom_metric_values"
 @dataclass(frozen=True)
 class CostEstimate:
     """PostgreSQL: EXPLAIN's total cost and rows; Spark (``unit`` bytes): the optimized plan's
-    estimated size (rows: None when Spark has no row count)."""
+    estimated size and rows."""
 
     cost: float
-    rows: float | None
+    rows: float
     budget: float
     sql: str
     unit: str = "cost"
@@ -60,8 +60,8 @@ class CostEstimate:
         if self.unit == "bytes":
             from metricsmith.spark.custom_metrics import SparkCostBudgetExceeded
 
-            return SparkCostBudgetExceeded(self.cost, self.budget)
-        return CostBudgetExceeded(self.cost, self.rows or 0.0, self.budget)
+            return SparkCostBudgetExceeded(self.cost, self.rows, self.budget)
+        return CostBudgetExceeded(self.cost, self.rows, self.budget)
 
 
 @dataclass(frozen=True)

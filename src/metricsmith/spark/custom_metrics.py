@@ -67,11 +67,12 @@ def _size(n: float) -> str:
 class SparkCostBudgetExceeded(UserFacingError):
     """The metric's query on Spark is estimated larger than the budget in bytes."""
 
-    def __init__(self, size: float, budget: float) -> None:
+    def __init__(self, size: float, rows: float, budget: float) -> None:
         self.cost = self.size = size
-        self.rows: float | None = None
+        self.rows = rows
         self.budget = budget
-        super().__init__(f"estimated size {_size(size)} ({size:,.0f} bytes, Spark's optimized plan) exceeds the "
+        super().__init__(f"estimated size {_size(size)} ({size:,.0f} bytes, about {rows:,.0f} rows: Spark's optimized"
+                         f" plan) exceeds the "
                          f"budget {_size(budget)}; narrow the filter, coarsen the grain or drop dimensions "
                          f"(budget: {ENV_BYTES_BUDGET})")
 
@@ -107,7 +108,8 @@ def source_types(session: Any, source: Any) -> dict[str, str]:
 @dataclass(frozen=True)
 class SizeEstimate:
     size: float
-    rows: float | None
+    #: Spark's row count when it has one (cost-based statistics), else the size over the row size
+    rows: float
 
 
 def _tables_without_statistics(frame: Any) -> list[Any]:
@@ -146,14 +148,25 @@ def estimate(session: Any, sql: str) -> SizeEstimate:
     """Spark's estimate of ``sql``'s result: the optimized logical plan's statistics (nothing runs)."""
     try:
         with _size_statistics(session, sql):
-            stats = session.sql(sql)._jdf.queryExecution().optimizedPlan().stats()
+            plan = session.sql(sql)._jdf.queryExecution().optimizedPlan()
+            stats = plan.stats()
     except Exception as exc:  # noqa: BLE001 - Spark's AnalysisException / ParseException: one line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MetricSpecError(f"the metric's query cannot be planned on Spark: {reason}") from None
-    rows = stats.rowCount()
     # Scala BigInts: py4j gives a Python int or a Java object whose text is the number
-    return SizeEstimate(size=float(str(stats.sizeInBytes())),
-                        rows=float(str(rows.get())) if rows.isDefined() else None)
+    size = float(str(stats.sizeInBytes()))
+    count = stats.rowCount()
+    return SizeEstimate(size=size, rows=float(str(count.get())) if count.isDefined() else size / _row_size(plan))
+
+
+def _row_size(plan: Any) -> float:
+    """Spark's size of one output row without column statistics (EstimationUtils.getSizePerRow:
+    8 bytes of overhead plus each type's default size): the size estimate in rows."""
+    output = plan.output().iterator()
+    size = 8
+    while output.hasNext():
+        size += int(output.next().dataType().defaultSize())
+    return float(size)
 
 
 # --------------------------------------------------------------------------- definitions
