@@ -446,7 +446,7 @@ class GenerateOutcome:
     days: int
     start: date
     seconds: float
-    #: the SparkSession's start before it (JVM, metastore), not in ``seconds``
+    #: the SparkSession's and the metastore's start before it, not in ``seconds``
     start_seconds: float = 0.0
 
     @property
@@ -457,7 +457,7 @@ class GenerateOutcome:
         end = self.start + timedelta(days=self.days - 1)
         return (f"generated {self.events:,} events over {self.days} days ({self.start} .. {end}) into Spark "
                 f"{EVENTS} ({self.inserted:,} new), in {self.seconds:.1f} s ({self.events_per_second:,.0f} "
-                f"events/s; the Spark start before it: {self.start_seconds:.1f} s)")
+                f"events/s; Spark and its metastore started before it in {self.start_seconds:.1f} s)")
 
 
 def day_table(batch: DayBatch) -> pa.Table:
@@ -493,6 +493,7 @@ def generate(*, days: int, events_per_day: int, seed: int, start: date | None = 
     gen = EventGenerator(days=days, events_per_day=events_per_day, seed=seed, start=start)
     began = time.perf_counter()
     session = get_session(settings or load_settings())
+    ensure_tables(session)  # the metastore's start (its creation, the first time)
     started = time.perf_counter()
     append = ArrowAppend(session)
     events = 0
