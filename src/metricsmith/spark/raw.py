@@ -61,7 +61,7 @@ QUARANTINE_SCHEMA = (("quarantined_at", "timestamp"), ("source", "string"), ("li
 #: the columns a writer supplies (inserted_at and received_date are set on append)
 INPUT_COLUMNS = tuple(c for c, _ in EVENT_SCHEMA if c != "inserted_at")
 #: rows per Arrow batch that an append de-duplicates and writes at once
-BATCH = 500_000
+BATCH = 1_000_000
 
 
 class SparkLoadError(UserFacingError):
@@ -141,8 +141,11 @@ def _first_unknown(rows: pa.Table, keys: pa.Array, known: list[pa.Array]) -> tup
         # unique() lists values in order of first appearance: the first index of each is increasing
         _, first = np.unique(pc.index_in(keys, value_set=distinct).to_numpy(), return_index=True)
         rows, keys = rows.take(pa.array(first)), keys.take(pa.array(first))
-    if known and len(keys):
-        fresh = pc.invert(pc.is_in(keys, value_set=pa.concat_arrays(known)))
+    # probed against a hash of the batch's keys: each flush costs the stored ids a probe, not an insert
+    hits = [chunk.filter(pc.is_in(chunk, value_set=keys)) for chunk in known] if len(keys) else []
+    hits = [h for h in hits if len(h)]
+    if hits:
+        fresh = pc.invert(pc.is_in(keys, value_set=pa.concat_arrays(hits)))
         rows, keys = rows.filter(fresh), keys.filter(fresh)
     return rows, keys
 
