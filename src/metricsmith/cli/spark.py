@@ -68,7 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sp.add_parser("up", help="start a standalone cluster on loopback (1 master, 2 workers) or report it")
     p.add_argument("--port", type=port_number, default=7077, help="master port (default 7077; next free if taken)")
     p.add_argument("--ui-port", type=port_number, default=8080, help="master web UI port (default 8080)")
-    p.add_argument("--worker-memory", default="1g", help="memory of each worker (default 1g)")
+    p.add_argument("--worker-memory", default="1g",
+                   help="memory of each worker (default 1g; an application's executors, "
+                        "METRICSMITH_SPARK_EXECUTOR_MEMORY (default 512m), must fit in it: "
+                        "e.g. 5g with 4g executors for a year of 5 M events)")
     p.set_defaults(handler=_up)
     sp.add_parser("down", help="stop the local cluster; no process is left").set_defaults(handler=_down)
     sp.add_parser("status", help="the master, its workers and their pids; exit 1 unless all run") \
