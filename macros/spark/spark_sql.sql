@@ -57,9 +57,12 @@
     ))
 {%- endmacro %}
 
-{#- Spark has no session settings worth a per-model statement: the session sets them once -#}
+{#- Spark has no session settings worth a per-model statement: the session sets them once; an
+    empty hook is not run (dbt's run_hooks skips it), which saves a statement per model -#}
 {% macro spark__rollup_session_tuning() -%}
-    select 1
+{%- endmacro %}
+
+{% macro spark__rollup_parallel_tuning() -%}
 {%- endmacro %}
 
 {#- an absolute instant: Spark's timestamp is stored in UTC and shown in the session time zone -#}

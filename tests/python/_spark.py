@@ -19,16 +19,19 @@ spark_available = pytest.mark.skipif(
     reason="the Spark tests need Java 17+ and the spark extra (pip install -e '.[spark]')")
 
 _ENV = ("METRICSMITH_SPARK_HOME", "METRICSMITH_SPARK_MASTER", "METRICSMITH_SPARK_SHUFFLE_PARTITIONS",
-        "METRICSMITH_SPARK_WAREHOUSE")
+        "METRICSMITH_SPARK_WAREHOUSE", "METRICSMITH_SPARK_SMALL_DATA")
 
 
 def spark_session(home: Path, master: str = "local[2]") -> Iterator[Any]:
-    """A SparkSession over a fresh metastore and warehouse under ``home`` (stopped afterwards)."""
+    """A SparkSession over a fresh metastore and warehouse under ``home`` (stopped afterwards), tuned for
+    tiny tables (``METRICSMITH_SPARK_SMALL_DATA``)."""
     from metricsmith.spark.session import get_session, stop_session
 
     saved = {k: os.environ.get(k) for k in _ENV}
     os.environ.update({"METRICSMITH_SPARK_HOME": str(home), "METRICSMITH_SPARK_MASTER": master,
-                       "METRICSMITH_SPARK_SHUFFLE_PARTITIONS": "2"})
+                       "METRICSMITH_SPARK_SHUFFLE_PARTITIONS": "2",
+                       # tiny tables: no adaptive stages, broadcasts or whole-stage codegen (session.SMALL_DATA_CONF)
+                       "METRICSMITH_SPARK_SMALL_DATA": "1"})
     os.environ.pop("METRICSMITH_SPARK_WAREHOUSE", None)
     stop_session()
     try:

@@ -40,9 +40,29 @@ def _log_config(spark: SparkSettings) -> str:
     return str(path)
 
 
+#: ``METRICSMITH_SPARK_SMALL_DATA=1``: tuning for tiny tables (the tests, a demo): each mart is one
+#: statement of a few dozen joins over a few thousand rows, where Spark's fixed costs dominate - a job
+#: per broadcast and per adaptive stage, and a Java compile per whole-stage-codegen stage. These change
+#: the physical plan only, never a result.
+ENV_SMALL_DATA = "METRICSMITH_SPARK_SMALL_DATA"
+SMALL_DATA_CONF = {
+    "spark.sql.adaptive.enabled": "false",
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.autoBroadcastJoinThreshold": "-1",
+}
+
+
+def small_data() -> bool:
+    return os.environ.get(ENV_SMALL_DATA, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def spark_conf(spark: SparkSettings) -> dict[str, str]:
     """Every Spark setting metricsmith relies on (profiles/profiles.yml target spark states the same)."""
     spark.home.mkdir(parents=True, exist_ok=True)
+    return {**_base_conf(spark), **(SMALL_DATA_CONF if small_data() else {})}
+
+
+def _base_conf(spark: SparkSettings) -> dict[str, str]:
     return {
         "spark.master": spark.master,
         "spark.app.name": "metricsmith",
