@@ -24,8 +24,12 @@
     {%- endif -%}
 
     {{ run_hooks(pre_hooks) }}
-    {%- do adapter.drop_relation(staging) -%}
-    {%- do adapter.drop_relation(kept) -%}
+    {#- leftovers of a run that stopped half-way (dbt's relation cache lists the schema's tables at
+        the start of the run, as dbt's own materializations find their intermediate relations) -#}
+    {%- for leftover in [staging, kept] if load_cached_relation(leftover) is not none -%}
+        {%- do adapter.drop_relation(leftover) -%}
+    {%- endfor -%}
+    {%- set ns_kept = namespace(created=false) -%}
     {%- call statement('stage') -%}
         create table {{ staging }} using parquet as {{ sql }}
     {%- endcall -%}
@@ -63,6 +67,7 @@
             {%- set keys = [unique_key] if unique_key is string else unique_key -%}
             {#- the rows to keep: of the partitions the new rows fall in (date key) or of the whole
                 table (other keys), those whose key has no new row -#}
+            {%- set ns_kept.created = true -%}
             {%- call statement('kept') -%}
                 create table {{ kept }} using parquet as
                 select {{ target_names | join(', ') }} from {{ target }} as t
@@ -82,7 +87,7 @@
         {%- endif -%}
     {%- endif -%}
     {%- do adapter.drop_relation(staging) -%}
-    {%- do adapter.drop_relation(kept) -%}
+    {%- if ns_kept.created -%}{%- do adapter.drop_relation(kept) -%}{%- endif -%}
     {{ run_hooks(post_hooks) }}
     {%- do persist_docs(target, model) -%}
     {{ return({'relations': [target]}) }}
