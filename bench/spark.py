@@ -161,7 +161,9 @@ def main() -> None:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="metricsmith-spark-bench-") as home:
         env = {**os.environ, "METRICSMITH_SPARK_HOME": home, "METRICSMITH_SPARK_SHUFFLE_PARTITIONS": "4"}
-        env.pop("METRICSMITH_SPARK_WAREHOUSE", None)
+        for name in ("METRICSMITH_SPARK_WAREHOUSE", "METRICSMITH_SPARK_SMALL_DATA"):  # Spark's defaults: big data
+            env.pop(name, None)
+            os.environ.pop(name, None)
         os.environ.update(env)
         gen = _run([sys.executable, "-m", "metricsmith.cli", "generate", "--engine", "spark", "--days",
                     str(args.days), "--events-per-day", str(args.events_per_day), "--seed", str(args.seed),
