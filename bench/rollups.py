@@ -19,7 +19,9 @@ Creates and drops its own databases on the configured server (embedded by defaul
   quarter; and the week parts of months), same work_mem, no JIT, sequential, in the same run:
   target naive / P1 >= 3;
 * P2: the new day arrives (received now) on top of 30 vs ``--days`` days of history, one
-  incremental run each (median of 3 runs, model time): ratio target <= 1.1.
+  incremental run each (the day arrives again before each of 3 runs: median model time), with no
+  watermark safety lag (``NIGHTLY``: the history of a nightly run was loaded long before it):
+  ratio target <= 1.1.
 
 The load average (``uptime``) is printed before and after: the machine may be shared.
 """
@@ -199,15 +201,25 @@ def _arrive(conn: object) -> int:
     return int(cur.rowcount)
 
 
+#: P2 is the nightly run: the history was loaded long before it. The bench loads it minutes
+#: before, inside the watermark's safety lag (rollups_safety_lag_seconds, 600 s: rows inserted
+#: that recently are read again by the next run, for loads still open when a run starts), so
+#: with the default every P2 run would re-read the whole freshly generated history. No lag here.
+NIGHTLY = {"rollups_safety_lag_seconds": 0}
+
+
 def _incremental(conn: object, new_day: date) -> tuple[float, float, int]:
     _hold_back_day(conn, new_day)
     conn.execute("vacuum analyze raw.events")  # type: ignore[attr-defined]
-    rollups.run_rollups(full_refresh=True, timezone=TZ, quiet=True)
+    rollups.run_rollups(full_refresh=True, timezone=TZ, quiet=True, extra_vars=NIGHTLY)
     arrived = _arrive(conn)
     conn.execute("analyze raw.events")  # type: ignore[attr-defined]
     model, wall = [], []
-    for _ in range(3):
-        result = rollups.run_rollups(timezone=TZ, quiet=True)
+    for rep in range(3):
+        if rep:  # the same day arrives again (new inserted_at): each run recomputes the same days
+            conn.execute("delete from raw.events where occurred_at >= %s", (new_day,))  # type: ignore[attr-defined]
+            _arrive(conn)
+        result = rollups.run_rollups(timezone=TZ, quiet=True, extra_vars=NIGHTLY)
         model.append(_model_seconds(result))
         wall.append(result.seconds)
     return statistics.median(model), statistics.median(wall), arrived
