@@ -27,6 +27,7 @@ import uuid
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -900,8 +901,7 @@ def _write_inputs(items: Iterable[_Input], source: str, *, settings: Settings | 
         conn.execute("set time zone 'UTC'")
         pending: Future[LoadSummary] | None = None
         pending_size = 0
-        for batch in _batched(items, batch_size):
-            prepared = _prepare(batch, source, datetime.now(UTC))
+        for batch, prepared in prepared_batches(items, source, batch_size):
             if pending is not None:
                 summary.add(pending.result())
                 if on_batch is not None:
@@ -1125,6 +1125,37 @@ def _open(name: str) -> IO[bytes]:
     return open(path, "rb")
 
 
+def input_formats(names: list[str], fmt: str) -> dict[str, str]:
+    """Each input's format (``auto``: by its name); every input is checked before any is read
+    (IngestError: unknown format, no such file)."""
+    formats = {name: _detect_format(name, fmt) for name in names}
+    for name in names:
+        if name != "-" and not Path(name).is_file():
+            raise IngestError(f"{name}: no such file")
+    return formats
+
+
+@contextmanager
+def read_input(name: str, fmt: str) -> Iterator[tuple[str, Iterator[_Input]]]:
+    """One input ('-' is stdin, ``.gz`` decompressed) as its source name and its loader inputs,
+    read line by line; the file is closed afterwards. The one reading path of every loader."""
+    stream = _open(name)
+    try:
+        lines = _gzip_lines(stream) if name.endswith(".gz") else _plain_lines(stream)
+        yield ("stdin" if name == "-" else str(Path(name).name)), _line_inputs(lines, fmt == "csv")
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def prepared_batches(items: Iterable[_Input], source: str,
+                     batch_size: int = DEFAULT_BATCH) -> Iterator[tuple[list[_Input], _Prepared]]:
+    """The inputs in batches, each judged by the one rule set (:func:`_prepare`): COPY lines,
+    quarantine rows and the batch's summary."""
+    for batch in _batched(items, batch_size):
+        yield batch, _prepare(batch, source, datetime.now(UTC))
+
+
 def load_files(
     names: Iterable[str],
     *,
@@ -1136,22 +1167,12 @@ def load_files(
     """Load JSON Lines / CSV files ('-' is stdin; ``.gz`` files are decompressed). Each file is its
     own source in the quarantine. Never raises for the content of a file (see the module doc)."""
     names = list(names) or ["-"]
-    formats = {name: _detect_format(name, fmt) for name in names}  # fail before loading anything
-    for name in names:
-        if name != "-" and not Path(name).is_file():
-            raise IngestError(f"{name}: no such file")
+    formats = input_formats(names, fmt)  # fail before loading anything
     total = LoadSummary()
     for name in names:
-        stream = _open(name)
-        try:
-            lines = _gzip_lines(stream) if name.endswith(".gz") else _plain_lines(stream)
-            items = _line_inputs(lines, formats[name] == "csv")
-            source = "stdin" if name == "-" else str(Path(name).name)
-            with progress_bar(f"loading {source}", None, enabled=progress) as advance:
-                result = _write_inputs(items, source, settings=settings, batch_size=batch_size, on_batch=advance)
-        finally:
-            if stream is not sys.stdin.buffer:
-                stream.close()
+        with read_input(name, formats[name]) as (source, items), \
+                progress_bar(f"loading {source}", None, enabled=progress) as advance:
+            result = _write_inputs(items, source, settings=settings, batch_size=batch_size, on_batch=advance)
         total.add(result)
     total.check()
     return total

@@ -259,6 +259,10 @@ class CustomMetricsService:
                 return spark_cm.source_types(session, source)
             return spark_cm.column_types(session, source.schema, source.identifier)
 
+    def _spark_source_types(self, name: str) -> dict[str, str]:
+        """A data source's column types on Spark (declared, else Spark's catalog), by its name."""
+        return self._spark_types(registry.resolve(self.registry(), name), required=True) or {}
+
     def _estimate_spark(self, checked: compiler.CheckedMetric) -> CostEstimate:
         from metricsmith.spark import custom_metrics as spark_cm
 
@@ -521,7 +525,7 @@ class CustomMetricsService:
         with self._engine(record) as session:
             if session is not None:
                 with self._conn() as conn:
-                    spark_cm.write_definitions(session, conn)
+                    spark_cm.write_definitions(session, conn, self._spark_source_types)
             models = self.run_dbt(["run", "--select", *selectors, *refresh], vars=vars, raise_on_failure=False)
             failures = self._record_runs(models)
             self.compile()  # custom_metric_values leaves out the model versions that just failed

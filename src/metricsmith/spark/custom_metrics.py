@@ -23,7 +23,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +32,6 @@ from metricsmith.config import ConfigError, Settings
 from metricsmith.custom_metrics import dialects
 from metricsmith.custom_metrics.errors import MetricSpecError
 from metricsmith.errors import UserFacingError
-from metricsmith.spark.config import SPARK_TARGET
 from metricsmith.spark.session import application_id, get_session
 
 ENV_BYTES_BUDGET = "METRICSMITH_CUSTOM_METRIC_SPARK_BYTES_BUDGET"
@@ -172,19 +171,9 @@ def _row_size(plan: Any) -> float:
 # --------------------------------------------------------------------------- definitions
 
 
-def _rendered(session: Any, row: tuple[Any, ...], cache: dict[str, dict[str, str]]) -> dict[str, Any]:
-    metric_id, version, definition = row
-    d = definition if isinstance(definition, dict) else json.loads(definition)
-    key = f"{d.get('source')}"
-    if key not in cache:
-        from metricsmith.core.schema import marts_schema
-
-        cache[key] = column_types(session, marts_schema(SPARK_TARGET), str(d.get("source")))
-    return dialects.render_definition(d, dialects.SPARK, cache[key])
-
-
-def write_definitions(session: Any, conn: Any) -> dict[tuple[int, int], str]:
-    """Copy the checked definitions of the active metrics into Spark, rendered for Spark.
+def write_definitions(session: Any, conn: Any, types_for: Callable[[str], dict[str, str]]) -> dict[tuple[int, int], str]:
+    """Copy the checked definitions of the active metrics into Spark, rendered for Spark with
+    their source's column types (``types_for(source name)``: declared, else Spark's catalog).
 
     Returns the versions whose rendering was refused (model -> one-line reason): they get no row,
     so their model fails with "no checked definition"; the others run."""
@@ -192,14 +181,19 @@ def write_definitions(session: Any, conn: Any) -> dict[tuple[int, int], str]:
         "select m.metric_id, m.version, m.definition from metricsmith.custom_metric_models m"
         " join metricsmith.custom_metric_definitions d using (metric_id)"
         " where d.status = 'active' order by 1, 2").fetchall()
-    cache: dict[str, dict[str, str]] = {}
+    types: dict[str, dict[str, str]] = {}
     out: list[tuple[int, int, str]] = []
     refused: dict[tuple[int, int], str] = {}
-    for row in rows:
+    for metric_id, version, stored in rows:
+        definition = stored if isinstance(stored, dict) else json.loads(stored)
         try:
-            out.append((int(row[0]), int(row[1]), json.dumps(_rendered(session, row, cache))))
+            source = str(definition.get("source"))
+            if source not in types:
+                types[source] = types_for(source)
+            rendered = dialects.render_definition(definition, dialects.SPARK, types[source])
+            out.append((int(metric_id), int(version), json.dumps(rendered)))
         except UserFacingError as exc:
-            refused[(int(row[0]), int(row[1]))] = str(exc)
+            refused[(int(metric_id), int(version))] = str(exc)
     if not session.catalog.databaseExists("metricsmith"):
         session.sql("create database if not exists metricsmith")
     frame = session.createDataFrame(out, "metric_id bigint, version int, definition string")
@@ -232,12 +226,12 @@ def spark_dbt(settings: Settings, record: SparkRunRecord | None = None) -> Itera
     """The SparkSession for dbt's ``method: session``, and dbt's spark target path, for a block
     of dbt invocations (their time is added to ``record``)."""
     from metricsmith.spark.raw import ensure_tables
-    from metricsmith.spark.rollups import _own_target_path
+    from metricsmith.spark.rollups import own_target_path
 
     session = get_session(settings)
     ensure_tables(session)
     began = time.perf_counter()
-    with _own_target_path(settings):
+    with own_target_path(settings):
         yield session
     if record is not None:
         record.application_id = application_id(session)

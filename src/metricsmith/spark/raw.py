@@ -28,7 +28,6 @@ import hashlib
 import os
 import re
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -394,19 +393,12 @@ def _store_quarantine(session: Any, rejects: list[tuple[Any, ...]], now: datetim
 
 def _load_one(name: str, fmt: str, append: ArrowAppend, rejects: list[tuple[Any, ...]]) -> ingest.LoadSummary:
     """Read and judge one input with the PostgreSQL loader's steps; valid rows to ``append``."""
-    source = "stdin" if name == "-" else Path(name).name
-    summary = ingest.LoadSummary(sources=[source])
-    stream = ingest._open(name)
-    try:
-        lines = ingest._gzip_lines(stream) if name.endswith(".gz") else ingest._plain_lines(stream)
-        for batch in ingest._batched(ingest._line_inputs(lines, fmt == "csv"), ingest.DEFAULT_BATCH):
-            prepared = ingest._prepare(batch, source, datetime.now(UTC))
+    with ingest.read_input(name, fmt) as (source, items):
+        summary = ingest.LoadSummary(sources=[source])
+        for _batch, prepared in ingest.prepared_batches(items, source):
             summary.add(prepared.summary)  # read, blank, quarantined, duplicates within the batch
             append.add(copy_lines_table(prepared.lines))
             rejects.extend(prepared.rejects)
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
     return summary
 
 
@@ -415,12 +407,9 @@ def load_files(names: Iterable[str], *, fmt: str = "auto", settings: Settings | 
     PostgreSQL loader does (every input checked before anything is read); returns its summary."""
     names = list(names) or ["-"]
     try:
-        formats = {name: ingest._detect_format(name, fmt) for name in names}
+        formats = ingest.input_formats(names, fmt)
     except ingest.IngestError as exc:
         raise SparkLoadError(f"{exc} (nothing was loaded)") from None
-    for name in names:
-        if name != "-" and not Path(name).is_file():
-            raise SparkLoadError(f"{name}: no such file (nothing was loaded)")
     session = get_session(settings or load_settings())
     append = ArrowAppend(session)
     summary = ingest.LoadSummary()

@@ -46,7 +46,7 @@ class SparkRollupResult:
 
 
 @contextmanager
-def _own_target_path(settings: Settings) -> Iterator[None]:
+def own_target_path(settings: Settings) -> Iterator[None]:
     """dbt's manifest of the spark target in its own folder: switching targets in one target path
     makes dbt parse the whole project again on every switch."""
     saved = os.environ.get("DBT_TARGET_PATH")
@@ -72,7 +72,7 @@ def run_rollups(*, full_refresh: bool = False, timezone: str | None = None,
     if full_refresh:
         args.append("--full-refresh")
     started = time.perf_counter()
-    with _own_target_path(settings):
+    with own_target_path(settings):
         outcome = invoke(args, vars={"metrics_timezone": tz, **(extra_vars or {})}, settings=settings,
                          in_flow=in_flow).raise_for_status()
     seconds = time.perf_counter() - started
