@@ -25,7 +25,7 @@ def private_settings(timezone: str | None = None) -> Settings:
 
 
 def make_events(n: int, seed: int, *, now: datetime | None = None, users: int = 200) -> list[dict[str, Any]]:
-    """Valid events spread over the last ~30 hours (so two local days), some purchases and anonymous."""
+    """Valid events spread over the last 30 hours (two local days, three before 06:00), some purchases and anonymous."""
     rng = random.Random(seed)
     now = now or datetime.now(UTC)
     events = []
