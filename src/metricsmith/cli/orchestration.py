@@ -30,21 +30,23 @@ OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from metricsmith.orchestration.jobs import JOBS
+    from metricsmith.orchestration.jobs import RUNNABLE_JOBS
 
     p = sub.add_parser("jobs", help="run a Prefect job flow now, or read the job log")
     jsub = p.add_subparsers(dest="jobs_command", metavar="ACTION")
     jsub.required = True
     run = jsub.add_parser("run", help="run one job's flow now (retries, job log, artifact)")
-    run.add_argument("job", choices=list(JOBS))
+    run.add_argument("job", choices=list(RUNNABLE_JOBS))
     run.add_argument("--start", type=day, help="backfill: first day YYYY-MM-DD")
     run.add_argument("--end", type=day, help="backfill: last day YYYY-MM-DD (inclusive)")
     run.add_argument("--no-cache-refresh", action="store_true", help="do not invalidate/warm the metric cache")
+    run.add_argument("--full-refresh", action="store_true",
+                     help="custom-metrics: rebuild every custom metric's values from scratch")
     run.add_argument("--json", action="store_true", help="print the flow's result as JSON")
     run.add_argument("-v", "--verbose", action="store_true", help="show dbt's and Prefect's log")
     run.set_defaults(handler=cmd_run)
     log = jsub.add_parser("log", help="the newest rows of metricsmith.metrics_aggregation_jobs_log")
-    log.add_argument("--job", choices=list(JOBS))
+    log.add_argument("--job", choices=list(RUNNABLE_JOBS))
     log.add_argument("--status", choices=[s.value for s in JobStatus])
     log.add_argument("--limit", type=int_at_least(1), default=10)
     log.add_argument("--json", action="store_true")
@@ -86,32 +88,50 @@ def _find_server() -> tuple[str | None, str]:
         raise UserFacingError(str(exc)) from None
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from metricsmith.core.dbt import set_verbose
-    from metricsmith.orchestration.jobs import JOBS, JobFailed
+def _flow_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The flow's parameters for ``jobs run <job>``; refuses the options the job does not take."""
+    from metricsmith.orchestration.jobs import CUSTOM_METRICS_JOB, JOBS
 
-    _offline_env()
-    set_verbose(args.verbose)
+    if args.job == CUSTOM_METRICS_JOB:
+        if args.start is not None or args.end is not None:
+            raise UserFacingError(f"{args.job} takes no --start/--end: it runs every active custom metric "
+                                  "(`metricsmith metrics backfill SLUG --start --end` recomputes one metric's range)")
+        if args.no_cache_refresh:
+            raise UserFacingError(f"{args.job} takes no --no-cache-refresh: it always drops the cached values of "
+                                  "the metrics it recomputes")
+        return {"full_refresh": args.full_refresh}
+    if args.full_refresh:
+        raise UserFacingError(f"--full-refresh is for {CUSTOM_METRICS_JOB} only ({args.job} is incremental; "
+                              "`metricsmith jobs run backfill --start --end` recomputes a date range)")
     spec = JOBS[args.job]
     if spec.needs_period and (args.start is None or args.end is None):
         raise UserFacingError(f"{args.job} needs --start and --end")
-    api_url, where = _find_server()
     params: dict[str, Any] = {"refresh_cache": not args.no_cache_refresh}
     if spec.needs_period:
         params.update(start=args.start, end=args.end)
+    return params
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from metricsmith.core.dbt import set_verbose
+    from metricsmith.orchestration.jobs import JobFailed
+
+    _offline_env()
+    set_verbose(args.verbose)
+    params = _flow_params(args)
+    api_url, where = _find_server()
     try:
         out = _run_flow(args, api_url, params) if api_url is not None else _run_direct(args.job, where, params)
     except JobFailed as exc:
-        print(exc.result.render(), file=sys.stderr)
+        print(exc.summary, file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(out, default=str))
         return 0
     print(out.get("summary") or json.dumps(out, default=str))
     custom = out.get("custom_metrics")
-    if isinstance(custom, dict):
-        print(f"custom-metrics: {custom.get('status')}: {custom.get('models_ok')} model(s) ok, "
-              f"{custom.get('models_failed')} failed, {custom.get('rows')} value row(s)")
+    if isinstance(custom, dict):  # the daily flow ran the custom-metrics job after it
+        print(custom.get("summary") or json.dumps(custom, default=str))
     if api_url is not None and out.get("flow_run_id"):
         print(f"flow run {out['flow_run_id']} on the Prefect server at {api_url} ({where})")
     return 0

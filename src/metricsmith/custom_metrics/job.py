@@ -6,6 +6,11 @@ advisory lock, stale-row repair, the retry policy. A generated model that fails 
 isolated (the others publish into ``<marts schema>.custom_metric_values``): the job ends PARTIAL
 with each failed model's error, FAILED when every model failed or dbt itself failed, else
 COMPLETED.
+
+When the attempt's own compile shows there is nothing to run (no active metric model, nothing
+written or removed, custom_metric_values built and empty; PostgreSQL, not ``full_refresh``), it
+starts no dbt and the job log row says so (``details.skipped_dbt = true``): the decision is taken
+under the job's lock, from the run's one compile.
 """
 
 from __future__ import annotations
@@ -22,13 +27,18 @@ from metricsmith.core.dbt import DbtError
 from metricsmith.core.schema import marts_schema
 from metricsmith.core.status import JobStatus
 from metricsmith.custom_metrics.service import VALUES_MODEL, CustomMetricsService
-from metricsmith.orchestration import runner
+from metricsmith.orchestration import joblog, runner
+from metricsmith.orchestration.jobs import CUSTOM_METRICS_JOB
 from metricsmith.orchestration.retry import RetryPolicy, is_transient_message
 from metricsmith.orchestration.runner import Attempt, JobResult, Outcome
 
-JOB_NAME = "custom-metrics"
+JOB_NAME = CUSTOM_METRICS_JOB
 #: the daily job runs at 02:00 UTC; this one at 03:00 UTC, after it
 SCHEDULE_CRON = "0 3 * * *"
+
+
+#: ``details.skip_reason`` of a run that started no dbt
+SKIP_REASON = "no active custom metric to run; custom_metric_values is built and empty"
 
 
 @dataclass(frozen=True)
@@ -39,14 +49,32 @@ class CustomMetricsJobResult:
     rows: int
     message: str | None
     log_id: int | None
+    attempts: int = 0
+    seconds: float = 0.0
+    #: the run had nothing to do and started no dbt (``details.skipped_dbt`` of its job log row)
+    skipped_dbt: bool = False
+    #: the runner's result (for :class:`metricsmith.orchestration.jobs.JobFailed`)
+    job: JobResult | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def of(cls, result: JobResult) -> CustomMetricsJobResult:
+    def of(cls, result: JobResult, *, skipped_dbt: bool = False) -> CustomMetricsJobResult:
         return cls(result.status, result.models_ok, result.models_failed, result.rows_affected,
-                   result.error_message, result.log_id)
+                   result.error_message, result.log_id, result.attempts, result.seconds, skipped_dbt, result)
+
+    def render(self) -> str:
+        """One line (and the error's), in the style of the dbt jobs' :meth:`JobResult.render`."""
+        head = f"{JOB_NAME}: {self.status} after {self.attempts} attempt(s) in {self.seconds:.1f} s"
+        if self.job is not None and self.job.skipped:  # refused: another run holds the lock
+            return f"{head} - {self.message}"
+        if self.skipped_dbt:
+            return f"{head}: dbt not started ({SKIP_REASON})"
+        out = (f"{head}: {self.models_ok} model(s) ok, {self.models_failed} failed; "
+               f"{self.rows:,} value row(s) in custom_metric_values")
+        return f"{out}\n  error: {self.message}" if self.message else out
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = {k: v for k, v in self.__dict__.items() if k != "job"}
+        return {**out, "summary": self.render()}
 
 
 @dataclass
@@ -62,6 +90,8 @@ class CustomMetricsWork:
     settings: Settings = field(default_factory=load_settings)
     #: on Spark: the application, the dbt run and the publish (filled in as the run goes)
     record: dict[str, Any] = field(default_factory=dict)
+    #: the last attempt found nothing to run and started no dbt
+    skipped_dbt: bool = False
 
     def details(self) -> dict[str, Any]:
         # the runner copies this dict at the start; the nested record fills in as the run goes
@@ -72,17 +102,22 @@ class CustomMetricsWork:
 
     def attempt(self, ctx: Attempt) -> Outcome:
         try:
-            run = self.service.run(full_refresh=self.full_refresh)
+            run = self.service.run(full_refresh=self.full_refresh, skip_if_idle=True)  # under the job lock
         except DbtError as exc:  # dbt itself failed (or custom_metric_values did): nothing published
             return Outcome(models_ok=0, models_failed=len(exc.failures) or 1, error_message=str(exc),
                            transient=is_transient_message(str(exc)))
         self.record.update(run.spark or {})
+        self.skipped_dbt = run.skipped_dbt
         ok = sum(1 for s in run.models.node_status.values() if s == "success")
         message = "; ".join(f"{f.model}: {f.error}" for f in run.failures) or None
         return Outcome(models_ok=ok, models_failed=len(run.failures), error_message=message, payload=run)
 
     def effects(self, result: JobResult, outcome: Outcome) -> None:
         with db.connect(self.settings, autocommit=True) as conn:
+            if self.skipped_dbt and result.log_id is not None:
+                # learnt during the attempt; the runner's details are the ones from the start
+                joblog.update_attempt(conn, result.log_id, result.attempts,
+                                      {"skipped_dbt": True, "skip_reason": SKIP_REASON})
             query = sql.SQL("select count(*) from {}").format(sql.Identifier(marts_schema(), VALUES_MODEL))
             got = conn.execute(query).fetchone()
             result.rows_affected = int(got[0]) if got else 0
@@ -98,7 +133,7 @@ def run_custom_metrics_job(*, full_refresh: bool = False, lock_wait_seconds: flo
     work = CustomMetricsWork(service or CustomMetricsService(settings, engine=engine), full_refresh=full_refresh,
                              settings=settings)
     result = runner.run(work, settings=settings, policy=policy, lock_wait_seconds=lock_wait_seconds)
-    return CustomMetricsJobResult.of(result)
+    return CustomMetricsJobResult.of(result, skipped_dbt=work.skipped_dbt and result.ok)
 
 
 def _invalidate_cached_values(conn: Any) -> None:

@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from metricsmith import db
 from metricsmith.config import Settings, load_settings, project_root
 from metricsmith.core import dbt as core_dbt
-from metricsmith.core.dbt import DbtOutcome
+from metricsmith.core.dbt import DbtOutcome, DbtStatus
 from metricsmith.core.schema import marts_schema
 from metricsmith.custom_metrics import access, compiler, project, registry
 from metricsmith.custom_metrics import identifiers as ids
@@ -106,6 +106,14 @@ class CustomMetricsRun:
     failures: list[ModelFailure]
     #: on the Spark engine: the Spark application, the dbt time and the publish (the job log's details)
     spark: dict[str, Any] | None = None
+    #: the run had nothing to do (:meth:`CustomMetricsService.run` ``skip_if_idle``): dbt was not started
+    skipped_dbt: bool = False
+
+    @classmethod
+    def nothing_to_run(cls) -> CustomMetricsRun:
+        """The run that started no dbt: no node, no failure."""
+        return cls(models=DbtOutcome([], DbtStatus.SUCCESS), values=DbtOutcome([], DbtStatus.SUCCESS), failures=[],
+                   skipped_dbt=True)
 
     @property
     def success(self) -> bool:
@@ -137,6 +145,13 @@ class CompileResult:
     unchanged: list[str]
     models: list[str]
     refused: list[str] = field(default_factory=list)
+    #: metric models left out of custom_metric_values because their last run failed
+    excluded: list[str] = field(default_factory=list)
+
+    @property
+    def changed_nothing(self) -> bool:
+        """Nothing written, removed or refused, and no metric model: custom_metric_values is all there is."""
+        return not (self.written or self.removed or self.refused) and self.models == [VALUES_MODEL]
 
 
 class CustomMetricsService:
@@ -468,6 +483,7 @@ class CustomMetricsService:
         self.generated_dir.mkdir(parents=True, exist_ok=True)
         wanted: dict[str, str] = {}
         inputs: list[tuple[int, str, int, dict[str, Any]]] = []
+        excluded: list[str] = []
         docs: list[dict[str, Any]] = []
         for metric_id, slug, version, definition, run_status in rows:
             try:
@@ -479,6 +495,8 @@ class CustomMetricsService:
             wanted[f"{model}.sql"] = text
             if run_status != "error":
                 inputs.append((metric_id, slug, version, definition))
+            else:
+                excluded.append(model)
             docs.append({"name": model, "description": compiler.model_description(metric_id, slug, version),
                          "columns": [dict(column) for column in compiler.GENERATED_MODEL_COLUMNS],
                          "config": {"tags": [compiler.GENERATED_TAG]}})
@@ -503,18 +521,41 @@ class CustomMetricsService:
                 path.unlink()
                 removed.append(path.name)
         return CompileResult(written, removed, unchanged, sorted(n[:-4] for n in wanted if n.endswith(".sql")),
-                             refused)
+                             refused, excluded)
+
+    def _nothing_to_run(self, compiled: CompileResult) -> bool:
+        """True when a run after ``compiled`` would change nothing: PostgreSQL engine, the compile
+        wrote, removed and refused nothing and yielded no metric model, and custom_metric_values
+        exists with no row (dbt would only rebuild it empty)."""
+        if self.engine != "postgres" or not compiled.changed_nothing:
+            return False
+        values = sql.Identifier(marts_schema(), VALUES_MODEL)
+        with db.connect(self.settings, autocommit=True) as conn:
+            built = conn.execute("select to_regclass(%s)", (values.as_string(conn),)).fetchone()
+            if not built or built[0] is None:
+                return False
+            row = conn.execute(sql.SQL("select exists (select 1 from {})").format(values)).fetchone()
+        return not (row and row[0])
 
     def run(self, *, full_refresh: bool = False, slugs: list[str] | None = None,
-            vars: dict[str, Any] | None = None) -> CustomMetricsRun:
+            vars: dict[str, Any] | None = None, skip_if_idle: bool = False) -> CustomMetricsRun:
         """Compile; ``dbt run`` the generated models; then custom_metric_values over those that succeeded.
 
         A metric whose model fails at run time (division by zero, overflow, a bad cast on some
         row) does not block the others: its model version is marked (``run_status = 'error'``
         and ``run_error`` in metricsmith.custom_metric_models), it is reported in
         :attr:`CustomMetricsRun.failures`, and custom_metric_values is built without it.
-        Raises :class:`DbtError` only when dbt itself fails (not one model)."""
-        self.compile()
+        Raises :class:`DbtError` only when dbt itself fails (not one model).
+
+        ``skip_if_idle`` (the custom-metrics job, which holds its job lock): when this run's
+        compile shows there is nothing to run (:meth:`_nothing_to_run`; never with
+        ``full_refresh`` or ``slugs``), return :meth:`CustomMetricsRun.nothing_to_run` without
+        starting dbt (twice ~3 s of dbt start-up for nothing, issue 17 P5). One compile per
+        run, unless a model failed now or had failed before (custom_metric_values is then
+        compiled again without, or with, it)."""
+        compiled = self.compile()
+        if skip_if_idle and not full_refresh and not slugs and self._nothing_to_run(compiled):
+            return CustomMetricsRun.nothing_to_run()
         selectors = [f"tag:custom_metric:{s}" for s in slugs] if slugs else [f"tag:{compiler.GENERATED_TAG}"]
         refresh = ["--full-refresh"] if full_refresh else []
         record = None
@@ -528,7 +569,8 @@ class CustomMetricsService:
                     spark_cm.write_definitions(session, conn, self._spark_source_types)
             models = self.run_dbt(["run", "--select", *selectors, *refresh], vars=vars, raise_on_failure=False)
             failures = self._record_runs(models)
-            self.compile()  # custom_metric_values leaves out the model versions that just failed
+            if failures or compiled.excluded:  # custom_metric_values without the versions that failed now
+                self.compile()
             values = self.run_dbt(["run", "--select", f"tag:{VALUES_TAG}", *refresh], vars=vars)
         if record is not None:  # the values to the serving PostgreSQL, where every reader reads them
             spark_cm.publish_values(self.settings, record)

@@ -7,7 +7,8 @@ up to the rollup ledger, so the longer periods of changed days are refreshed in 
 one ``<adjective>-rollup`` per period grain (its mart and what it needs, with the data tests),
 and ``backfill`` (a date range and every period above it, set-based). Each attempt holds the
 rollups' advisory lock (the one ``metricsmith rollups run`` takes), so CLI rollup runs and
-other jobs never interleave.
+other jobs never interleave. ``custom-metrics`` (:mod:`metricsmith.custom_metrics.job`) runs
+through the same runner; :data:`RUNNABLE_JOBS` is every job ``metricsmith jobs run`` runs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from metricsmith.orchestration.runner import Attempt, JobResult, Outcome
 LEDGER_SELECT = ("+int_rollup_ledger", "stg_events_rejected")
 DAILY_JOB = "daily-metrics"
 BACKFILL_JOB = "backfill"
+#: every active custom metric (:mod:`metricsmith.custom_metrics.job`; after each daily job, or on demand)
+CUSTOM_METRICS_JOB = "custom-metrics"
 
 
 @dataclass(frozen=True)
@@ -73,14 +76,18 @@ def _jobs() -> dict[str, JobSpec]:
 
 
 JOBS: dict[str, JobSpec] = _jobs()
+#: the jobs ``metricsmith jobs run`` runs (and whose rows ``jobs log --job`` reads): the dbt jobs, custom-metrics
+RUNNABLE_JOBS: tuple[str, ...] = (*JOBS, CUSTOM_METRICS_JOB)
 
 
 class JobFailed(RuntimeError):
-    """Raised by the flows so that Prefect marks the flow run Failed; carries the result."""
+    """Raised by the flows so that Prefect marks the flow run Failed; carries the result and
+    its ``summary`` (default :meth:`JobResult.render`)."""
 
-    def __init__(self, result: JobResult) -> None:
+    def __init__(self, result: JobResult, summary: str | None = None) -> None:
         super().__init__(f"{result.job_name} {result.status}: {result.error_message}")
         self.result = result
+        self.summary = summary or result.render()
 
 
 def dbt_args(spec: JobSpec) -> list[str]:
