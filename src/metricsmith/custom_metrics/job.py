@@ -27,7 +27,7 @@ from metricsmith.core.dbt import DbtError
 from metricsmith.core.schema import marts_schema
 from metricsmith.core.status import JobStatus
 from metricsmith.custom_metrics.service import VALUES_MODEL, CustomMetricsService
-from metricsmith.orchestration import joblog, runner
+from metricsmith.orchestration import runner
 from metricsmith.orchestration.jobs import CUSTOM_METRICS_JOB
 from metricsmith.orchestration.retry import RetryPolicy, is_transient_message
 from metricsmith.orchestration.runner import Attempt, JobResult, Outcome
@@ -98,6 +98,8 @@ class CustomMetricsWork:
         details: dict[str, Any] = {"full_refresh": self.full_refresh, "engine": self.service.engine}
         if self.service.engine == "spark":
             details["spark_job"] = self.record
+        if self.skipped_dbt:  # learnt by the attempt (the runner reads the details again at the end)
+            details.update(skipped_dbt=True, skip_reason=SKIP_REASON)
         return details
 
     def attempt(self, ctx: Attempt) -> Outcome:
@@ -114,10 +116,6 @@ class CustomMetricsWork:
 
     def effects(self, result: JobResult, outcome: Outcome) -> None:
         with db.connect(self.settings, autocommit=True) as conn:
-            if self.skipped_dbt and result.log_id is not None:
-                # learnt during the attempt; the runner's details are the ones from the start
-                joblog.update_attempt(conn, result.log_id, result.attempts,
-                                      {"skipped_dbt": True, "skip_reason": SKIP_REASON})
             query = sql.SQL("select count(*) from {}").format(sql.Identifier(marts_schema(), VALUES_MODEL))
             got = conn.execute(query).fetchone()
             result.rows_affected = int(got[0]) if got else 0

@@ -126,7 +126,8 @@ class Work(Protocol):
     def period_end(self) -> date | None: ...
 
     def details(self) -> dict[str, Any]:
-        """What the job log row records about the run (``details``), besides the runner's own."""
+        """What the job log row records about the run (``details``), besides the runner's own: read
+        when the run starts and again when it ends (so it may add what an attempt learnt)."""
         ...
 
     def attempt(self, ctx: Attempt) -> Outcome:
@@ -277,7 +278,8 @@ class _Run:
     def _final_details(self) -> dict[str, Any]:
         r = self.result
         days = r.changed_days
-        return {**self.details, "attempts": r.attempt_errors, "stale_marked": r.stale_marked,
+        # the work's details again: what an attempt learnt (e.g. a run that had nothing to do) is kept
+        return {**self.details, **self.work.details(), "attempts": r.attempt_errors, "stale_marked": r.stale_marked,
                 "changed": {"days": len(days), **{k: [str(p) for p in v[-20:]] for k, v in r.changed.items()},
                             "first_day": str(days[0]) if days else None, "last_day": str(days[-1]) if days else None},
                 "latest_growth": latest_growth(r.latest)}
