@@ -123,12 +123,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
                             + (f"; filter {checked.filter}" if checked.filter else ""))
 
 
+def estimate_line(est: Any) -> str:
+    """One line: the estimate in its unit (PostgreSQL's planner cost; on Spark the bytes of the
+    optimized plan, also in a readable size), the rows, the budget and the verdict."""
+    verdict = "within budget" if est.within_budget else "OVER BUDGET (create would refuse it)"
+    if est.unit == "bytes":
+        from metricsmith.spark.custom_metrics import _size as size
+
+        return (f"estimated bytes {est.cost:,.0f} ({size(est.cost)}), rows {est.rows:,.0f}, "
+                f"budget {size(est.budget)}: {verdict}")
+    return f"estimated cost {est.cost:,.0f}, rows {est.rows:,.0f}, budget {est.budget:,.0f}: {verdict}"
+
+
 def cmd_estimate(args: argparse.Namespace) -> int:
     est = _service().estimate(_user(args), _spec(args.file))
-    verdict = "within budget" if est.within_budget else "OVER BUDGET (create would refuse it)"
-    _out(args, {"cost": est.cost, "rows": est.rows, "budget": est.budget, "within_budget": est.within_budget,
-                "sql": est.sql},
-         f"estimated cost {est.cost:,.0f}, rows {est.rows:,.0f}, budget {est.budget:,.0f}: {verdict}")
+    _out(args, {"cost": est.cost, "unit": est.unit, "rows": est.rows, "budget": est.budget,
+                "within_budget": est.within_budget, "sql": est.sql}, estimate_line(est))
     return 0 if est.within_budget else 1
 
 

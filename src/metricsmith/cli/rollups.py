@@ -126,6 +126,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.start > args.end:
         raise UserFacingError(f"--start {args.start} is after --end {args.end}")
     set_verbose(args.verbose)
+    from metricsmith.spark.config import engine
+
+    if engine() == "spark":  # docs/spark.md: the Spark rollup job with the range, then the publish
+        from metricsmith.cli.spark import run_on_spark
+
+        return run_on_spark(backfill=(args.start, args.end))
     result = run(backfill=(args.start, args.end))
     print(render_result(result))
     return 0

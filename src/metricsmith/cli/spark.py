@@ -1,11 +1,13 @@
-"""``metricsmith spark up|down|status|register-files``: the Spark engine's own commands."""
+"""``metricsmith spark up|down|status|run|register-files``: the Spark engine's own commands."""
 
 from __future__ import annotations
 
 import argparse
+from datetime import date
 
+from metricsmith.cli.args import day
 from metricsmith.config import load_settings
-from metricsmith.errors import port_number
+from metricsmith.errors import UserFacingError, port_number
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -51,14 +53,32 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_on_spark(*, full_refresh: bool = False, timezone: str | None = None,
+                 backfill: tuple[date, date] | None = None) -> int:
+    """``spark run`` (and ``metricsmith backfill`` on METRICSMITH_ENGINE=spark): the Spark rollup
+    job and the publish, then the cache entries of the periods it recomputed are dropped (as after
+    ``rollups run`` / ``backfill`` on PostgreSQL). A bad range is refused before anything runs."""
     from metricsmith import migrate
-    from metricsmith.spark import job
+    from metricsmith.cache.invalidation import invalidate_periods
+    from metricsmith.spark import job, rollups
 
+    if backfill is not None:
+        rollups.backfill_vars(*backfill, load_settings())
     migrate.upgrade()  # the serving database: job log, marts schema
-    result = job.run_job(full_refresh=args.full_refresh, timezone=args.timezone)
+    result = job.run_job(full_refresh=full_refresh, timezone=timezone, backfill=backfill)
     print(result.render())
+    if result.changed_days:
+        invalidated = invalidate_periods(result.changed_days, changed=result.changed)
+        if not invalidated.ok:
+            print(f"warning: {invalidated.render()}")
     return 0 if result.ok else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if (args.start is None) != (args.end is None):
+        raise UserFacingError("spark run: give both --start and --end (the days to backfill) or neither")
+    backfill = None if args.start is None else (args.start, args.end)
+    return run_on_spark(full_refresh=args.full_refresh, timezone=args.timezone, backfill=backfill)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,6 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sp.add_parser("run", help="the rollups on Spark, then publish the marts to PostgreSQL (one job-log row)")
     p.add_argument("--full-refresh", action="store_true", help="rebuild every table")
     p.add_argument("--timezone", default=None, help="reporting time zone (default METRICSMITH_TIMEZONE)")
+    p.add_argument("--start", type=day, default=None,
+                   help="backfill: first day YYYY-MM-DD (with --end: recompute those days and every period above them)")
+    p.add_argument("--end", type=day, default=None, help="backfill: last day YYYY-MM-DD (inclusive)")
     p.set_defaults(handler=_run)
     p = sp.add_parser("register-files", help="add Parquet files already in the raw.events layout "
                                              "(received_date=YYYY-MM-DD/ folders) to raw.events")

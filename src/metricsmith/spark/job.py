@@ -1,6 +1,8 @@
 """The Spark rollup job: dbt on Spark, then the publish to PostgreSQL, through the one job
 runner (lock, job log row, retries, final status). The job log row's details record both: the
-Spark application (id, master), the dbt run and the publish (rows per mart, seconds)."""
+Spark application (id, master), the dbt run and the publish (rows per mart, seconds). A backfill
+(a day range) is this job with the range: its row holds the range as its period and ``mode``
+backfill."""
 
 from __future__ import annotations
 
@@ -11,9 +13,8 @@ from typing import Any
 from metricsmith import db, grains
 from metricsmith.config import Settings, load_settings
 from metricsmith.core import pglock
-from metricsmith.errors import UserFacingError
 from metricsmith.orchestration import runner
-from metricsmith.orchestration.jobs import changed_periods, latest_rows
+from metricsmith.orchestration.jobs import BACKFILL_JOB, JOBS, changed_periods, dbt_vars, latest_rows
 from metricsmith.orchestration.retry import RetryPolicy
 from metricsmith.spark import publish, rollups
 
@@ -28,9 +29,21 @@ class SparkRollupJob:
     job_name: str = JOB_NAME
     full_refresh: bool = False
     timezone: str | None = None
-    period_start: date | None = None
-    period_end: date | None = None
+    #: (start, end): a backfill of those days (the job log row's period)
+    backfill: tuple[date, date] | None = None
     record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def period_start(self) -> date | None:
+        return self.backfill[0] if self.backfill else None
+
+    @property
+    def period_end(self) -> date | None:
+        return self.backfill[1] if self.backfill else None
+
+    @property
+    def mode(self) -> str:
+        return "full-refresh" if self.full_refresh else ("backfill" if self.backfill else "incremental")
 
     @property
     def name(self) -> str:
@@ -42,12 +55,14 @@ class SparkRollupJob:
 
     def details(self) -> dict[str, Any]:
         # the runner copies this dict at the start; the nested record fills in as the run goes
-        return {"engine": "spark", "full_refresh": self.full_refresh, "spark_job": self.record}
+        backfill = None if self.backfill is None else {"start": str(self.backfill[0]), "end": str(self.backfill[1])}
+        return {"engine": "spark", "mode": self.mode, "full_refresh": self.full_refresh, "backfill": backfill,
+                "spark_job": self.record}
 
     def attempt(self, ctx: runner.Attempt) -> runner.Outcome:
         with pglock.ROLLUPS.held(ctx.conn, ctx.lock_wait_seconds):
-            run = rollups.run_rollups(full_refresh=self.full_refresh, timezone=self.timezone,
-                                      settings=ctx.settings, in_flow=True)
+            run = rollups.run_rollups(full_refresh=self.full_refresh, backfill=self.backfill,
+                                      timezone=self.timezone, settings=ctx.settings, in_flow=True)
             self.record["spark"] = {"application_id": run.application_id, "master": run.master,
                                     "mode": run.mode, "dbt_seconds": round(run.seconds, 3),
                                     "changed_days": len(run.changed_days)}
@@ -66,20 +81,29 @@ class SparkRollupJob:
             result.latest = {g.name: latest_rows(conn, g) for g in grains.periods()}
 
 
-def run_job(*, name: str = JOB_NAME, full_refresh: bool = False, timezone: str | None = None,
-            settings: Settings | None = None, policy: RetryPolicy | None = None,
+def run_job(*, name: str = JOB_NAME, full_refresh: bool = False, backfill: tuple[date, date] | None = None,
+            timezone: str | None = None, settings: Settings | None = None, policy: RetryPolicy | None = None,
             lock_wait_seconds: float = 60.0) -> runner.JobResult:
     """Run the Spark rollups and the publish once, logged as job ``name`` (the Prefect rollup flows
-    pass their own job name, so health and the job log read them as usual)."""
+    pass their own job name, so health and the job log read them as usual); ``backfill=(start,
+    end)`` also recomputes those days and every period above them. A bad range is refused before
+    the job starts (no job log row, nothing run)."""
     settings = settings or load_settings()
-    work = SparkRollupJob(settings, job_name=name, full_refresh=full_refresh, timezone=timezone)
+    if backfill is not None:
+        rollups.backfill_vars(*backfill, settings)
+    work = SparkRollupJob(settings, job_name=name, full_refresh=full_refresh, timezone=timezone, backfill=backfill)
     return runner.run(work, settings=settings, policy=policy, lock_wait_seconds=lock_wait_seconds)
 
 
 def run_spark_rollup_flow_job(name: str, *, start: date | None = None, end: date | None = None) -> runner.JobResult:
-    """What a Prefect rollup flow (daily-metrics, weekly-rollup, ...) runs on METRICSMITH_ENGINE=spark:
-    one Spark run of every rollup model (incremental), then the publish, logged under the flow's job."""
-    if start is not None or end is not None:
-        raise UserFacingError("backfill on the Spark engine: run `metricsmith spark run --full-refresh` "
-                              "(a day range is not supported on Spark yet)")
-    return run_job(name=name)
+    """What a Prefect rollup flow (daily-metrics, weekly-rollup, ..., backfill) runs on
+    METRICSMITH_ENGINE=spark: one Spark run of every rollup model (incremental; with ``start`` and
+    ``end`` a backfill of those days, as the PostgreSQL backfill job), then the publish, logged
+    under the flow's job."""
+    if name != BACKFILL_JOB and start is None and end is None:
+        return run_job(name=name)
+    # the backfill job's own check of its period (both days given, start <= end): one message
+    settings = load_settings()
+    dbt_vars(JOBS[BACKFILL_JOB], settings, start, end)
+    assert start is not None and end is not None
+    return run_job(name=name, backfill=(start, end), settings=settings)

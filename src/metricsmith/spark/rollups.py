@@ -2,6 +2,9 @@
 
 The SparkSession is created first (:func:`metricsmith.spark.session.get_session`), so dbt-spark's
 ``method: session`` uses it. The changed days come from ``analytics.int_changed_days`` on Spark.
+A backfill passes the PostgreSQL backfill's dbt vars (``backfill_start`` / ``backfill_end``): the
+same change tracking adds the range's days, and each model overwrites the partitions its
+recomputed rows (those days, the periods above them) fall in.
 """
 
 from __future__ import annotations
@@ -60,12 +63,26 @@ def own_target_path(settings: Settings) -> Iterator[None]:
             os.environ["DBT_TARGET_PATH"] = saved
 
 
-def run_rollups(*, full_refresh: bool = False, timezone: str | None = None,
-                extra_vars: dict[str, Any] | None = None, settings: Settings | None = None,
-                in_flow: bool = False) -> SparkRollupResult:
-    """One rollup run on Spark (incremental unless ``full_refresh``); raises DbtError on failure."""
+def backfill_vars(start: date, end: date, settings: Settings) -> dict[str, Any]:
+    """The dbt vars of a backfill of days ``start .. end``, validated (start after end: the
+    UserFacingError of every backfill) by the backfill job's own :func:`jobs.dbt_vars`."""
+    from metricsmith.orchestration import jobs
+
+    vars_ = jobs.dbt_vars(jobs.JOBS[jobs.BACKFILL_JOB], settings, start, end)
+    return {k: v for k, v in vars_.items() if k in ("backfill_start", "backfill_end")}
+
+
+def run_rollups(*, full_refresh: bool = False, backfill: tuple[date, date] | None = None,
+                timezone: str | None = None, extra_vars: dict[str, Any] | None = None,
+                settings: Settings | None = None, in_flow: bool = False) -> SparkRollupResult:
+    """One rollup run on Spark (incremental unless ``full_refresh``); ``backfill=(start, end)``
+    additionally recomputes those days and everything above them (as
+    :func:`metricsmith.rollups.run_rollups`). Raises DbtError on failure."""
     settings = settings or load_settings()
     tz = timezone or settings.timezone
+    vars_: dict[str, Any] = {"metrics_timezone": tz, **(extra_vars or {})}
+    if backfill is not None:
+        vars_.update(backfill_vars(*backfill, settings))
     session = get_session(settings)
     ensure_tables(session)
     args = ["run", "--select", SELECTOR, "stg_events_rejected", "--target", SPARK_TARGET, "--quiet"]
@@ -73,15 +90,19 @@ def run_rollups(*, full_refresh: bool = False, timezone: str | None = None,
         args.append("--full-refresh")
     started = time.perf_counter()
     with own_target_path(settings):
-        outcome = invoke(args, vars={"metrics_timezone": tz, **(extra_vars or {})}, settings=settings,
-                         in_flow=in_flow).raise_for_status()
+        outcome = invoke(args, vars=vars_, settings=settings, in_flow=in_flow).raise_for_status()
     seconds = time.perf_counter() - started
     schema = marts_schema(SPARK_TARGET)
     days = [r[0] for r in session.sql(f"select metric_date from {schema}.int_changed_days order by 1").collect()]
     reasons = {r[0]: int(r[1]) for r in session.sql(
         f"select reason, count(*) from {schema}.int_changed_days group by reason").collect()}
     full = bool(session.sql(f"select is_full_rebuild from {schema}.int_rollup_batch").collect()[0][0])
-    mode = "full-refresh" if full_refresh else ("full rebuild" if full else "incremental")
+    if full_refresh:
+        mode = "full-refresh"
+    elif backfill is not None:
+        mode = "backfill"
+    else:
+        mode = "full rebuild" if full else "incremental"
     return SparkRollupResult(mode=mode, timezone=tz, seconds=seconds, application_id=application_id(session),
                              master=str(session.sparkContext.master), outcome=outcome, changed_days=days,
                              reasons=reasons)
