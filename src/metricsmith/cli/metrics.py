@@ -128,7 +128,7 @@ def estimate_line(est: Any) -> str:
     optimized plan, also in a readable size), the rows, the budget and the verdict."""
     verdict = "within budget" if est.within_budget else "OVER BUDGET (create would refuse it)"
     if est.unit == "bytes":
-        from metricsmith.spark.custom_metrics import _size as size
+        from metricsmith.spark.custom_metrics import human_size as size
 
         return (f"estimated bytes {est.cost:,.0f} ({size(est.cost)}), rows {est.rows:,.0f}, "
                 f"budget {size(est.budget)}: {verdict}")

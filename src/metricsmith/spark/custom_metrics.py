@@ -56,7 +56,7 @@ def bytes_budget(value: float | None = None) -> float:
     return budget
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
             return f"{n / scale:,.1f} {unit}"
@@ -70,9 +70,9 @@ class SparkCostBudgetExceeded(UserFacingError):
         self.cost = self.size = size
         self.rows = rows
         self.budget = budget
-        super().__init__(f"estimated size {_size(size)} ({size:,.0f} bytes, about {rows:,.0f} rows: Spark's optimized"
+        super().__init__(f"estimated size {human_size(size)} ({size:,.0f} bytes, about {rows:,.0f} rows: Spark's optimized"
                          f" plan) exceeds the "
-                         f"budget {_size(budget)}; narrow the filter, coarsen the grain or drop dimensions "
+                         f"budget {human_size(budget)}; narrow the filter, coarsen the grain or drop dimensions "
                          f"(budget: {ENV_BYTES_BUDGET})")
 
 
