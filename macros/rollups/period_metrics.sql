@@ -63,6 +63,7 @@ growth_periods as (
 {%- endif %}
 
 activity as (
+    {%- set activity_sql %}
 
     select
         activity.*,
@@ -77,6 +78,8 @@ activity as (
     where activity.metric_date >= (select min(period_start) from refresh_periods)
       and {{ metricsmith.period_start(g, 'activity.metric_date') }} in (select period_start from refresh_periods)
     {%- endif %}
+    {%- endset %}
+    {{ metricsmith.computed_once(activity_sql) }}
 
 ),
 
@@ -154,6 +157,7 @@ recomputed as (
 ),
 
 current_periods as (
+    {%- set current_periods_sql %}
 
     select {{ stored | join(', ') }} from recomputed
     {%- if is_incremental() %}
@@ -162,6 +166,8 @@ current_periods as (
     from {{ this }}
     where {{ g.start }} in (select period_start from growth_periods)
     {%- endif %}
+    {%- endset %}
+    {{ metricsmith.computed_once(current_periods_sql) }}
 
 ),
 
@@ -174,6 +180,7 @@ spine as (
 
 -- every spine day's values that a growth comparison sums over its aligned days
 day_values as (
+    {%- set day_values_sql %}
 
     select
         day_activity.metric_date,
@@ -183,6 +190,8 @@ day_values as (
         day_activity.revenue_cents
     from {{ activity }} as day_activity
     inner join {{ daily }} as day_daily on day_daily.metric_date = day_activity.metric_date
+    {%- endset %}
+    {{ metricsmith.computed_once(day_values_sql) }}
 
 ),
 {%- for suffix, spec in compare.items() %}
@@ -206,8 +215,11 @@ day_values as (
 
 -- {{ suffix }}: the basis and the aligned days of both periods (macro like_for_like_ranges)
 {{ suffix }}_ranges as (
+    {%- set ranges_sql %}
 
     {{ metricsmith.like_for_like_ranges(suffix ~ '_periods', by_day_of_month) }}
+    {%- endset %}
+    {{ metricsmith.computed_once(ranges_sql) }}
 
 ),
 
