@@ -182,6 +182,13 @@ def test_bad_values_are_one_line(args: list[str], message: str) -> None:
     assert_one_line(run(*args, timeout=60), EXIT_USAGE, message)
 
 
+def test_rollups_run_test_on_spark_is_refused_in_one_line() -> None:
+    """`rollups run` follows METRICSMITH_ENGINE; `--test` (dbt's tests) is PostgreSQL's only: refused
+    before anything starts."""
+    assert_one_line(run("rollups", "run", "--test", env={"METRICSMITH_ENGINE": "spark"}, timeout=60), EXIT_USAGE,
+                    "metricsmith: rollups run --test runs dbt's tests on PostgreSQL only")
+
+
 def test_classify_real_driver_errors() -> None:
     with pytest.raises(psycopg.OperationalError) as pg:
         psycopg.connect(f"postgresql://postgres@127.0.0.1:{_closed_port()}/x", connect_timeout=3)

@@ -115,6 +115,18 @@ def run(**kwargs: Any) -> rollups.RollupRunResult:
 
 def cmd_run(args: argparse.Namespace) -> int:
     set_verbose(args.verbose)
+    from metricsmith.spark.config import engine
+
+    if engine() == "spark":  # docs/spark.md: the Spark rollup job, then the publish (= `metricsmith spark run`)
+        if args.test:
+            raise UserFacingError("rollups run --test runs dbt's tests on PostgreSQL only; on METRICSMITH_ENGINE=spark "
+                                  "run without --test (the Spark tests: docs/spark.md)")
+        from metricsmith.cli.spark import run_on_spark
+
+        status = run_on_spark(full_refresh=args.full_refresh)
+        if args.show and status == 0:
+            show()
+        return status
     result = run(full_refresh=args.full_refresh, test=args.test)
     print(render_result(result))
     if args.show:
