@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--no-cache-refresh", action="store_true", help="do not invalidate/warm the metric cache")
     run.add_argument("--full-refresh", action="store_true",
                      help="custom-metrics: rebuild every custom metric's values from scratch")
+    run.add_argument("--unit-tests", action="store_true",
+                     help="dbt jobs: run dbt's unit tests even when the project is unchanged since the job's last "
+                          "run whose unit tests passed (as METRICSMITH_ALWAYS_UNIT_TEST=1 does; the data tests run always)")
     run.add_argument("--json", action="store_true", help="print the flow's result as JSON")
     run.add_argument("-v", "--verbose", action="store_true", help="show dbt's and Prefect's log")
     run.set_defaults(handler=cmd_run)
@@ -99,10 +102,16 @@ def _flow_params(args: argparse.Namespace) -> dict[str, Any]:
         if args.no_cache_refresh:
             raise UserFacingError(f"{args.job} takes no --no-cache-refresh: it always drops the cached values of "
                                   "the metrics it recomputes")
+        if args.unit_tests:
+            raise UserFacingError(f"{args.job} takes no --unit-tests: it has no dbt unit tests (the dbt jobs do: "
+                                  "daily-metrics, the rollups, backfill)")
         return {"full_refresh": args.full_refresh}
     if args.full_refresh:
         raise UserFacingError(f"--full-refresh is for {CUSTOM_METRICS_JOB} only ({args.job} is incremental; "
                               "`metricsmith jobs run backfill --start --end` recomputes a date range)")
+    from metricsmith.orchestration.unit_tests import always
+
+    always()  # a bad METRICSMITH_ALWAYS_UNIT_TEST ends here, in one line, before anything runs
     spec = JOBS[args.job]
     if spec.needs_period and (args.start is None or args.end is None):
         raise UserFacingError(f"{args.job} needs --start and --end")
@@ -119,22 +128,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     _offline_env()
     set_verbose(args.verbose)
     params = _flow_params(args)
+    if args.unit_tests:  # read by every dbt job this process runs, on the direct and the flow path alike
+        from metricsmith.orchestration.unit_tests import ENV_ALWAYS
+
+        os.environ[ENV_ALWAYS] = "1"
     api_url, where = _find_server()
     try:
         out = _run_flow(args, api_url, params) if api_url is not None else _run_direct(args.job, where, params)
     except JobFailed as exc:
         print(exc.summary, file=sys.stderr)
+        _print_unit_tests(exc.result.log_id, sys.stderr)
         return 1
     if args.json:
         print(json.dumps(out, default=str))
         return 0
     print(out.get("summary") or json.dumps(out, default=str))
+    _print_unit_tests(out.get("log_id"), sys.stdout)
     custom = out.get("custom_metrics")
     if isinstance(custom, dict):  # the daily flow ran the custom-metrics job after it
         print(custom.get("summary") or json.dumps(custom, default=str))
     if api_url is not None and out.get("flow_run_id"):
         print(f"flow run {out['flow_run_id']} on the Prefect server at {api_url} ({where})")
     return 0
+
+
+def _print_unit_tests(log_id: Any, stream: Any) -> None:
+    """The dbt job's unit-test line (ran and passed, or not run and why) from its job log row."""
+    import psycopg
+
+    from metricsmith.orchestration import unit_tests
+
+    if not isinstance(log_id, int):
+        return
+    try:
+        with db.connect(autocommit=True) as conn:
+            line = unit_tests.describe(unit_tests.recorded(conn, log_id))
+    except psycopg.Error:
+        return  # the summary above is the result; this line only explains it
+    if line:
+        print(f"  {line}", file=stream)
 
 
 def _run_flow(args: argparse.Namespace, api_url: str, params: dict[str, Any]) -> dict[str, Any]:

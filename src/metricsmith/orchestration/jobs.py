@@ -7,7 +7,9 @@ up to the rollup ledger, so the longer periods of changed days are refreshed in 
 one ``<adjective>-rollup`` per period grain (its mart and what it needs, with the data tests),
 and ``backfill`` (a date range and every period above it, set-based). Each attempt holds the
 rollups' advisory lock (the one ``metricsmith rollups run`` takes), so CLI rollup runs and
-other jobs never interleave. ``custom-metrics`` (:mod:`metricsmith.custom_metrics.job`) runs
+other jobs never interleave. Each ``dbt build`` runs the data tests; the unit tests only when the
+project's code changed since the job's last run whose unit tests passed
+(:mod:`metricsmith.orchestration.unit_tests`, recorded in ``details.unit_tests``). ``custom-metrics`` (:mod:`metricsmith.custom_metrics.job`) runs
 through the same runner; :data:`RUNNABLE_JOBS` is every job ``metricsmith jobs run`` runs.
 """
 
@@ -29,6 +31,7 @@ from metricsmith.core import pglock
 from metricsmith.core.schema import marts_schema
 from metricsmith.errors import UserFacingError
 from metricsmith.orchestration import runner
+from metricsmith.orchestration import unit_tests as unit_gate
 from metricsmith.orchestration.context import in_flow_run
 from metricsmith.orchestration.retry import RetryPolicy, is_transient_message
 from metricsmith.orchestration.runner import Attempt, JobResult, Outcome
@@ -90,9 +93,12 @@ class JobFailed(RuntimeError):
         self.summary = summary or result.render()
 
 
-def dbt_args(spec: JobSpec) -> list[str]:
+def dbt_args(spec: JobSpec, *, unit_tests: bool = True) -> list[str]:
+    """``dbt build`` of the job's selection; ``unit_tests=False``: without the unit tests (the data
+    tests still run; :mod:`metricsmith.orchestration.unit_tests` decides)."""
     # cautious: a test that also needs an unselected model (e.g. weekly vs monthly) is left out
-    return ["build", "--select", *spec.select, "--indirect-selection", "cautious"]
+    args = ["build", "--select", *spec.select, "--indirect-selection", "cautious"]
+    return args if unit_tests else [*args, *unit_gate.EXCLUDE_ARGS]
 
 
 def dbt_vars(spec: JobSpec, settings: Settings, start: date | None, end: date | None) -> dict[str, Any]:
@@ -164,6 +170,10 @@ class DbtJob:
     settings: Settings
     period_start: date | None = None
     period_end: date | None = None
+    #: run the unit tests whatever the fingerprint (``jobs run --unit-tests``; None: :func:`unit_gate.always`)
+    always_unit_test: bool | None = None
+    #: ``details.unit_tests`` of this run, once an attempt decided (and after dbt returned)
+    unit_tests: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -174,14 +184,24 @@ class DbtJob:
         return self.spec.timeout_seconds
 
     def details(self) -> dict[str, Any]:
-        return {"dbt_args": dbt_args(self.spec), "vars": self.vars, "flow": self.spec.name}
+        unit = self.unit_tests
+        out = {"dbt_args": dbt_args(self.spec, unit_tests=unit is None or bool(unit["ran"])), "vars": self.vars,
+               "flow": self.spec.name}
+        return out if unit is None else {**out, "unit_tests": unit}
 
     def attempt(self, ctx: Attempt) -> Outcome:
+        # decided under the job lock, from the job's own log (the runner holds both)
+        force = unit_gate.always() if self.always_unit_test is None else self.always_unit_test
+        gate = unit_gate.decide(ctx.conn, self.spec.name, unit_gate.fingerprint(timezone=ctx.settings.timezone),
+                                force=force)
+        self.unit_tests = gate.details()
         # the rollups' own lock (the one ``metricsmith rollups run`` takes), same waiting policy
         with pglock.ROLLUPS.held(ctx.conn, ctx.lock_wait_seconds):
-            outcome = core_dbt.invoke(dbt_args(self.spec), vars=self.vars, settings=ctx.settings,
+            outcome = core_dbt.invoke(dbt_args(self.spec, unit_tests=gate.run), vars=self.vars, settings=ctx.settings,
                                       in_flow=in_flow_run(),
                                       environment=functools.partial(dbt_environment, attempt=ctx.number))
+        if gate.run:
+            self.unit_tests = unit_gate.ran_details(gate, outcome)
         return Outcome(models_ok=outcome.models_ok, models_failed=outcome.models_failed,
                        error_message=None if outcome.success else (outcome.error_message or "dbt failed"),
                        transient=transient(outcome), payload=outcome)
@@ -207,12 +227,17 @@ def run_job(
     settings: Settings | None = None,
     policy: RetryPolicy | None = None,
     lock_wait_seconds: float = 60.0,
+    unit_tests: bool | None = None,
 ) -> JobResult:
     """Run job ``name`` once (with retries) and return its result; never raises for a job that
-    failed in dbt - the status says so. Raises :class:`UserFacingError` for bad parameters."""
+    failed in dbt - the status says so. Raises :class:`UserFacingError` for bad parameters.
+    ``unit_tests=True`` runs dbt's unit tests whatever the fingerprint (None: only when the project
+    changed since the job's last run whose unit tests passed, or ``METRICSMITH_ALWAYS_UNIT_TEST=1``;
+    :mod:`metricsmith.orchestration.unit_tests`)."""
     if name not in JOBS:
         raise UserFacingError(f"unknown job {name!r}; jobs: {', '.join(JOBS)}")
     spec = JOBS[name]
     settings = settings or load_settings()
-    work = DbtJob(spec, dbt_vars(spec, settings, start, end), settings, start, end)
+    work = DbtJob(spec, dbt_vars(spec, settings, start, end), settings, start, end,
+                  always_unit_test=unit_gate.always() if unit_tests is None else unit_tests)
     return runner.run(work, settings=settings, policy=policy, lock_wait_seconds=lock_wait_seconds)
