@@ -123,12 +123,15 @@ def _validate_url(var: str, value: str, schemes: tuple[str, ...]) -> str:
     return value
 
 
-def _flag(var: str, raw: str | None) -> bool:
-    if raw is None:
+def env_flag(var: str, raw: str | None) -> bool:
+    """The one reading of an on/off setting: 1/true/yes/on or 0/false/no/off (any case, spaces
+    around ignored); unset or empty is off; anything else is a ConfigError naming ``var``."""
+    text = (raw or "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
         return False
-    if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-        raise ConfigError(f"{var}={raw!r}: use 1 or 0 (true or false)")
-    return raw.lower() in ("1", "true", "yes", "on")
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{var}={raw!r}: use 1 or 0 (true or false, yes or no, on or off)")
 
 
 def _shards(raw: str | None) -> int:
@@ -174,7 +177,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         _validate_url(ENV_REDIS_URL, redis_url, ("redis", "rediss", "unix", CLUSTER_SCHEME))
         if urlsplit(redis_url).scheme == CLUSTER_SCHEME:
             cluster_nodes(redis_url)
-    cluster = _flag(ENV_REDIS_CLUSTER, get(ENV_REDIS_CLUSTER)) or (
+    cluster = env_flag(ENV_REDIS_CLUSTER, get(ENV_REDIS_CLUSTER)) or (
         redis_url is not None and urlsplit(redis_url).scheme == CLUSTER_SCHEME)
     if cluster and redis_url is not None and urlsplit(redis_url).scheme == "unix":
         raise ConfigError(f"{ENV_REDIS_CLUSTER}=1 needs a redis:// or redis+cluster:// URL, not a unix socket")

@@ -280,7 +280,7 @@ def test_bad_input_is_one_line_and_runs_nothing(tmp_path: Path, conn: psycopg.Co
     before = _count(conn)
     for name, argv, env, message in (
         ("env", ("daily-metrics",), {gate.ENV_ALWAYS: "maybe"},
-         f"{gate.ENV_ALWAYS}='maybe': use 1 or 0 (true or false)"),
+         f"{gate.ENV_ALWAYS}='maybe': use 1 or 0 (true or false, yes or no, on or off)"),
         ("custom", ("custom-metrics", "--unit-tests"), {}, "custom-metrics takes no --unit-tests"),
     ):
         done, runs = _jobs_run(tmp_path, name, *argv, **env)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from metricsmith.config import ConfigError
+from metricsmith.config import ConfigError, env_flag
 
 ENV_HOST = "METRICSMITH_API_HOST"
 ENV_PORT = "METRICSMITH_API_PORT"
@@ -44,15 +44,6 @@ def _int(source: dict[str, str] | os._Environ[str], name: str, default: int, low
     return value
 
 
-def _flag(source: dict[str, str] | os._Environ[str], name: str) -> bool:
-    text = source.get(name, "").strip().lower()
-    if text in ("", "0", "false", "no", "off"):
-        return False
-    if text in ("1", "true", "yes", "on"):
-        return True
-    raise ConfigError(f"{name}={text!r}: use 1/0, true/false, yes/no or on/off")
-
-
 def load_api_settings(env: dict[str, str] | None = None) -> ApiSettings:
     """Resolve the API settings from ``env`` (default ``os.environ``); empty values count as unset."""
     source = os.environ if env is None else env
@@ -67,7 +58,7 @@ def load_api_settings(env: dict[str, str] | None = None) -> ApiSettings:
         host=source.get(ENV_HOST, "").strip() or DEFAULT_HOST,
         port=_int(source, ENV_PORT, DEFAULT_PORT, 0, 65535),
         workers=_int(source, ENV_WORKERS, 1, 1, 64),
-        public_read=_flag(source, ENV_PUBLIC_READ),
+        public_read=env_flag(ENV_PUBLIC_READ, source.get(ENV_PUBLIC_READ)),
         max_range_days=_int(source, ENV_MAX_RANGE_DAYS, 3660, 1, 366 * 20),
         stream_interval=interval,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from metricsmith.config import ConfigError
+from metricsmith.config import ConfigError, env_flag
 
 ENV_PREFIX = "METRICSMITH_CACHE_"
 
@@ -58,9 +58,7 @@ def load_cache_config(env: dict[str, str] | None = None) -> CacheConfig:
         if not raw:
             continue
         if name in ("enabled", "l1_enabled"):
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ConfigError(f"{var}={raw!r}: use true or false")
-            values[name] = raw.lower() in ("1", "true", "yes", "on")
+            values[name] = env_flag(var, raw)
             continue
         try:
             number: float = int(raw) if name in _INTS else float(raw)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from metricsmith import demo
 from metricsmith.cli import alerts, api, core, metrics, orchestration, query, realtime, redis_cluster, rollups
 from metricsmith.cli import spark as spark_commands
+from metricsmith.config import ConfigError, env_flag
 from metricsmith.errors import EXIT_BROKEN_PIPE, EXIT_STATUSES, classify
 
 #: The command groups, in the order ``--help`` lists them.
@@ -66,8 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code == EXIT_BROKEN_PIPE:
             _quiet_stdout()
             return code
-        if os.environ.get("METRICSMITH_TRACEBACK", "").strip().lower() in ("1", "true", "yes", "on"):
-            traceback.print_exc()
+        with contextlib.suppress(ConfigError):  # a bad value must not hide the error being reported
+            if env_flag("METRICSMITH_TRACEBACK", os.environ.get("METRICSMITH_TRACEBACK")):
+                traceback.print_exc()
         with contextlib.suppress(OSError, ValueError):
             print(f"metricsmith: {message}", file=sys.stderr)
         return code

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from metricsmith import db
-from metricsmith.config import ENV_DATABASE_URL, Settings, load_settings, project_root
+from metricsmith.config import ENV_DATABASE_URL, Settings, env_flag, load_settings, project_root
 
 _DBT_LOCK = threading.Lock()
 
@@ -145,7 +145,7 @@ def set_verbose(on: bool) -> None:
 
 
 def verbose() -> bool:
-    return os.environ.get(ENV_VERBOSE, "").strip().lower() in ("1", "true", "yes", "on")
+    return env_flag(ENV_VERBOSE, os.environ.get(ENV_VERBOSE))
 
 
 def prepare_environment(settings: Settings | None = None) -> dict[str, str]:

@@ -35,7 +35,7 @@ from typing import Any
 
 import psycopg
 
-from metricsmith.config import _flag, project_root
+from metricsmith.config import env_flag, project_root
 from metricsmith.core.dbt import DbtOutcome
 from metricsmith.orchestration.joblog import TABLE
 
@@ -52,7 +52,7 @@ DBT_PACKAGES = ("dbt-core", "dbt-postgres")
 
 def always() -> bool:
     """True when :data:`ENV_ALWAYS` asks for the unit tests on every run (a bad value: ConfigError)."""
-    return _flag(ENV_ALWAYS, os.environ.get(ENV_ALWAYS))
+    return env_flag(ENV_ALWAYS, os.environ.get(ENV_ALWAYS))
 
 
 def code_files(project_dir: Path | None = None) -> list[Path]:

@@ -13,7 +13,7 @@ import os
 import threading
 from typing import Any
 
-from metricsmith.config import Settings, load_settings
+from metricsmith.config import Settings, env_flag, load_settings
 from metricsmith.spark.config import SparkSettings, require_java, require_pyspark, spark_settings
 
 _LOCK = threading.Lock()
@@ -53,7 +53,7 @@ SMALL_DATA_CONF = {
 
 
 def small_data() -> bool:
-    return os.environ.get(ENV_SMALL_DATA, "").strip().lower() in ("1", "true", "yes", "on")
+    return env_flag(ENV_SMALL_DATA, os.environ.get(ENV_SMALL_DATA))
 
 
 def spark_conf(spark: SparkSettings) -> dict[str, str]:
