@@ -211,10 +211,7 @@ def run_rollups(
     vars_: dict[str, Any] = {"metrics_timezone": tz, **(extra_vars or {})}
     mode = "full-refresh" if full_refresh else "incremental"
     if backfill is not None:
-        start, end = backfill
-        if start > end:
-            raise UserFacingError(f"backfill start {start} is after end {end}")
-        vars_.update({"backfill_start": start.isoformat(), "backfill_end": end.isoformat()})
+        vars_.update(backfill_vars(*backfill))
         mode = "backfill" if not full_refresh else mode
     if not full_refresh and outdated_tables(settings):
         # tables built by an older metricsmith with other column types: an incremental run
@@ -295,6 +292,14 @@ def _rollup_lock(settings: Settings, wait_seconds: float) -> Iterator[None]:
     """One rollup run at a time per database (CLI, flows and Python callers alike)."""
     with db.connect(settings, autocommit=True) as conn, pglock.ROLLUPS.held(conn, wait_seconds):
         yield
+
+
+def backfill_vars(start: date, end: date) -> dict[str, str]:
+    """The dbt vars of a backfill of the days ``start .. end`` (int_changed_days reads them), on
+    either engine: the one check of a backfill's range."""
+    if start > end:
+        raise UserFacingError(f"backfill start {start} is after end {end}")
+    return {"backfill_start": start.isoformat(), "backfill_end": end.isoformat()}
 
 
 def backfill(start: date, end: date, *, settings: Settings | None = None) -> RollupRunResult:

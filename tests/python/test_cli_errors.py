@@ -175,7 +175,7 @@ def test_bad_arguments_are_usage_errors(args: list[str]) -> None:
 @pytest.mark.parametrize("args, message", [
     (["query", "daily", "--start", "2024-02-01", "--end", "2024-01-01"], "metricsmith: start 2024-02-01 is after end"),
     (["cache", "invalidate"], "metricsmith: say what to invalidate"),
-    (["backfill", "--start", "2024-02-01", "--end", "2024-01-01"], "metricsmith: --start 2024-02-01 is after --end"),
+    (["backfill", "--start", "2024-02-01", "--end", "2024-01-01"], "metricsmith: backfill start 2024-02-01 is after end"),
     (["load", "/nonexistent/events.jsonl"], "metricsmith: /nonexistent/events.jsonl"),
 ])
 def test_bad_values_are_one_line(args: list[str], message: str) -> None:

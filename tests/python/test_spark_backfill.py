@@ -184,7 +184,7 @@ def test_bad_ranges_refused_in_one_line_nothing_run(world: dict[str, Any], spark
                                        " or neither\n")
     # `metricsmith backfill` checks its arguments first, whatever the engine
     assert main(["backfill", "--start", "2023-03-16", "--end", "2023-03-13"]) == 2
-    assert capsys.readouterr().err == "metricsmith: --start 2023-03-16 is after --end 2023-03-13\n"
+    assert capsys.readouterr().err == "metricsmith: backfill start 2023-03-16 is after end 2023-03-13\n"
     assert (_job_rows(conn), spark.sql(ledger).collect()[0][0]) == (jobs_before, ledger_before)
     assert fetch_tables(conn) == marts_before
 

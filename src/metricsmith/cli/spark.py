@@ -60,10 +60,11 @@ def run_on_spark(*, full_refresh: bool = False, timezone: str | None = None,
     ``rollups run`` / ``backfill`` on PostgreSQL). A bad range is refused before anything runs."""
     from metricsmith import migrate
     from metricsmith.cache.invalidation import invalidate_periods
-    from metricsmith.spark import job, rollups
+    from metricsmith.rollups import backfill_vars
+    from metricsmith.spark import job
 
     if backfill is not None:
-        rollups.backfill_vars(*backfill, load_settings())
+        backfill_vars(*backfill)
     migrate.upgrade()  # the serving database: job log, marts schema
     result = job.run_job(full_refresh=full_refresh, timezone=timezone, backfill=backfill)
     print(result.render())

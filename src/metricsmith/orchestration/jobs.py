@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from metricsmith import db, grains
+from metricsmith import db, grains, rollups
 from metricsmith.config import Settings, load_settings
 from metricsmith.core import dbt as core_dbt
 from metricsmith.core import pglock
@@ -106,9 +106,7 @@ def dbt_vars(spec: JobSpec, settings: Settings, start: date | None, end: date | 
     if spec.needs_period:
         if start is None or end is None:
             raise UserFacingError(f"job {spec.name} needs a start and an end date")
-        if start > end:
-            raise UserFacingError(f"backfill start {start} is after end {end}")
-        vars_.update({"backfill_start": start.isoformat(), "backfill_end": end.isoformat()})
+        vars_.update(rollups.backfill_vars(start, end))
     return vars_
 
 

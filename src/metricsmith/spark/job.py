@@ -16,6 +16,7 @@ from metricsmith.core import pglock
 from metricsmith.orchestration import runner
 from metricsmith.orchestration.jobs import BACKFILL_JOB, JOBS, changed_periods, dbt_vars, latest_rows
 from metricsmith.orchestration.retry import RetryPolicy
+from metricsmith.rollups import backfill_vars
 from metricsmith.spark import publish, rollups
 
 JOB_NAME = "spark-rollups"
@@ -90,7 +91,7 @@ def run_job(*, name: str = JOB_NAME, full_refresh: bool = False, backfill: tuple
     the job starts (no job log row, nothing run)."""
     settings = settings or load_settings()
     if backfill is not None:
-        rollups.backfill_vars(*backfill, settings)
+        backfill_vars(*backfill)
     work = SparkRollupJob(settings, job_name=name, full_refresh=full_refresh, timezone=timezone, backfill=backfill)
     return runner.run(work, settings=settings, policy=policy, lock_wait_seconds=lock_wait_seconds)
 

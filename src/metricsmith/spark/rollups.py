@@ -20,6 +20,7 @@ from typing import Any
 from metricsmith.config import Settings, load_settings
 from metricsmith.core.dbt import DbtOutcome, invoke
 from metricsmith.core.schema import marts_schema
+from metricsmith.rollups import backfill_vars
 from metricsmith.spark.config import SPARK_TARGET, spark_settings
 from metricsmith.spark.raw import ensure_tables
 from metricsmith.spark.session import application_id, get_session
@@ -63,15 +64,6 @@ def own_target_path(settings: Settings) -> Iterator[None]:
             os.environ["DBT_TARGET_PATH"] = saved
 
 
-def backfill_vars(start: date, end: date, settings: Settings) -> dict[str, Any]:
-    """The dbt vars of a backfill of days ``start .. end``, validated (start after end: the
-    UserFacingError of every backfill) by the backfill job's own :func:`jobs.dbt_vars`."""
-    from metricsmith.orchestration import jobs
-
-    vars_ = jobs.dbt_vars(jobs.JOBS[jobs.BACKFILL_JOB], settings, start, end)
-    return {k: v for k, v in vars_.items() if k in ("backfill_start", "backfill_end")}
-
-
 def run_rollups(*, full_refresh: bool = False, backfill: tuple[date, date] | None = None,
                 timezone: str | None = None, extra_vars: dict[str, Any] | None = None,
                 settings: Settings | None = None, in_flow: bool = False) -> SparkRollupResult:
@@ -82,7 +74,7 @@ def run_rollups(*, full_refresh: bool = False, backfill: tuple[date, date] | Non
     tz = timezone or settings.timezone
     vars_: dict[str, Any] = {"metrics_timezone": tz, **(extra_vars or {})}
     if backfill is not None:
-        vars_.update(backfill_vars(*backfill, settings))
+        vars_.update(backfill_vars(*backfill))
     session = get_session(settings)
     ensure_tables(session)
     args = ["run", "--select", SELECTOR, "stg_events_rejected", "--target", SPARK_TARGET, "--quiet"]
