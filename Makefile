@@ -40,8 +40,10 @@ browser:
 demo: $(STAMP)
 	$(BIN)/metricsmith demo
 
+# the suite as two pytest processes side by side (the Spark modules and the rest: tests/run_tests.sh);
+# PYTEST_ARGS=... runs plain pytest with those arguments
 test: $(STAMP) browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	PYTHON=$(BIN)/python tests/run_tests.sh $(PYTEST_ARGS)
 
 test-deep: $(STAMP) browser
 	METRICSMITH_DEEP=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
