@@ -119,6 +119,11 @@ def _drive(env: dict[str, str], fail_attempts: int, *argv: str) -> tuple[dict[st
     return json.loads(lines[-1].removeprefix("DRIVER ")), out, done.stderr
 
 
+def _summaries(out: str) -> list[str]:
+    """Each job's one summary line (the indented lines under one, such as its unit tests', left out)."""
+    return [line for line in out.splitlines() if line and not line.startswith(" ")]
+
+
 def _last_row(conn: psycopg.Connection[Any], job: str) -> dict[str, Any]:
     cur = conn.execute("select * from metricsmith.metrics_aggregation_jobs_log where job_name = %s "
                        "order by id desc limit 1", (job,))
@@ -139,7 +144,7 @@ def test_daily_metrics_without_a_server_starts_no_temporary_server(events: list[
     text = (out + err).lower()
     assert "temporary server" not in text and "starting server" not in text and "traceback" not in text
     assert "running daily-metrics without prefect" in text
-    lines = out.splitlines()
+    lines = _summaries(out)
     assert lines[0].startswith("daily-metrics: COMPLETED after 1 attempt(s)"), out
     assert lines[1].startswith("custom-metrics: COMPLETED"), out
     # the job log rows: the daily job's (no flow run) and the custom metrics run after it
@@ -160,7 +165,7 @@ def test_retries_without_a_server_follow_the_retry_policy(events: list[Event], t
     assert report["code"] == 0, err
     assert report["prefect_server_modules"] == [] and report["prefect_flow_modules"] == []
     # (dbt itself prints each refused connection; the summary is the last line)
-    assert out.splitlines()[-1].startswith("weekly-rollup: COMPLETED after 3 attempt(s)"), out
+    assert _summaries(out)[-1].startswith("weekly-rollup: COMPLETED after 3 attempt(s)"), out
     # the policy's backoff, logged by the in-process retry (Prefect's console format)
     retries = [line for line in err.splitlines() if "failed with a transient error" in line]
     assert len(retries) == 2 and all(" | WARNING | metricsmith.jobs - " in line for line in retries), err
@@ -284,7 +289,7 @@ def test_idle_daily_run_compiles_once_and_starts_no_custom_metrics_dbt(events: l
     assert _generated_files() == files
     nodes = _run_results_nodes()
     assert "model.metricsmith.daily_metrics" in nodes and "model.metricsmith.custom_metric_values" not in nodes
-    lines = out.splitlines()
+    lines = _summaries(out)
     assert lines[0].startswith("daily-metrics: COMPLETED after 1 attempt(s)"), out
     assert lines[1].startswith("custom-metrics: COMPLETED after 1 attempt(s) in "), out
     assert lines[1].endswith(": dbt not started (no active custom metric to run; custom_metric_values is built "
@@ -330,7 +335,7 @@ def test_one_active_metric_runs_dbt_and_its_values_equal_sql(events: list[Event]
         want = _sql_reference(conn, load_settings().timezone)
         assert want and got == want
         assert row["rows_affected"] == len(got)
-        assert out.splitlines()[1].endswith(f": 1 model(s) ok, 0 failed; {len(got):,} value row(s) in "
+        assert _summaries(out)[1].endswith(f": 1 model(s) ok, 0 failed; {len(got):,} value row(s) in "
                                             "custom_metric_values"), out
     finally:
         conn.execute("update metricsmith.custom_metric_definitions set status = 'archived' where slug = %s", (METRIC,))
