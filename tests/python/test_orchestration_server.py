@@ -172,6 +172,11 @@ def _dbt_log_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if "Running with dbt" in line or " of " in line and " OK " in line]
 
 
+def _summaries(stdout: str) -> list[str]:
+    """The output's unindented lines: a job's summary and where its flow ran (its unit tests' line left out)."""
+    return [line for line in stdout.splitlines() if line.strip() and not line.startswith(" ")]
+
+
 def test_jobs_run_without_a_server_runs_no_temporary_server(events: None, tmp_path: Path) -> None:
     env = _env(tmp_path / "home", tmp_path / "prefect")
     # `metricsmith rollups run` first builds every mart (the module starts with none), so the
@@ -180,7 +185,7 @@ def test_jobs_run_without_a_server_runs_no_temporary_server(events: None, tmp_pa
     assert rollups.returncode == 0, rollups.stderr
     done, seconds = _run(["jobs", "run", "weekly-rollup", "--no-cache-refresh"], env)
     assert done.returncode == 0, done.stderr
-    out = done.stdout.strip().splitlines()
+    out = _summaries(done.stdout)
     assert len(out) == 1 and out[0].startswith("weekly-rollup: COMPLETED after 1 attempt(s)"), done.stdout
     assert "no Prefect server runs" in done.stderr
     text = (done.stdout + done.stderr).lower()
@@ -195,7 +200,7 @@ def test_jobs_run_without_a_server_runs_no_temporary_server(events: None, tmp_pa
 def test_jobs_run_uses_the_recorded_server(events: None, ui: Ui) -> None:
     done, _ = _run(["jobs", "run", "monthly-rollup", "--no-cache-refresh"], ui.env)
     assert done.returncode == 0, done.stderr
-    out = done.stdout.strip().splitlines()
+    out = _summaries(done.stdout)
     assert out[0].startswith("monthly-rollup: COMPLETED") and len(out) == 2, done.stdout
     assert f"on the Prefect server at {ui.api}" in out[1]
     flow_run_id = out[1].split()[2]
