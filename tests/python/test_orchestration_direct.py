@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from _cli_env import cli_env as _env
 from rollups_reference import Event, diff_tables, fetch_tables, insert_events, reference
 
 START = date(2026, 2, 2)
@@ -99,15 +100,6 @@ def events(test_database: str) -> list[Event]:
         conn.execute("update metricsmith.custom_metric_definitions set status = 'archived'")
         insert_events(conn, evs)
     return evs
-
-
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(METRICSMITH_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", DBT_SEND_ANONYMOUS_USAGE_STATS="false",
-               PYTHONUNBUFFERED="1", **extra)
-    env.pop("METRICSMITH_VERBOSE", None)
-    return env
 
 
 def _drive(env: dict[str, str], fail_attempts: int, *argv: str) -> tuple[dict[str, Any], str, str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from _cli_env import cli_env as _env
 from rollups_reference import Event, insert_events
 
 from metricsmith.config import load_settings, project_root
@@ -76,17 +76,6 @@ def events(test_database: str) -> list[Event]:
         conn.execute("update metricsmith.custom_metric_definitions set status = 'archived'")
         insert_events(conn, evs)
     return evs
-
-
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(METRICSMITH_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", DBT_SEND_ANONYMOUS_USAGE_STATS="false",
-               PYTHONUNBUFFERED="1", **extra)
-    for var in ("METRICSMITH_VERBOSE", gate.ENV_ALWAYS):
-        env.pop(var, None)
-    env.update(extra)
-    return env
 
 
 def _jobs_run(tmp_path: Path, name: str, *argv: str, **env: str) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
