@@ -15,18 +15,7 @@ if [ ${#spark[@]} -eq 0 ]; then
   exec "$py" -m pytest
 fi
 log=$(mktemp)
-# the Spark part is the shorter one but waits on its JVM's CPU: where the runner may raise a
-# priority (root), it gets a higher one than the rest (nice -5; the rest's work is mostly in
-# PostgreSQL's backends, which a lower priority for the rest would not reach), so it takes about
-# its time alone while the rest, the longer part, sets the total as before
-prio=()
-if [ "$(id -u)" = 0 ] && command -v nice >/dev/null; then
-  prio=(nice -n -5)
-  # the embedded servers (when no URL is configured) started here, at the normal priority: started
-  # by the Spark part they would inherit its higher one
-  "$py" -c 'from metricsmith import db; db.database_url(); db.redis_url()' || exit
-fi
-"${prio[@]}" "$py" -m pytest -p no:cacheprovider "${spark[@]}" >"$log" 2>&1 &
+"$py" -m pytest -p no:cacheprovider "${spark[@]}" >"$log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null; rm -f "$log"' INT TERM
 "$py" -m pytest "${spark[@]/#/--ignore=}"
