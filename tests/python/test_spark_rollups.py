@@ -43,15 +43,15 @@ def test_spark_equals_reference_new_york_with_late_data(spark: Any, conn: psycop
     insert_spark_events(spark, first)
     # a full refresh through the job runner (it publishes): the job log records the Spark run
     # (mode, application id) and the publish (rows per mart)
-    result = job.run_job(full_refresh=True, timezone=NEW_YORK)
-    assert result.ok, result.render()
+    logged = job.run_job(full_refresh=True, timezone=NEW_YORK)
+    assert logged.ok, logged.render()
     built = _checked(conn, first, NEW_YORK)
-    details = conn.execute(f"select details from {joblog.TABLE} where id = %s", (result.log_id,)).fetchone()[0]
+    details = conn.execute(f"select details from {joblog.TABLE} where id = %s", (logged.log_id,)).fetchone()[0]
     assert details["engine"] == "spark"
     assert details["spark_job"]["spark"]["mode"] == "full-refresh"
     assert details["spark_job"]["spark"]["application_id"].startswith("local-")
     assert details["spark_job"]["publish"]["rows"] == {t: len(rows) for t, rows in built.items()}
-    assert result.rows_affected == sum(len(rows) for rows in built.values())
+    assert logged.rows_affected == sum(len(rows) for rows in built.values())
 
     # late data: an incremental run rewrites the partitions of the changed days only, and equals
     # the reference of all the data (as a full refresh does: the UTC test below, test_spark_property)
