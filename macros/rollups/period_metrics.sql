@@ -62,24 +62,34 @@ growth_periods as (
 
 {%- endif %}
 
-activity as (
-    {%- set activity_sql %}
+-- every spine day's activity with its new users and periods: what the period's measures sum
+-- and what a growth comparison sums over its aligned days (all days: a baseline may lie outside
+-- the refreshed periods)
+day_values as (
+    {%- set day_values_sql %}
 
     select
-        activity.*,
-        daily.new_users,
+        day_activity.*,
+        day_daily.new_users,
         {%- if part %}
-        {{ metricsmith.period_start(part, 'activity.metric_date') }} as part_start,
+        {{ metricsmith.period_start(part, 'day_activity.metric_date') }} as part_start,
         {%- endif %}
-        {{ metricsmith.period_start(g, 'activity.metric_date') }} as period_start
-    from {{ activity }} as activity
-    inner join {{ daily }} as daily on daily.metric_date = activity.metric_date
-    {%- if is_incremental() %}
-    where activity.metric_date >= (select min(period_start) from refresh_periods)
-      and {{ metricsmith.period_start(g, 'activity.metric_date') }} in (select period_start from refresh_periods)
-    {%- endif %}
+        {{ metricsmith.period_start(g, 'day_activity.metric_date') }} as period_start
+    from {{ activity }} as day_activity
+    inner join {{ daily }} as day_daily on day_daily.metric_date = day_activity.metric_date
     {%- endset %}
-    {{ metricsmith.computed_once(activity_sql) }}
+    {{ metricsmith.computed_once(day_values_sql) }}
+
+),
+
+-- the days of the periods recomputed
+activity as (
+
+    select * from day_values
+    {%- if is_incremental() %}
+    where metric_date >= (select min(period_start) from refresh_periods)
+      and period_start in (select period_start from refresh_periods)
+    {%- endif %}
 
 ),
 
@@ -171,32 +181,16 @@ current_periods as (
 
 ),
 
+-- the spine's first and last day (day_values has every spine day)
 spine as (
 
     select min(metric_date) as first_day, max(metric_date) as last_day
-    from {{ daily }}
+    from day_values
 
 ),
 
--- every spine day's values that a growth comparison sums over its aligned days
-day_values as (
-    {%- set day_values_sql %}
-
-    select
-        day_activity.metric_date,
-        day_activity.total_events,
-        day_activity.users_first_in_{{ g.name }} as users_first,
-        day_daily.new_users,
-        day_activity.revenue_cents
-    from {{ activity }} as day_activity
-    inner join {{ daily }} as day_daily on day_daily.metric_date = day_activity.metric_date
-    {%- endset %}
-    {{ metricsmith.computed_once(day_values_sql) }}
-
-),
+{%- if compare %}
 {%- for suffix, spec in compare.items() %}
-{%- set by_day_of_month = g.unit == 'month' and (g.get('count', 1) | int) == 1
-    and spec.get('months') is not none and (spec.months | int) % 12 == 0 %}
 
 -- {{ suffix }}: each period, its baseline period and the spine
 {{ suffix }}_periods as (
@@ -212,52 +206,108 @@ day_values as (
     cross join spine
 
 ),
+{%- endfor %}
 
--- {{ suffix }}: the basis and the aligned days of both periods (macro like_for_like_ranges)
-{{ suffix }}_ranges as (
+-- every comparison's basis and aligned days (macro like_for_like_ranges): one row per period
+-- and comparison, so that each step below is one join for all the comparisons of the grain
+comparison_ranges as (
     {%- set ranges_sql %}
+    {%- for suffix, spec in compare.items() %}
+    {%- set by_day_of_month = g.unit == 'month' and (g.get('count', 1) | int) == 1
+        and spec.get('months') is not none and (spec.months | int) % 12 == 0 %}
 
-    {{ metricsmith.like_for_like_ranges(suffix ~ '_periods', by_day_of_month) }}
+    select '{{ suffix }}' as comparison, {{ suffix }}_ranges.*
+    from (
+        {{ metricsmith.like_for_like_ranges(suffix ~ '_periods', by_day_of_month) }}
+    ) as {{ suffix }}_ranges
+    {%- if not loop.last %}
+    union all
+    {%- endif %}
+    {%- endfor %}
     {%- endset %}
     {{ metricsmith.computed_once(ranges_sql) }}
 
 ),
 
-{%- for side in ['cur', 'prev'] %}
+-- each comparison's basis, one row per period
+comparison_bases as (
 
-{{ suffix }}_{{ side }}_values as (
+    select
+        period_start,
+        {%- for suffix in compare %}
+        max(case when comparison = '{{ suffix }}' then basis end) as {{ suffix }}_basis,
+        max(case when comparison = '{{ suffix }}' then basis_days end) as {{ suffix }}_basis_days{{ ',' if not loop.last }}
+        {%- endfor %}
+    from comparison_ranges
+    group by period_start
+
+),
+
+-- the aligned days of both periods of each comparison
+aligned_ranges as (
+
+    select comparison, 'cur' as side, period_start, cur_lo as lo, cur_hi as hi
+    from comparison_ranges
+    where basis <> 'none'
+    union all
+    select comparison, 'prev' as side, period_start, prev_lo as lo, prev_hi as hi
+    from comparison_ranges
+    where basis <> 'none'
+
+),
+
+-- the day values summed over each aligned range: <comparison>_<side>_<measure>
+aligned_values as (
 
     select
         r.period_start,
-        sum(d.total_events) as total_events,
-        sum(d.users_first) as active_users,
-        sum(d.new_users) as new_users,
-        sum(d.revenue_cents) as revenue_cents
-    from {{ suffix }}_ranges as r
-    inner join day_values as d on d.metric_date between r.{{ side }}_lo and r.{{ side }}_hi
-    where r.basis <> 'none'
+        {%- for suffix in compare %}
+        {%- set outer_loop = loop %}
+        {%- for side in ['cur', 'prev'] %}
+        {%- set side_loop = loop %}
+        {%- for column in growth_measures %}
+        sum(case when r.comparison = '{{ suffix }}' and r.side = '{{ side }}'
+            then d.{{ ('users_first_in_' ~ g.name) if column == 'active_users' else column }} end)
+            as {{ suffix }}_{{ side }}_{{ column }}{{ ',' if not (outer_loop.last and side_loop.last and loop.last) }}
+        {%- endfor %}
+        {%- endfor %}
+        {%- endfor %}
+    from aligned_ranges as r
+    inner join day_values as d on d.metric_date between r.lo and r.hi
     group by r.period_start
 
 ),
-{%- endfor %}
 
--- {{ suffix }}: distinct users over aligned days that are not a prefix of the period's
--- spine days (the current period of a partial baseline) are counted from the events
-{{ suffix }}_suffix_users as (
+-- distinct users over aligned days that are not a prefix of the period's spine days (the
+-- current period of a partial baseline) are counted from the events
+suffix_users as (
 
     select
+        r.comparison,
         r.period_start,
         count(distinct e.user_id) as active_users
-    from {{ suffix }}_ranges as r
+    from comparison_ranges as r
     inner join {{ events }} as e
         on e.event_date between r.cur_lo and r.cur_hi
         and e.occurred_at >= {{ dbt.dateadd('day', -2, 'r.cur_lo') }}
         and e.occurred_at < {{ dbt.dateadd('day', 3, 'r.cur_hi') }}
     where r.basis <> 'none' and r.cur_lo > r.cur_from
-    group by r.period_start
+    group by r.comparison, r.period_start
 
 ),
-{%- endfor %}
+
+aligned_users as (
+
+    select
+        period_start,
+        {%- for suffix in compare %}
+        max(case when comparison = '{{ suffix }}' then active_users end) as {{ suffix }}_active_users{{ ',' if not loop.last }}
+        {%- endfor %}
+    from suffix_users
+    group by period_start
+
+),
+{%- endif %}
 
 final as (
 
@@ -274,23 +324,22 @@ final as (
         cur.avg_daily_revenue_cents{{ ',' if compare or part }}
         {%- for suffix, spec in compare.items() %}
         {%- for column in growth_measures %}
-        {%- set current_value = ('coalesce(' ~ suffix ~ '_su.active_users, ' ~ suffix ~ '_cv.active_users)')
-            if column == 'active_users' else suffix ~ '_cv.' ~ column %}
-        {{ metricsmith.growth_pct(current_value, suffix ~ '_pv.' ~ column) }} as {{ column }}_{{ suffix }}_pct,
+        {%- set current_value = ('coalesce(au.' ~ suffix ~ '_active_users, av.' ~ suffix ~ '_cur_active_users)')
+            if column == 'active_users' else 'av.' ~ suffix ~ '_cur_' ~ column %}
+        {{ metricsmith.growth_pct(current_value, 'av.' ~ suffix ~ '_prev_' ~ column) }} as {{ column }}_{{ suffix }}_pct,
         {%- endfor %}
-        cast({{ suffix }}_r.basis_days as {{ dbt.type_int() }}) as {{ suffix }}_basis_days,
-        cast({{ suffix }}_r.basis as {{ dbt.type_string() }}) as {{ suffix }}_basis{{ ',' if part or not loop.last }}
+        cast(cb.{{ suffix }}_basis_days as {{ dbt.type_int() }}) as {{ suffix }}_basis_days,
+        cast(cb.{{ suffix }}_basis as {{ dbt.type_string() }}) as {{ suffix }}_basis{{ ',' if part or not loop.last }}
         {%- endfor %}
         {%- if part %}
         cur.{{ part.adjective }}_breakdown
         {%- endif %}
     from current_periods as cur
-    {%- for suffix, spec in compare.items() %}
-    left join {{ suffix }}_ranges as {{ suffix }}_r on {{ suffix }}_r.period_start = cur.{{ g.start }}
-    left join {{ suffix }}_cur_values as {{ suffix }}_cv on {{ suffix }}_cv.period_start = cur.{{ g.start }}
-    left join {{ suffix }}_prev_values as {{ suffix }}_pv on {{ suffix }}_pv.period_start = cur.{{ g.start }}
-    left join {{ suffix }}_suffix_users as {{ suffix }}_su on {{ suffix }}_su.period_start = cur.{{ g.start }}
-    {%- endfor %}
+    {%- if compare %}
+    left join comparison_bases as cb on cb.period_start = cur.{{ g.start }}
+    left join aligned_values as av on av.period_start = cur.{{ g.start }}
+    left join aligned_users as au on au.period_start = cur.{{ g.start }}
+    {%- endif %}
 
 )
 

@@ -4,8 +4,8 @@ raw.events on Spark one after another (from no model state: the first run builds
 incremental run after each; after every run the four marts,
 published to PostgreSQL, equal the independent Python computation of all data so far, and at the end a
 --full-refresh gives the same tables cell for cell. The strategies are imported, not copied; an example
-has at most 3 batches (each Spark run costs seconds). 5 examples by default (4 random and the straddling
-week), 50 with METRICSMITH_DEEP=1."""
+has at most 2 random batches (each Spark run costs seconds; the straddling week has 3), 4 in deep mode.
+5 examples by default (4 random and the straddling week), 50 with METRICSMITH_DEEP=1."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ from metricsmith.spark import publish, rollups
 from metricsmith.spark.config import SPARK_TARGET
 
 pytestmark = [spark_available]
-EXAMPLES = 49 if os.environ.get("METRICSMITH_DEEP") == "1" else 4  # + the explicit example: 5 (deep 50)
-spark_batches = st.lists(batch_spec, min_size=1, max_size=3)
+DEEP = os.environ.get("METRICSMITH_DEEP") == "1"
+EXAMPLES = 49 if DEEP else 4  # + the explicit example: 5 (deep 50)
+spark_batches = st.lists(batch_spec, min_size=1, max_size=4 if DEEP else 2)
 
 
 def _drop_models(spark: Any) -> None:
