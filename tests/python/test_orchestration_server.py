@@ -26,9 +26,10 @@ import psycopg
 import pytest
 
 from metricsmith import generator
-from metricsmith.orchestration import server
+from metricsmith.orchestration import joblog, server
 
 CLI = [sys.executable, "-m", "metricsmith.cli"]
+JOB_LOG = joblog.TABLE
 
 
 def _free_port() -> int:
@@ -221,6 +222,67 @@ def test_rollups_run_prints_the_summary_and_dbt_log_with_verbose(events: None, t
     assert len(done.stdout.strip().splitlines()) <= 4, done.stdout
     loud, _ = _run(["rollups", "run", "-v"], env)
     assert loud.returncode == 0 and "Running with dbt" in loud.stdout and len(loud.stdout.splitlines()) > 10
+
+
+def _processes_of_flow_run(flow_run_id: str) -> list[int]:
+    """Pids of the processes a runner started for this flow run (they carry its id in their environment)."""
+    needle = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:  # ended meanwhile, or not ours to read
+                pass
+    return pids
+
+
+def test_serve_stops_cleanly_while_a_flow_run_is_in_progress(events: None, ui: Ui, test_database: str) -> None:
+    """Ctrl-C while a flow run is in progress: the flow run's process holds a connection to the
+    runner's control channel, whose handler is cancelled at shutdown (which Python 3.11 reported
+    as a traceback); serve still stops in time, quietly, and leaves no process of the run behind."""
+    proc = _spawn(["serve"], ui.env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("serving ")
+        found = _wait_for_deployments(ui.api, proc, {"backfill"})
+        with psycopg.connect(test_database, autocommit=True) as conn:
+            last = conn.execute(f"select coalesce(max(id), 0) from {JOB_LOG}").fetchone()
+            run = _post(ui.api, f"deployments/{found['backfill']['id']}/create_flow_run",
+                        {"parameters": {"start": "2026-01-05", "end": "2026-01-25", "refresh_cache": False}})
+            deadline = time.monotonic() + 180
+            # in progress: the flow run's process has started the job (its RUNNING job-log row)
+            while (row := conn.execute(f"select id, status, details->'owner'->>'pid' from {JOB_LOG}"
+                                       " where job_name = 'backfill' and id > %s", (last and last[0],)).fetchone()) is None:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the backfill flow run did not start its job"
+                time.sleep(0.2)
+        assert row[1] == "RUNNING" and _processes_of_flow_run(run["id"]), (row, "the flow run ended before the signal")
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+        elapsed = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert elapsed < 10, f"serve took {elapsed:.1f} s to stop"
+    assert proc.returncode == 0 and "serve: stopped" in out, (out, err)
+    assert "Traceback" not in err, err
+    deadline = time.monotonic() + 10
+    while (left := _processes_of_flow_run(run["id"])) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"processes of the interrupted flow run are left: {left}"
+    # what is left of the run: its job-log row, RUNNING with its process gone, which the job's
+    # next run marks FAILED (as here); in Prefect it stays Running (the runner stops without
+    # reporting it)
+    with psycopg.connect(test_database, autocommit=True) as conn:
+        assert joblog.mark_stale(conn, "backfill") == [row[0]]
+        ended = conn.execute(f"select status, error_message from {JOB_LOG} where id = %s", (row[0],)).fetchone()
+    assert ended is not None and ended[0] == "FAILED" and ended[1].startswith(joblog.KILLED_MESSAGE), ended
+    state = httpx.get(f"{ui.api}/flow_runs/{run['id']}", timeout=10).json()["state"]["type"]
+    print(f"\nserve stopped in {elapsed:.1f} s during a flow run; its Prefect state: {state}")
 
 
 def test_ui_stops_on_sigterm_and_removes_its_record(ui: Ui) -> None:

@@ -8,6 +8,7 @@ flow's logic without Prefect (job log, lock and retries, no flow run in the UI).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -265,8 +266,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import asyncio
-
     from prefect.runner import Runner
 
     from metricsmith.core.dbt import set_verbose
@@ -294,9 +293,24 @@ def _serve(args: argparse.Namespace) -> int:
           f"UI: {api_url.removesuffix('/api')}; stop with Ctrl-C or SIGTERM", flush=True)
     _stop_on_signals()  # again: Prefect's set-up may have replaced them
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(runner.start())
+        asyncio.run(_run_until_stopped(runner))
     print("serve: stopped", flush=True)
     return 0
+
+
+async def _run_until_stopped(runner: Any) -> None:  # a prefect Runner (imported only when serving)
+    asyncio.get_running_loop().set_exception_handler(_ignore_cancellation)
+    await runner.start()
+
+
+def _ignore_cancellation(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's error handler while ``serve`` runs: a task cancelled by the shutdown is
+    not an error. Python before 3.12 reports a cancelled connection handler as one
+    (python/cpython#113538), and a flow run in progress at Ctrl-C holds a connection to the
+    runner's control channel; everything else goes to asyncio's default handler."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
