@@ -134,6 +134,25 @@ def _wait_for_deployments(api: str, proc: subprocess.Popen[str], names: set[str]
     raise AssertionError("serve did not register its deployments")
 
 
+def _stop_serve(proc: subprocess.Popen[str], sig: signal.Signals) -> tuple[str, str, float]:
+    """Send ``sig`` to ``serve``: it stops within 10 s, exits 0, says so and prints no traceback.
+    Returns its stdout, its stderr and the seconds it took."""
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=15)
+    elapsed = time.monotonic() - sent
+    assert elapsed < 10, f"serve took {elapsed:.1f} s to stop"
+    assert proc.returncode == 0 and "serve: stopped" in out, (proc.returncode, out, err)
+    assert "Traceback" not in err, err
+    return out, err, elapsed
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_uses_the_recorded_server_and_stops_on_signal(ui: Ui, sig: signal.Signals, test_database: str) -> None:
     from metricsmith.orchestration.schedules import DEPLOYMENTS
@@ -147,18 +166,10 @@ def test_serve_uses_the_recorded_server_and_stops_on_signal(ui: Ui, sig: signal.
         crons = {n: [s["schedule"].get("cron") for s in d.get("schedules", [])] for n, d in found.items()}
         assert crons["realtime-snapshot"] == ["*/10 * * * *"]  # not every minute
         time.sleep(2)  # let the runner start polling
-        sent = time.monotonic()
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=15)
-        elapsed = time.monotonic() - sent
+        out, err, _ = _stop_serve(proc, sig)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert elapsed < 10, f"serve took {elapsed:.1f} s to stop"
-    assert proc.returncode == 0, (out, err)
-    assert f"on the Prefect server at {ui.api}" in first and "serve: stopped" in out
-    assert "Traceback" not in err and "temporary" not in (out + err).lower()
+        _kill(proc)
+    assert f"on the Prefect server at {ui.api}" in first and "temporary" not in (out + err).lower()
 
 
 def test_serve_without_a_server_says_so(tmp_path: Path, test_database: str) -> None:
@@ -259,17 +270,9 @@ def test_serve_stops_cleanly_while_a_flow_run_is_in_progress(events: None, ui: U
                 assert time.monotonic() < deadline, "the backfill flow run did not start its job"
                 time.sleep(0.2)
         assert row[1] == "RUNNING" and _processes_of_flow_run(run["id"]), (row, "the flow run ended before the signal")
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=15)
-        elapsed = time.monotonic() - sent
+        _, _, elapsed = _stop_serve(proc, signal.SIGINT)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert elapsed < 10, f"serve took {elapsed:.1f} s to stop"
-    assert proc.returncode == 0 and "serve: stopped" in out, (out, err)
-    assert "Traceback" not in err, err
+        _kill(proc)
     deadline = time.monotonic() + 10
     while (left := _processes_of_flow_run(run["id"])) and time.monotonic() < deadline:
         time.sleep(0.2)
