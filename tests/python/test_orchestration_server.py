@@ -258,14 +258,13 @@ def test_serve_stops_cleanly_while_a_flow_run_is_in_progress(events: None, ui: U
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("serving ")
         found = _wait_for_deployments(ui.api, proc, {"backfill"})
+        run = _post(ui.api, f"deployments/{found['backfill']['id']}/create_flow_run",
+                    {"parameters": {"start": "2026-01-05", "end": "2026-01-25", "refresh_cache": False}})
+        deadline = time.monotonic() + 180
         with psycopg.connect(test_database, autocommit=True) as conn:
-            last = conn.execute(f"select coalesce(max(id), 0) from {JOB_LOG}").fetchone()
-            run = _post(ui.api, f"deployments/{found['backfill']['id']}/create_flow_run",
-                        {"parameters": {"start": "2026-01-05", "end": "2026-01-25", "refresh_cache": False}})
-            deadline = time.monotonic() + 180
             # in progress: the flow run's process has started the job (its RUNNING job-log row)
-            while (row := conn.execute(f"select id, status, details->'owner'->>'pid' from {JOB_LOG}"
-                                       " where job_name = 'backfill' and id > %s", (last and last[0],)).fetchone()) is None:
+            while (row := conn.execute(f"select id, status from {JOB_LOG} where prefect_flow_run_id = %s::uuid",
+                                       (run["id"],)).fetchone()) is None:
                 assert proc.poll() is None, proc.communicate()
                 assert time.monotonic() < deadline, "the backfill flow run did not start its job"
                 time.sleep(0.2)

@@ -304,10 +304,10 @@ async def _run_until_stopped(runner: Any) -> None:  # a prefect Runner (imported
 
 
 def _ignore_cancellation(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """The event loop's error handler while ``serve`` runs: a task cancelled by the shutdown is
-    not an error. Python before 3.12 reports a cancelled connection handler as one
-    (python/cpython#113538), and a flow run in progress at Ctrl-C holds a connection to the
-    runner's control channel; everything else goes to asyncio's default handler."""
+    """The event loop's error handler while ``serve`` runs: a cancelled task is not an error.
+    Python before 3.12 reports a cancelled connection handler as one (python/cpython#113538),
+    and a flow run in progress at Ctrl-C holds a connection to the runner's control channel,
+    whose handler the shutdown cancels. Everything else goes to asyncio's default handler."""
     if isinstance(context.get("exception"), asyncio.CancelledError):
         return
     loop.default_exception_handler(context)
